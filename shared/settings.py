@@ -1,0 +1,155 @@
+"""Every setting the app reads from its environment, in one table, validated once.
+
+`SETTINGS` is the single list of names: the README table, `/api/health`, `local.settings.example.json`
+and the Bicep app settings are all checked against it by the tests.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+COMMAND_QUEUE = "itwin-commands"
+POISON_QUEUE = "itwin-commands-poison"
+STORAGE_CONNECTION = "AzureWebJobsStorage"
+
+DEFAULT_AUTHORITY = "https://ims.bentley.com"
+DEFAULT_SCOPE = "itwin-platform"
+DEFAULT_API_URL = "https://api.bentley.com"
+DEFAULT_MAX_ATTEMPTS = 8
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment setting: its name, default, and whether it is required or secret."""
+
+    name: str
+    description: str
+    default: str | None = None
+    required: bool = False
+    secret: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("ITWIN_CLIENT_ID", "Client id of the iTwin service application.", required=True),
+    Setting(
+        "ITWIN_CLIENT_SECRET",
+        "Client secret of the iTwin service application.",
+        required=True,
+        secret=True,
+    ),
+    Setting("ITWIN_AUTHORITY", "Token service (IMS) root URL.", DEFAULT_AUTHORITY),
+    Setting("ITWIN_SCOPE", "Scope requested for service tokens.", DEFAULT_SCOPE),
+    Setting("ITWIN_API_URL", "iTwin Platform API root URL.", DEFAULT_API_URL),
+    Setting(
+        "ITWIN_WEBHOOK_SECRET",
+        "Secret the iTwin webhook signs deliveries with; unset refuses every delivery.",
+        secret=True,
+    ),
+    Setting(
+        "ITWIN_EXPORT_CONNECTION_NAME",
+        "When set, iModels.iModelCreated.v1 creates an Export connection with this name.",
+    ),
+    Setting(
+        "ITWIN_CLASH_TEST_IDS",
+        "Comma-separated Clash Detection test ids run on iModels.namedVersionCreated.v1.",
+    ),
+    Setting("ITWIN_EVENT_RULES", "JSON document that replaces the default event rules."),
+    Setting(
+        "ITWIN_MAX_ATTEMPTS",
+        "Attempts per queue message before it is dead-lettered.",
+        str(DEFAULT_MAX_ATTEMPTS),
+    ),
+    Setting(
+        STORAGE_CONNECTION,
+        "Storage for the queues: a connection string, or identity-based "
+        "AzureWebJobsStorage__queueServiceUri / __accountName (+ __credential, __clientId).",
+        required=True,
+        secret=True,
+    ),
+)
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed. The message names the setting, never a secret value."""
+
+
+def storage_configured(environ: Mapping[str, str]) -> bool:
+    """True when `AzureWebJobsStorage` is set in its connection-string or identity-based form."""
+    prefix = STORAGE_CONNECTION + "__"
+    return bool(environ.get(STORAGE_CONNECTION)) or any(
+        key.startswith(prefix) and value for key, value in environ.items()
+    )
+
+
+def missing_required(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Names of required settings that are absent or empty, in table order."""
+    env = os.environ if environ is None else environ
+    missing = []
+    for setting in SETTINGS:
+        if not setting.required:
+            continue
+        present = (
+            storage_configured(env)
+            if setting.name == STORAGE_CONNECTION
+            else bool(env.get(setting.name, "").strip())
+        )
+        if not present:
+            missing.append(setting.name)
+    return missing
+
+
+def _https_root(name: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
+        raise SettingsError(f"{name} must be an https:// URL such as {DEFAULT_API_URL}; got {value!r}")
+    return value.rstrip("/")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated settings the iTwin client and the functions use."""
+
+    client_id: str
+    client_secret: str = field(repr=False)
+    authority: str = DEFAULT_AUTHORITY
+    scope: str = DEFAULT_SCOPE
+    api_url: str = DEFAULT_API_URL
+    webhook_secret: str | None = field(default=None, repr=False)
+    export_connection_name: str | None = None
+    clash_test_ids: tuple[str, ...] = ()
+    event_rules: str | None = None
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate the settings; raises `SettingsError` naming every missing one."""
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        missing = [name for name in ("ITWIN_CLIENT_ID", "ITWIN_CLIENT_SECRET") if not get(name)]
+        if missing:
+            raise SettingsError(f"required setting(s) not set: {', '.join(missing)}")
+        raw_attempts = get("ITWIN_MAX_ATTEMPTS") or str(DEFAULT_MAX_ATTEMPTS)
+        if not raw_attempts.isdigit() or not 1 <= int(raw_attempts) <= 100:
+            raise SettingsError(
+                f"ITWIN_MAX_ATTEMPTS must be a whole number from 1 to 100; got {raw_attempts!r}"
+            )
+        clash_ids = tuple(t.strip() for t in (get("ITWIN_CLASH_TEST_IDS") or "").split(",") if t.strip())
+        return cls(
+            client_id=get("ITWIN_CLIENT_ID") or "",
+            client_secret=get("ITWIN_CLIENT_SECRET") or "",
+            authority=_https_root("ITWIN_AUTHORITY", get("ITWIN_AUTHORITY") or DEFAULT_AUTHORITY),
+            scope=get("ITWIN_SCOPE") or DEFAULT_SCOPE,
+            api_url=_https_root("ITWIN_API_URL", get("ITWIN_API_URL") or DEFAULT_API_URL),
+            webhook_secret=get("ITWIN_WEBHOOK_SECRET"),
+            export_connection_name=get("ITWIN_EXPORT_CONNECTION_NAME"),
+            clash_test_ids=clash_ids,
+            event_rules=get("ITWIN_EVENT_RULES"),
+            max_attempts=int(raw_attempts),
+        )
