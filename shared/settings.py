@@ -92,9 +92,7 @@ def missing_required(environ: Mapping[str, str] | None = None) -> list[str]:
         if not setting.required:
             continue
         present = (
-            storage_configured(env)
-            if setting.name == STORAGE_CONNECTION
-            else bool(env.get(setting.name, "").strip())
+            storage_configured(env) if setting.name == STORAGE_CONNECTION else bool(env.get(setting.name, "").strip())
         )
         if not present:
             missing.append(setting.name)
@@ -137,9 +135,7 @@ class Settings:
             raise SettingsError(f"required setting(s) not set: {', '.join(missing)}")
         raw_attempts = get("ITWIN_MAX_ATTEMPTS") or str(DEFAULT_MAX_ATTEMPTS)
         if not raw_attempts.isdigit() or not 1 <= int(raw_attempts) <= 100:
-            raise SettingsError(
-                f"ITWIN_MAX_ATTEMPTS must be a whole number from 1 to 100; got {raw_attempts!r}"
-            )
+            raise SettingsError(f"ITWIN_MAX_ATTEMPTS must be a whole number from 1 to 100; got {raw_attempts!r}")
         clash_ids = tuple(t.strip() for t in (get("ITWIN_CLASH_TEST_IDS") or "").split(",") if t.strip())
         return cls(
             client_id=get("ITWIN_CLIENT_ID") or "",

@@ -1,0 +1,175 @@
+"""Service (client-credentials) tokens from IMS through MSAL, one application per process.
+
+MSAL's quirks, and what this module does about each:
+- It rejects a path-less authority such as ``https://ims.bentley.com``. We hand MSAL the authority with a
+  placeholder path segment and serve its discovery request from ``{authority}/.well-known/openid-configuration``.
+  The issuer check still applies: MSAL accepts an issuer on the same scheme and host.
+- Its own cache never serves a token with under 300 s left, and caches nothing when the server echoes another
+  scope, so short-lived tokens would mean a token request per call. We keep the current token ourselves and renew
+  it before ``min(300 s, half its lifetime)`` remains; it is never used after it expires.
+- It does not coalesce concurrent callers. One lock makes every thread wait for the one request in flight.
+- It fetches discovery inside its constructor. The application is built on first use, so importing the app and
+  starting the host do no I/O, and a token service outage at start-up is retried on the next call.
+- Given a ``requests.Session`` as ``http_client`` it ignores its own ``timeout``; the adapter adds ours.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import msal
+import requests
+
+from shared.errors import TokenError
+
+log = logging.getLogger(__name__)
+
+DISCOVERY_PATH = "/.well-known/openid-configuration"
+_PLACEHOLDER_SEGMENT = "/oidc"
+_RENEW_BEFORE = 300.0
+# Answers from the token service that no repeat will fix.
+_PERMANENT_ERRORS = frozenset(
+    {"invalid_client", "unauthorized_client", "invalid_scope", "invalid_grant", "unsupported_grant_type"}
+)
+
+
+class _MsalHttpClient:
+    """The ``http_client`` MSAL calls: our pooled session, our timeouts, and the path-less discovery fix."""
+
+    def __init__(self, session: requests.Session, timeout: tuple[float, float], rewrites: dict[str, str]):
+        self._session = session
+        self._timeout = timeout
+        self._rewrites = rewrites
+
+    def get(self, url: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", self._timeout)
+        return self._session.get(self._rewrites.get(url, url), **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", self._timeout)
+        return self._session.post(url, **kwargs)
+
+    def close(self) -> None:
+        """MSAL may close its client; the session is shared, so it stays open."""
+
+
+def msal_authority(authority: str) -> tuple[str, dict[str, str]]:
+    """The authority to give MSAL, and the discovery URL rewrites that make a path-less one work."""
+    authority = authority.rstrip("/")
+    if urlsplit(authority).path.strip("/"):
+        return authority, {}
+    placeholder = authority + _PLACEHOLDER_SEGMENT
+    return placeholder, {placeholder + DISCOVERY_PATH: authority + DISCOVERY_PATH}
+
+
+@dataclass(frozen=True)
+class _Token:
+    value: str = ""
+    renew_at: float = 0.0
+    expires_at: float = 0.0
+
+
+class TokenProvider:
+    """Gives a valid service token for ``scope``: one token request per lifetime, whatever the thread count."""
+
+    def __init__(
+        self,
+        client_id: str,
+        client_secret: str,
+        authority: str,
+        scope: str,
+        *,
+        session: requests.Session,
+        timeout: tuple[float, float] = (3.05, 10.0),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client_id = client_id
+        self._secret = client_secret
+        self._authority = authority
+        self._scopes = [scope]
+        self._session = session
+        self._timeout = timeout
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._app: msal.ConfidentialClientApplication | None = None
+        self._token = _Token()
+        self.requests_made = 0
+
+    def token(self, *, stale: str | None = None) -> str:
+        """A token valid now. Pass ``stale`` (a token the API refused) to force one fresh token request.
+
+        Raises `TokenError` (``transient`` when the token service is unreachable or failing).
+        """
+        with self._lock:
+            now = self._clock()
+            current = self._token
+            refused = stale is not None and stale == current.value
+            if current.value and now < current.renew_at and not refused:
+                return current.value
+            self._token = self._fetch()
+            return self._token.value
+
+    def _application(self) -> msal.ConfidentialClientApplication:
+        if self._app is None:
+            authority, rewrites = msal_authority(self._authority)
+            try:
+                self._app = msal.ConfidentialClientApplication(
+                    self._client_id,
+                    client_credential=self._secret,
+                    oidc_authority=authority,
+                    http_client=_MsalHttpClient(self._session, self._timeout, rewrites),
+                )
+            except requests.RequestException as exc:
+                raise TokenError(
+                    f"the token service at {self._authority} could not be reached ({type(exc).__name__}); retry later",
+                    transient=True,
+                    code="TokenServiceUnavailable",
+                ) from None
+            except ValueError as exc:
+                # Discovery answered but was unusable: wrong ITWIN_AUTHORITY, or an issuer on another host.
+                raise TokenError(
+                    f"the token service at {self._authority} is not usable: {exc}. Check ITWIN_AUTHORITY.",
+                    transient=False,
+                    code="TokenServiceMisconfigured",
+                ) from None
+        return self._app
+
+    def _fetch(self) -> _Token:
+        app = self._application()
+        app.remove_tokens_for_client()  # our cache decides when to renew; MSAL's must not hand back the old one
+        started = self._clock()
+        self.requests_made += 1
+        try:
+            result = app.acquire_token_for_client(scopes=self._scopes)
+        except requests.RequestException as exc:
+            raise TokenError(
+                f"the token service could not be reached ({type(exc).__name__}); retry later",
+                transient=True,
+                code="TokenServiceUnavailable",
+            ) from None
+        except ValueError:
+            raise TokenError(
+                "the token service answered with something that is not a token response; retry later",
+                transient=True,
+                code="TokenServiceUnavailable",
+            ) from None
+        if "access_token" not in result:
+            code = str(result.get("error") or "TokenRequestFailed")
+            permanent = code in _PERMANENT_ERRORS
+            hint = " Check ITWIN_CLIENT_ID, ITWIN_CLIENT_SECRET and ITWIN_SCOPE." if permanent else ""
+            raise TokenError(
+                f"the token service refused the request: {code}: "
+                f"{result.get('error_description') or 'no description'}.{hint}",
+                transient=not permanent,
+                code=code,
+            )
+        lifetime = float(result.get("expires_in") or 0)
+        log.debug("service token obtained from %s, lifetime %.0f s", result.get("token_source"), lifetime)
+        expires_at = started + lifetime
+        return _Token(result["access_token"], expires_at - min(_RENEW_BEFORE, lifetime / 2), expires_at)

@@ -1,0 +1,206 @@
+"""The iTwin Platform HTTP client: one pooled session, service tokens, typed errors, bounded retries, pacing,
+and telemetry for every attempt. Resource operations live in `shared.resources`; this module moves requests."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from opentelemetry.propagate import inject
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from shared import PROJECT, __version__
+from shared.auth import TokenProvider
+from shared.errors import ITwinError, RateLimited, TransportError, Unauthorized, api_error
+from shared.pacing import Pacer
+from shared.retry import RetryPolicy, parse_retry_after, retry_delay
+from shared.settings import Settings
+from shared.telemetry import Telemetry, default_telemetry
+
+log = logging.getLogger(__name__)
+
+ACCEPT = "application/vnd.bentley.itwin-platform.v1+json"
+USER_AGENT = f"{PROJECT}/{__version__} python-requests/{requests.__version__}"
+DEFAULT_TIMEOUT = (3.05, 10.0)  # connect, read (seconds)
+POOL_SIZE = 32
+
+
+def new_session() -> requests.Session:
+    """A pooled session. TLS verification stays on; ``REQUESTS_CA_BUNDLE`` is honoured as requests does."""
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+class ITwinClient:
+    """Sends requests to the iTwin Platform API and returns 2xx responses; anything else raises `ITwinError`.
+
+    Collaborators are arguments with production defaults, so tests pass real local ones (the simulator's
+    token service and API over HTTPS) and replace only time.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        session: requests.Session | None = None,
+        tokens: TokenProvider | None = None,
+        telemetry: Telemetry | None = None,
+        pacer: Pacer | None = None,
+        policy: RetryPolicy | None = None,
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.api_url = settings.api_url
+        self._origin = urlsplit(settings.api_url)
+        self.session = session or new_session()
+        self.tokens = tokens or TokenProvider(
+            settings.client_id,
+            settings.client_secret,
+            settings.authority,
+            settings.scope,
+            session=self.session,
+            timeout=timeout,
+            clock=clock,
+        )
+        self.telemetry = telemetry or default_telemetry()
+        self.pacer = pacer or Pacer(clock=clock, sleep=sleep)
+        self.policy = policy or RetryPolicy()
+        self._timeout = timeout
+        self._clock = clock
+        self._sleep = sleep
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        operation: str,
+        body: Mapping[str, Any] | None = None,
+        params: Mapping[str, str] | None = None,
+        budget: float | None = None,
+    ) -> requests.Response:
+        """Send ``method path`` (a path under ITWIN_API_URL, or a link the API returned) until it succeeds.
+
+        Repeats within the retry policy and ``budget`` seconds (default: the policy's); when a transient
+        failure outlasts them, raises it with ``retry_after`` set. Raises `ITwinError` subclasses.
+        """
+        url = self._url(path)
+        api = urlsplit(url).path.strip("/").split("/", 1)[0]
+        data = None if body is None else json.dumps(body).encode()
+        deadline = self._clock() + (self.policy.budget if budget is None else budget)
+        stale: str | None = None
+        refreshed = False
+        attempt = 0
+        while True:
+            attempt += 1
+            self.pacer.wait(api)
+            token = self.tokens.token(stale=stale)
+            stale = None
+            response, error = self._attempt(method, url, params, data, token, operation)
+            if error is None:
+                return response
+            if isinstance(error, Unauthorized) and not refreshed:
+                refreshed, stale = True, token
+                continue
+            delay = retry_delay(error, method, attempt, self.policy)
+            if delay is None:
+                raise error
+            if isinstance(error, RateLimited):
+                self.pacer.hold(api, delay)
+            if attempt >= self.policy.max_attempts or self._clock() + delay > deadline:
+                error.retry_after = delay
+                raise error
+            log.info("%s %s: %s; repeating in %.2f s", method, operation, error, delay)
+            self._sleep(delay)
+
+    def _url(self, path: str) -> str:
+        if not path.startswith("https://") and not path.startswith("http://"):
+            return f"{self.api_url}/{path.lstrip('/')}"
+        target = urlsplit(path)
+        if (target.scheme, target.netloc) != (self._origin.scheme, self._origin.netloc):
+            # Never send our token to a host other than ITWIN_API_URL's, whatever a link says.
+            raise ITwinError(f"refusing to follow a link outside ITWIN_API_URL: {target.netloc}")
+        return path
+
+    def _attempt(
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, str] | None,
+        data: bytes | None,
+        token: str,
+        operation: str,
+    ) -> tuple[requests.Response | None, ITwinError | None]:
+        target = urlsplit(url)
+        port = target.port or (443 if target.scheme == "https" else 80)
+        attributes: dict[str, Any] = {
+            "http.request.method": method,
+            "server.address": target.hostname,
+            "server.port": port,
+        }
+        headers = {"Accept": ACCEPT, "User-Agent": USER_AGENT}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        with self.telemetry.tracer.start_as_current_span(
+            method,
+            kind=SpanKind.CLIENT,
+            attributes={**attributes, "url.full": url, "itwin.operation": operation},
+        ) as span:
+            inject(headers)
+            headers["Authorization"] = f"Bearer {token}"
+            started = self._clock()
+            try:
+                response = self.session.request(
+                    method, url, params=params, data=data, headers=headers, timeout=self._timeout
+                )
+            except requests.RequestException as exc:
+                attributes["error.type"] = type(exc).__qualname__
+                self._finish(span, attributes, started, f"no answer: {type(exc).__name__}")
+                return None, TransportError(
+                    f"{method} {target.path} got no answer: {type(exc).__name__}", operation=operation
+                )
+            status = response.status_code
+            attributes["http.response.status_code"] = status
+            if status < 400:
+                self._finish(span, attributes, started, None)
+                return response, None
+            attributes["error.type"] = str(status)
+            error = api_error(
+                status,
+                response.reason or "",
+                response.headers,
+                response.content,
+                operation=operation,
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            )
+            if error.code:
+                span.set_attribute("itwin.error.code", error.code)
+            self._finish(span, attributes, started, f"{status} {error.code or ''}".strip())
+            if status < 500:
+                self.telemetry.client_errors.add(
+                    1,
+                    {
+                        "http.request.method": method,
+                        "http.response.status_code": status,
+                        "error.type": error.code or str(status),
+                        "itwin.operation": operation,
+                    },
+                )
+            return response, error
+
+    def _finish(self, span: Any, attributes: dict[str, Any], started: float, failure: str | None) -> None:
+        self.telemetry.request_duration.record(self._clock() - started, attributes)
+        for key in ("http.response.status_code", "error.type"):
+            if key in attributes:
+                span.set_attribute(key, attributes[key])
+        if failure:
+            span.set_status(Status(StatusCode.ERROR, failure))

@@ -1,0 +1,183 @@
+"""Typed operations on Export connections, ContextCapture jobs and Clash Detection runs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from shared.client import ITwinClient
+from shared.errors import ITwinError
+
+
+def _href(links: Any, name: str) -> str | None:
+    link = links.get(name) if isinstance(links, dict) else None
+    href = link.get("href") if isinstance(link, dict) else None
+    return href if isinstance(href, str) and href else None
+
+
+def _json(response: requests.Response, operation: str) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        raise ITwinError(f"the API answered {operation} with a body that is not JSON") from None
+
+
+def _object(response: requests.Response, key: str, operation: str) -> dict[str, Any]:
+    payload = _json(response, operation)
+    value = payload.get(key) if isinstance(payload, dict) else None
+    if not isinstance(value, dict) or not isinstance(value.get("id"), str):
+        raise ITwinError(f"the API answered {operation} without a {key!r} object carrying an id")
+    return value
+
+
+def _id(value: str) -> str:
+    return quote(value, safe="")
+
+
+@dataclass(frozen=True)
+class Connection:
+    """An Export connection."""
+
+    id: str
+    imodel_id: str | None
+    display_name: str | None
+    itwin_id: str | None = None
+    authentication_type: str | None = None
+    last_run_href: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Connection:
+        return cls(
+            id=data["id"],
+            imodel_id=data.get("iModelId"),
+            display_name=data.get("displayName"),
+            itwin_id=data.get("iTwinId"),
+            authentication_type=data.get("authenticationType"),
+            last_run_href=_href(data.get("_links"), "lastRun"),
+        )
+
+
+@dataclass(frozen=True)
+class Job:
+    """A ContextCapture (Reality Modeling v1) job. ``raw`` keeps every field the API returned."""
+
+    id: str
+    state: str | None
+    name: str | None = None
+    type: str | None = None
+    workspace_id: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Job:
+        return cls(
+            id=data["id"],
+            state=data.get("state"),
+            name=data.get("name"),
+            type=data.get("type"),
+            workspace_id=data.get("workspaceId"),
+            raw=data,
+        )
+
+
+@dataclass(frozen=True)
+class Run:
+    """A Clash Detection run."""
+
+    id: str
+    status: str | None = None
+    display_name: str | None = None
+    href: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Run:
+        return cls(
+            id=data["id"],
+            status=data.get("status"),
+            display_name=data.get("displayName"),
+            href=_href(data.get("_links"), "run"),
+        )
+
+
+class ITwinApi:
+    """The operations the app performs, each returning typed objects. Raises `ITwinError` subclasses."""
+
+    def __init__(self, client: ITwinClient) -> None:
+        self.client = client
+
+    def _pages(self, path: str, params: dict[str, str], key: str, operation: str) -> Iterator[dict[str, Any]]:
+        """Every item of a paged list, following ``_links.next.href`` until it is absent."""
+        next_path: str | None = path
+        query: dict[str, str] | None = params
+        while next_path:
+            payload = _json(self.client.call("GET", next_path, operation=operation, params=query), operation)
+            items = payload.get(key) if isinstance(payload, dict) else None
+            if not isinstance(items, list):
+                raise ITwinError(f"the API answered {operation} without a {key!r} list")
+            yield from (item for item in items if isinstance(item, dict) and isinstance(item.get("id"), str))
+            next_path, query = _href(payload.get("_links"), "next"), None
+
+    # Export connections
+    def create_connection(self, imodel_id: str, display_name: str, authentication_type: str = "Service") -> Connection:
+        body = {"iModelId": imodel_id, "displayName": display_name, "authenticationType": authentication_type}
+        response = self.client.call("POST", "/export/connections", operation="connections.create", body=body)
+        return Connection.from_json(_object(response, "connection", "connections.create"))
+
+    def get_connection(self, connection_id: str) -> Connection:
+        path = f"/export/connections/{_id(connection_id)}"
+        response = self.client.call("GET", path, operation="connections.get")
+        return Connection.from_json(_object(response, "connection", "connections.get"))
+
+    def delete_connection(self, connection_id: str) -> None:
+        path = f"/export/connections/{_id(connection_id)}"
+        self.client.call("DELETE", path, operation="connections.delete")
+
+    def list_connections(self, imodel_id: str) -> list[Connection]:
+        pages = self._pages("/export/connections", {"iModelId": imodel_id}, "connections", "connections.list")
+        return [Connection.from_json(item) for item in pages]
+
+    # ContextCapture jobs
+    def create_job(self, body: Mapping[str, Any]) -> Job:
+        response = self.client.call("POST", "/contextcapture/jobs", operation="jobs.create", body=body)
+        return Job.from_json(_object(response, "job", "jobs.create"))
+
+    def get_job(self, job_id: str) -> Job:
+        response = self.client.call("GET", f"/contextcapture/jobs/{_id(job_id)}", operation="jobs.get")
+        return Job.from_json(_object(response, "job", "jobs.get"))
+
+    def _set_job_state(self, job_id: str, state: str, operation: str) -> Job:
+        path = f"/contextcapture/jobs/{_id(job_id)}"
+        response = self.client.call("PATCH", path, operation=operation, body={"state": state})
+        if response.content:
+            return Job.from_json(_object(response, "job", operation))
+        return Job(id=job_id, state=state)
+
+    def submit_job(self, job_id: str) -> Job:
+        return self._set_job_state(job_id, "active", "jobs.submit")
+
+    def cancel_job(self, job_id: str) -> Job:
+        return self._set_job_state(job_id, "cancelled", "jobs.cancel")
+
+    def delete_job(self, job_id: str) -> None:
+        """Delete an unsubmitted job; a submitted one raises `Unprocessable` (``InvalidContextCaptureRequest``)."""
+        self.client.call("DELETE", f"/contextcapture/jobs/{_id(job_id)}", operation="jobs.delete")
+
+    # Clash Detection runs
+    def create_run(self, body: Mapping[str, Any]) -> Run:
+        response = self.client.call("POST", "/clashdetection/runs", operation="runs.create", body=body)
+        return Run.from_json(_object(response, "run", "runs.create"))
+
+    def get_run(self, run_id: str) -> Run:
+        response = self.client.call("GET", f"/clashdetection/runs/{_id(run_id)}", operation="runs.get")
+        return Run.from_json(_object(response, "run", "runs.get"))
+
+    def list_runs(self, project_id: str) -> list[Run]:
+        pages = self._pages("/clashdetection/runs", {"projectId": project_id}, "runs", "runs.list")
+        return [Run.from_json(item) for item in pages]
+
+    def delete_run(self, run_id: str) -> None:
+        self.client.call("DELETE", f"/clashdetection/runs/{_id(run_id)}", operation="runs.delete")

@@ -1,0 +1,70 @@
+import pytest
+
+from shared.settings import (
+    DEFAULT_API_URL,
+    DEFAULT_AUTHORITY,
+    SETTINGS,
+    Settings,
+    SettingsError,
+    missing_required,
+)
+
+REQUIRED = {"ITWIN_CLIENT_ID": "app-id", "ITWIN_CLIENT_SECRET": "s3cr3t-value"}
+
+
+def test_defaults_match_production():
+    settings = Settings.from_env(REQUIRED)
+    assert settings.authority == DEFAULT_AUTHORITY == "https://ims.bentley.com"
+    assert settings.api_url == DEFAULT_API_URL == "https://api.bentley.com"
+    assert settings.scope == "itwin-platform"
+    assert settings.max_attempts == 8
+    assert settings.clash_test_ids == ()
+
+
+def test_missing_required_settings_are_named_together():
+    with pytest.raises(SettingsError, match="ITWIN_CLIENT_ID, ITWIN_CLIENT_SECRET"):
+        Settings.from_env({})
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("ITWIN_AUTHORITY", "http://ims.bentley.com"),
+        ("ITWIN_API_URL", "api.bentley.com"),
+        ("ITWIN_API_URL", "https://api.bentley.com/?x=1"),
+        ("ITWIN_MAX_ATTEMPTS", "0"),
+        ("ITWIN_MAX_ATTEMPTS", "eight"),
+    ],
+)
+def test_a_malformed_setting_is_an_error_naming_it(name, value):
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({**REQUIRED, name: value})
+
+
+def test_the_secret_never_appears_in_errors_or_repr():
+    settings = Settings.from_env({**REQUIRED, "ITWIN_WEBHOOK_SECRET": "hook-secret-value"})
+    assert "s3cr3t-value" not in repr(settings)
+    assert "hook-secret-value" not in repr(settings)
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"ITWIN_CLIENT_SECRET": "s3cr3t-value"})
+    assert "s3cr3t-value" not in str(caught.value)
+
+
+def test_urls_lose_their_trailing_slash_and_test_ids_are_split():
+    settings = Settings.from_env(
+        {**REQUIRED, "ITWIN_API_URL": "https://api.example.com/", "ITWIN_CLASH_TEST_IDS": " t1, ,t2 "}
+    )
+    assert settings.api_url == "https://api.example.com"
+    assert settings.clash_test_ids == ("t1", "t2")
+
+
+def test_storage_counts_as_configured_in_either_form():
+    base = dict(REQUIRED)
+    assert missing_required(base) == ["AzureWebJobsStorage"]
+    assert missing_required({**base, "AzureWebJobsStorage": "UseDevelopmentStorage=true"}) == []
+    assert missing_required({**base, "AzureWebJobsStorage__accountName": "acct"}) == []
+
+
+def test_every_setting_is_named_once():
+    names = [s.name for s in SETTINGS]
+    assert len(names) == len(set(names))
