@@ -1,0 +1,1 @@
+"""Blueprints: thin triggers that parse, call `shared`, and map the result."""

@@ -1,0 +1,281 @@
+"""Command messages: the one validator for queue bodies and the HTTP endpoint, and the typed `Command`.
+
+A command is UTF-8 JSON such as ``{"action": "delete", "resource": "connection", "id": "..."}``. Validation
+collects every problem, each naming its field (``target``: ``body.iModelId``, or ``[2].id`` in an array).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from shared.errors import ErrorDetail
+
+MAX_BODY_BYTES = 48 * 1024
+MAX_BATCH = 100
+MAX_ATTEMPT = 1000
+
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_URL_SAFE_43 = re.compile(r"^[A-Za-z0-9_-]{43}$")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_TRACEPARENT = re.compile(r"^(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
+CORRELATION_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+
+# (action, resource) -> what the command carries besides its action and resource.
+_SHAPES: dict[tuple[str, str], str] = {
+    ("create", "connection"): "body",
+    ("delete", "connection"): "id or iModelId",
+    ("create", "job"): "body",
+    ("submit", "job"): "id",
+    ("cancel", "job"): "id",
+    ("delete", "job"): "id",
+    ("create", "run"): "body",
+    ("delete", "run"): "id",
+}
+ACTIONS = sorted({a for a, _ in _SHAPES})
+RESOURCES = sorted({r for _, r in _SHAPES})
+_TOP_LEVEL = {"action", "resource", "id", "iModelId", "body", "correlationId", "traceparent", "attempt"}
+
+
+@dataclass(frozen=True)
+class Command:
+    """A validated command. ``attempt`` counts deliveries of this command, kept across reschedules."""
+
+    action: str
+    resource: str
+    id: str | None = None
+    imodel_id: str | None = None
+    body: Mapping[str, Any] | None = field(default=None, compare=False)
+    correlation_id: str | None = None
+    traceparent: str | None = None
+    attempt: int = 1
+
+    @property
+    def kind(self) -> str:
+        """``"<action> <resource>"``, the value of the ``itwin.command`` metric attribute."""
+        return f"{self.action} {self.resource}"
+
+    def to_message(self) -> dict[str, Any]:
+        """The JSON form, as enqueued. Parsing it gives back an equal command."""
+        message: dict[str, Any] = {"action": self.action, "resource": self.resource}
+        optional = {
+            "id": self.id,
+            "iModelId": self.imodel_id,
+            "body": self.body,
+            "correlationId": self.correlation_id,
+            "traceparent": self.traceparent,
+        }
+        message.update({k: v for k, v in optional.items() if v is not None})
+        if self.attempt > 1:
+            message["attempt"] = self.attempt
+        return message
+
+    def next_attempt(self) -> Command:
+        return replace(self, attempt=self.attempt + 1)
+
+
+class InvalidCommand(ValueError):
+    """The input is not a valid command; ``details`` name each problem and its field."""
+
+    code = "InvalidCommand"
+
+    def __init__(self, message: str, details: list[ErrorDetail], code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = tuple(details)
+        if code:
+            self.code = code
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": 400,
+            "code": self.code,
+            "message": self.message,
+            "target": None,
+            "details": [d.to_dict() for d in self.details],
+        }
+
+
+def is_guid(value: Any) -> bool:
+    return isinstance(value, str) and bool(_GUID.match(value))
+
+
+class _Checker:
+    """Collects problems for one command; ``prefix`` makes targets like ``[2].body.iModelId``."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.problems: list[ErrorDetail] = []
+
+    def add(self, code: str, target: str, message: str) -> None:
+        where = f"{self.prefix}{target}" if target else self.prefix.rstrip(".")
+        self.problems.append(ErrorDetail(code, message, where or None))
+
+    def require(self, data: Mapping[str, Any], key: str, target: str, check: Callable[[Any], bool], what: str):
+        if key not in data or data[key] is None:
+            self.add("MissingRequiredProperty", target, f"{target} is required: {what}.")
+            return None
+        if not check(data[key]):
+            self.add("InvalidValue", target, f"{target} must be {what}.")
+            return None
+        return data[key]
+
+    def optional(self, data: Mapping[str, Any], key: str, target: str, check: Callable[[Any], bool], what: str):
+        if key in data and not check(data[key]):
+            self.add("InvalidValue", target, f"{target} must be {what}.")
+
+    def only(self, data: Mapping[str, Any], allowed: set[str], where: str) -> None:
+        for key in sorted(set(data) - allowed, key=str):
+            self.add("UnknownProperty", f"{where}{key}", f"{where}{key} is not a known field.")
+
+
+def _text(limit: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, str) and len(v.strip()) > 0 and len(v) <= limit
+
+
+def _matches(pattern: re.Pattern[str]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, str) and bool(pattern.match(v))
+
+
+def _attempt(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ATTEMPT
+
+
+def _is_object(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+def _connection_id(value: Any) -> bool:
+    return is_guid(value) or (isinstance(value, str) and bool(_URL_SAFE_43.match(value)))
+
+
+def _safe_id(value: Any) -> bool:
+    return isinstance(value, str) and bool(_SAFE_ID.match(value))
+
+
+def _check_inputs(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and 0 < len(value) <= 1000
+        and all(isinstance(i, dict) and _text(256)(i.get("id")) and set(i) <= {"id", "description"} for i in value)
+    )
+
+
+def _check_body(c: _Checker, body: Mapping[str, Any], resource: str) -> None:
+    size = len(json.dumps(body, separators=(",", ":")).encode())
+    if size > MAX_BODY_BYTES:
+        c.add("InvalidValue", "body", f"body is {size} bytes; the limit is {MAX_BODY_BYTES} (48 KiB).")
+        return
+    if resource == "connection":
+        c.only(body, {"iModelId", "displayName", "authenticationType"}, "body.")
+        c.require(body, "iModelId", "body.iModelId", is_guid, "an iModel id (a GUID)")
+        c.require(body, "displayName", "body.displayName", _text(255), "a non-empty string of up to 255 characters")
+        c.optional(
+            body, "authenticationType", "body.authenticationType", {"User", "Service"}.__contains__, "User or Service"
+        )
+    elif resource == "job":
+        c.only(body, {"type", "name", "workspaceId", "inputs", "settings", "costEstimationParameters"}, "body.")
+        c.require(
+            body,
+            "type",
+            "body.type",
+            {"Full", "Calibration", "Reconstruction"}.__contains__,
+            "Full, Calibration or Reconstruction",
+        )
+        c.require(body, "name", "body.name", _text(256), "a non-empty string")
+        c.require(body, "workspaceId", "body.workspaceId", is_guid, "a workspace id (a GUID)")
+        c.require(body, "inputs", "body.inputs", _check_inputs, "a non-empty list of {id, description}")
+        c.require(body, "settings", "body.settings", _is_object, "an object")
+        c.optional(body, "costEstimationParameters", "body.costEstimationParameters", _is_object, "an object")
+    else:
+        c.only(body, {"testId", "iModelId", "namedVersionId", "testSettings", "inPlace"}, "body.")
+        c.require(body, "testId", "body.testId", _safe_id, "a Clash Detection test id")
+        c.require(body, "iModelId", "body.iModelId", is_guid, "an iModel id (a GUID)")
+        c.require(body, "namedVersionId", "body.namedVersionId", _safe_id, "a named version id")
+        c.optional(body, "testSettings", "body.testSettings", _is_object, "an object")
+        c.optional(body, "inPlace", "body.inPlace", lambda v: isinstance(v, bool), "true or false")
+
+
+_ID_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "connection": (_connection_id, "a connection id (a GUID or a 43-character URL-safe id)"),
+    "job": (is_guid, "a job id (a GUID)"),
+    "run": (_safe_id, "a run id"),
+}
+
+
+def validate(data: Any, prefix: str = "") -> Command:
+    """Validate one decoded command; raises `InvalidCommand` listing every problem."""
+    c = _Checker(prefix)
+    if not isinstance(data, dict):
+        c.add("InvalidValue", "", "a command must be a JSON object.")
+        raise InvalidCommand("The command is invalid.", c.problems)
+    c.only(data, _TOP_LEVEL, "")
+    action = c.require(data, "action", "action", ACTIONS.__contains__, f"one of {', '.join(ACTIONS)}")
+    resource = c.require(data, "resource", "resource", RESOURCES.__contains__, f"one of {', '.join(RESOURCES)}")
+    c.optional(data, "correlationId", "correlationId", _matches(CORRELATION_ID), "1-128 printable characters")
+    c.optional(data, "traceparent", "traceparent", _matches(_TRACEPARENT), "a W3C traceparent")
+    c.optional(data, "attempt", "attempt", _attempt, f"a whole number from 1 to {MAX_ATTEMPT}")
+    shape = _SHAPES.get((action, resource)) if action and resource else None
+    if action and resource and shape is None:
+        c.add("InvalidValue", "action", f"{action} is not an action on a {resource}.")
+    if shape == "body":
+        c.require(data, "body", "body", _is_object, "an object")
+        if _is_object(data.get("body")):
+            _check_body(c, data["body"], resource)
+    elif shape == "id or iModelId" and "iModelId" in data:
+        c.require(data, "iModelId", "iModelId", is_guid, "an iModel id (a GUID)")
+    elif shape:
+        c.require(data, "id", "id", *_ID_CHECKS[resource])
+    if shape:
+        carried = {"body"} if shape == "body" else {"id", "iModelId"} if "iModelId" in shape else {"id"}
+        for key in sorted(k for k in ("id", "iModelId", "body") if k in data and k not in carried):
+            c.add("UnknownProperty", key, f"{key} does not belong to a {action} {resource} command.")
+        if carried == {"id", "iModelId"} and "id" in data and "iModelId" in data:
+            c.add("InvalidValue", "iModelId", "give either id or iModelId, not both.")
+    if c.problems:
+        raise InvalidCommand("The command is invalid.", c.problems)
+    return Command(
+        action=action,
+        resource=resource,
+        id=data.get("id"),
+        imodel_id=data.get("iModelId"),
+        body=data.get("body"),
+        correlation_id=data.get("correlationId"),
+        traceparent=data.get("traceparent"),
+        attempt=data.get("attempt", 1),
+    )
+
+
+def decode_json(raw: bytes | str) -> Any:
+    """Decode UTF-8 JSON; raises `InvalidCommand` with code ``InvalidRequestBody`` when it is not."""
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        detail = ErrorDetail("InvalidRequestBody", f"not UTF-8 JSON: {exc}", None)
+        raise InvalidCommand("The body is not valid JSON.", [detail], code="InvalidRequestBody") from None
+
+
+def parse_message(raw: bytes | str) -> Command:
+    """One command from a queue message body."""
+    return validate(decode_json(raw))
+
+
+def parse_batch(data: Any) -> list[Command]:
+    """One command or an array of 1 to 100; every problem of every command is reported together."""
+    if not isinstance(data, list):
+        return [validate(data)]
+    if not 0 < len(data) <= MAX_BATCH:
+        detail = ErrorDetail("InvalidValue", f"an array must hold 1 to {MAX_BATCH} commands.", "")
+        raise InvalidCommand("The batch is invalid.", [detail])
+    commands, problems = [], []
+    for index, item in enumerate(data):
+        try:
+            commands.append(validate(item, prefix=f"[{index}]."))
+        except InvalidCommand as exc:
+            problems.extend(exc.details)
+    if problems:
+        raise InvalidCommand("One or more commands are invalid; none was accepted.", problems)
+    return commands

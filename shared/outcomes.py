@@ -1,0 +1,49 @@
+"""What happens to a message: the outcomes, and the one pure function that picks one for a failure."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from shared.commands import Command
+from shared.errors import ITwinError, NotFound, ServerError, TransportError, is_transient
+
+
+class Outcome(StrEnum):
+    """The one final outcome of each delivery of a queue message (the ``outcome`` metric attribute)."""
+
+    SUCCEEDED = "succeeded"
+    ALREADY_DONE = "already_done"
+    RESCHEDULED = "rescheduled"
+    DEAD_LETTERED = "dead_lettered"
+    FANNED_OUT = "fanned_out"
+
+
+def create_outcome_unknown(error: ITwinError, command: Command) -> bool:
+    """A job or run create whose request may have been carried out: no answer, or a 5xx other than 503.
+
+    Connection creates are safe to repeat (the worker lists before creating); jobs and runs cannot be looked up
+    by their content, so repeating could create a second one.
+    """
+    if command.action != "create" or command.resource == "connection":
+        return False
+    refused = isinstance(error, ServerError) and error.status == 503
+    return isinstance(error, TransportError) or (isinstance(error, ServerError) and not refused)
+
+
+def classify_failure(error: ITwinError, command: Command, max_attempts: int) -> Outcome:
+    """The outcome for a command whose API call raised ``error`` on delivery ``command.attempt``."""
+    if isinstance(error, NotFound) and command.action == "delete":
+        return Outcome.ALREADY_DONE
+    if create_outcome_unknown(error, command):
+        return Outcome.DEAD_LETTERED
+    if is_transient(error):
+        return Outcome.RESCHEDULED if command.attempt < max_attempts else Outcome.DEAD_LETTERED
+    return Outcome.DEAD_LETTERED
+
+
+def describe_unknown_create(command: Command) -> str:
+    """Why a create was dead-lettered instead of repeated, and what the operator should do."""
+    return (
+        f"the {command.resource} create got no clear answer, so it may have been carried out; it was not repeated "
+        f"to avoid a second {command.resource}. Check whether it exists, then resend the command if it does not."
+    )

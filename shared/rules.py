@@ -1,0 +1,158 @@
+"""Event rules: data that maps an iTwin webhook event to commands.
+
+A rules document is a JSON array of ``{"eventType", "commands", "requires"?, "forEach"?}``. In command templates a
+string ``"{path}"`` is replaced by the value at ``path``: ``content.<field>`` (the event's content), ``event.<field>``
+(``eventType``, ``iTwinId``, ``messageId``, ``webhookId``), ``settings.<NAME>`` (a non-secret setting) or ``item``
+(the current element of ``forEach``, a comma-separated setting or a list). ``requires`` lists paths that must be
+non-empty for the rule to apply. The defaults live in ``default_rules.json``; ``ITWIN_EVENT_RULES`` replaces them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.commands import CORRELATION_ID, Command, InvalidCommand, decode_json, parse_batch
+from shared.errors import ErrorDetail
+from shared.settings import SETTINGS, SettingsError
+
+DEFAULT_RULES = Path(__file__).with_name("default_rules.json")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z][A-Za-z0-9_.]*)\}")
+_PUBLIC_SETTINGS = tuple(s.name for s in SETTINGS if not s.secret)
+
+
+@dataclass(frozen=True)
+class Event:
+    """An iTwin Platform webhook delivery."""
+
+    event_type: str
+    content: Mapping[str, Any]
+    itwin_id: str | None = None
+    message_id: str | None = None
+    webhook_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Commands to produce for one event type."""
+
+    event_type: str
+    commands: tuple[Mapping[str, Any], ...]
+    requires: tuple[str, ...] = ()
+    for_each: str | None = None
+
+
+def parse_event(raw: bytes) -> Event:
+    """Decode a webhook body; raises `InvalidCommand` (``InvalidRequestBody``/``InvalidEvent``) naming the field."""
+    data = decode_json(raw)
+    problems = []
+    if not isinstance(data, dict):
+        raise InvalidCommand(
+            "The event is invalid.", [ErrorDetail("InvalidValue", "not a JSON object.", None)], "InvalidEvent"
+        )
+    if not isinstance(data.get("eventType"), str) or not data["eventType"]:
+        problems.append(ErrorDetail("MissingRequiredProperty", "eventType must be a non-empty string.", "eventType"))
+    if not isinstance(data.get("content", {}), dict):
+        problems.append(ErrorDetail("InvalidValue", "content must be an object.", "content"))
+    if problems:
+        raise InvalidCommand("The event is invalid.", problems, "InvalidEvent")
+
+    def text(key: str) -> str | None:
+        return data[key] if isinstance(data.get(key), str) else None
+
+    return Event(data["eventType"], data.get("content") or {}, text("iTwinId"), text("messageId"), text("webhookId"))
+
+
+def load_rules(text: str | None) -> tuple[Rule, ...]:
+    """Parse a rules document (the default one when ``text`` is None); raises `SettingsError` when malformed."""
+    source = "ITWIN_EVENT_RULES"
+    if text is None:
+        text, source = DEFAULT_RULES.read_text(encoding="utf-8"), str(DEFAULT_RULES.name)
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise SettingsError(f"{source} is not valid JSON: {exc}") from None
+    if not isinstance(data, list):
+        raise SettingsError(f"{source} must be a JSON array of rules")
+    rules = []
+    for index, item in enumerate(data):
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("eventType"), str)
+            or not isinstance(item.get("commands"), list)
+            or not all(isinstance(c, dict) for c in item["commands"])
+            or not all(isinstance(p, str) for p in item.get("requires", []))
+            or not isinstance(item.get("forEach", ""), str)
+            or set(item) - {"eventType", "commands", "requires", "forEach"}
+        ):
+            raise SettingsError(
+                f"{source}[{index}] must be an object with eventType (string), commands (array of objects), "
+                "and optionally requires (array of paths) and forEach (a path)"
+            )
+        rules.append(
+            Rule(item["eventType"], tuple(item["commands"]), tuple(item.get("requires", ())), item.get("forEach"))
+        )
+    return tuple(rules)
+
+
+def _lookup(path: str, scope: Mapping[str, Any]) -> Any:
+    value: Any = scope
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _render(template: Any, scope: Mapping[str, Any]) -> Any:
+    if isinstance(template, dict):
+        return {key: _render(value, scope) for key, value in template.items()}
+    if isinstance(template, list):
+        return [_render(value, scope) for value in template]
+    if not isinstance(template, str):
+        return template
+    whole = _PLACEHOLDER.fullmatch(template)
+    if whole:
+        return _lookup(whole.group(1), scope)
+    return _PLACEHOLDER.sub(lambda m: str(_lookup(m.group(1), scope) or ""), template)
+
+
+def _items(value: Any) -> list[Any]:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return list(value) if isinstance(value, list) else []
+
+
+def commands_for(event: Event, rules: tuple[Rule, ...], environ: Mapping[str, str]) -> list[Command]:
+    """The validated commands the rules produce for ``event`` (none for an event type without a rule).
+
+    Raises `InvalidCommand` when the event lacks what a rule needs (for example ``content.imodelId``).
+    """
+    scope = {
+        "content": event.content,
+        "event": {
+            "eventType": event.event_type,
+            "iTwinId": event.itwin_id,
+            "messageId": event.message_id,
+            "webhookId": event.webhook_id,
+        },
+        "settings": {name: environ.get(name, "").strip() for name in _PUBLIC_SETTINGS},
+    }
+    produced: list[Any] = []
+    for rule in rules:
+        if rule.event_type != event.event_type or not all(_lookup(p, scope) for p in rule.requires):
+            continue
+        items = _items(_lookup(rule.for_each, scope)) if rule.for_each else [None]
+        for item in items:
+            produced.extend(_render(template, {**scope, "item": item}) for template in rule.commands)
+    if not produced:
+        return []
+    correlation = event.message_id if event.message_id and CORRELATION_ID.match(event.message_id) else None
+    for command in produced:
+        if isinstance(command, dict) and correlation and "correlationId" not in command:
+            command["correlationId"] = correlation
+    return parse_batch(produced)

@@ -1,0 +1,65 @@
+"""The process-wide objects the functions share, built on first use (never at import) and then reused."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+from shared.client import ITwinClient
+from shared.queues import CommandQueue
+from shared.resources import ITwinApi
+from shared.retry import RetryPolicy
+from shared.rules import Rule, load_rules
+from shared.settings import Settings
+from shared.telemetry import default_telemetry
+from shared.worker import Worker
+
+T = TypeVar("T")
+_lock = threading.RLock()
+
+# The worker keeps each invocation short: past this budget a transient failure is rescheduled on the queue.
+WORKER_POLICY = RetryPolicy(max_attempts=3, budget=10.0)
+
+
+def _once(build: Callable[[], T]) -> Callable[[], T]:
+    """Build on the first call, under a lock, so concurrent invocations share one instance."""
+    built: list[T] = []
+
+    def get() -> T:
+        if not built:
+            with _lock:
+                if not built:
+                    built.append(build())
+        return built[0]
+
+    get.reset = built.clear  # type: ignore[attr-defined]
+    return get
+
+
+@_once
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+@_once
+def command_queue() -> CommandQueue:
+    return CommandQueue.from_environment(os.environ)
+
+
+@_once
+def event_rules() -> tuple[Rule, ...]:
+    return load_rules(os.environ.get("ITWIN_EVENT_RULES") or None)
+
+
+@_once
+def worker() -> Worker:
+    client = ITwinClient(settings(), policy=WORKER_POLICY)
+    return Worker(ITwinApi(client), command_queue(), default_telemetry(), max_attempts=settings().max_attempts)
+
+
+def reset() -> None:
+    """Forget every built object (tests and the local host call this after changing the environment)."""
+    for get in (settings, command_queue, event_rules, worker):
+        get.reset()  # type: ignore[attr-defined]

@@ -1,0 +1,170 @@
+"""The queue worker: turns one message into iTwin Platform calls and gives it exactly one recorded outcome."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from opentelemetry.propagate import extract, inject
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from shared.commands import Command, InvalidCommand, parse_message
+from shared.errors import ITwinError, NotFound
+from shared.outcomes import Outcome, classify_failure, create_outcome_unknown, describe_unknown_create
+from shared.queues import CommandQueue
+from shared.resources import ITwinApi
+from shared.retry import RetryPolicy
+from shared.settings import COMMAND_QUEUE
+from shared.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+MAX_ENVELOPE_MESSAGE = 48 * 1024  # keeps the envelope under the queue's 64 KiB message limit
+
+
+def _as_text(raw: bytes | str) -> str:
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+
+
+class Worker:
+    """Executes commands. Transient failures are rescheduled on the queue; permanent ones are dead-lettered."""
+
+    def __init__(
+        self,
+        api: ITwinApi,
+        queue: CommandQueue,
+        telemetry: Telemetry,
+        *,
+        max_attempts: int,
+        policy: RetryPolicy | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.api = api
+        self.queue = queue
+        self.telemetry = telemetry
+        self.max_attempts = max_attempts
+        self.policy = policy or RetryPolicy()
+        self._now = now
+
+    def handle(self, raw: bytes | str) -> Outcome:
+        """Process one queue message body. Raises only when the queue itself fails (the host then retries)."""
+        try:
+            command = parse_message(raw)
+        except InvalidCommand as invalid:
+            self._dead_letter(raw, invalid.to_dict(), attempts=1)
+            return self._record("invalid", Outcome.DEAD_LETTERED, None, invalid.message)
+        context = extract({"traceparent": command.traceparent}) if command.traceparent else None
+        with self.telemetry.tracer.start_as_current_span(
+            f"process {command.kind}",
+            context=context,
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "azure_storage_queue",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": COMMAND_QUEUE,
+                "itwin.command": command.kind,
+                "itwin.attempt": command.attempt,
+                "itwin.correlation_id": command.correlation_id or "",
+            },
+        ) as span:
+            outcome, detail = self._run(command)
+            span.set_attribute("itwin.outcome", outcome.value)
+            if outcome is Outcome.DEAD_LETTERED:
+                span.set_status(Status(StatusCode.ERROR, detail))
+            return self._record(command.kind, outcome, command.correlation_id, detail)
+
+    def _run(self, command: Command) -> tuple[Outcome, str]:
+        try:
+            return self._execute(command), ""
+        except ITwinError as error:
+            outcome = classify_failure(error, command, self.max_attempts)
+            if outcome is Outcome.RESCHEDULED:
+                delay = error.retry_after if error.retry_after is not None else self.policy.backoff(command.attempt)
+                self.queue.send(command.next_attempt().to_message(), delay=delay)
+                return outcome, f"{error}; back in {delay:.1f} s"
+            if outcome is Outcome.DEAD_LETTERED:
+                details = error.to_dict()
+                if create_outcome_unknown(error, command):
+                    details.update(code="CreateOutcomeUnknown", message=describe_unknown_create(command))
+                elif error.transient:
+                    details["message"] = f"{error.message} (gave up after {command.attempt} attempts)"
+                self._dead_letter(command.to_message(), details, attempts=command.attempt)
+            return outcome, str(error)
+
+    def _execute(self, command: Command) -> Outcome:
+        api = self.api
+        match command.action, command.resource:
+            case "create", "connection":
+                body = command.body or {}
+                existing = api.list_connections(body["iModelId"])
+                if any(c.display_name == body["displayName"] for c in existing):
+                    return Outcome.ALREADY_DONE
+                api.create_connection(body["iModelId"], body["displayName"], body.get("authenticationType", "Service"))
+            case "delete", "connection" if command.imodel_id:
+                return self._fan_out(command)
+            case "delete", "connection":
+                api.delete_connection(command.id or "")
+            case "create", "job":
+                api.create_job(command.body or {})
+            case "submit", "job":
+                api.submit_job(command.id or "")
+            case "cancel", "job":
+                api.cancel_job(command.id or "")
+            case "delete", "job":
+                api.delete_job(command.id or "")
+            case "create", "run":
+                api.create_run(command.body or {})
+            case "delete", "run":
+                api.delete_run(command.id or "")
+        return Outcome.SUCCEEDED
+
+    def _fan_out(self, command: Command) -> Outcome:
+        """Delete by iModel: one delete command per connection, so each succeeds or retries on its own."""
+        try:
+            connections = self.api.list_connections(command.imodel_id or "")
+        except NotFound:
+            return Outcome.ALREADY_DONE
+        if not connections:
+            return Outcome.ALREADY_DONE
+        carrier: dict[str, str] = {}
+        inject(carrier)
+        for connection in connections:
+            delete = Command(
+                "delete",
+                "connection",
+                id=connection.id,
+                correlation_id=command.correlation_id,
+                traceparent=carrier.get("traceparent"),
+            )
+            self.queue.send(delete.to_message())
+        return Outcome.FANNED_OUT
+
+    def _dead_letter(self, message: Any, error: dict[str, Any], *, attempts: int) -> None:
+        if not isinstance(message, dict):
+            try:
+                message = json.loads(message)
+            except (ValueError, UnicodeDecodeError):
+                message = _as_text(message)
+            if isinstance(message, str) and len(message) > MAX_ENVELOPE_MESSAGE:
+                message = message[:MAX_ENVELOPE_MESSAGE] + "…(truncated)"
+        if len(json.dumps(message)) > MAX_ENVELOPE_MESSAGE:
+            message = json.dumps(message)[:MAX_ENVELOPE_MESSAGE] + "…(truncated)"
+        failed_at = datetime.fromtimestamp(self._now(), UTC).isoformat().replace("+00:00", "Z")
+        self.queue.dead_letter({"message": message, "error": error, "attempts": attempts, "failedAt": failed_at})
+
+    def _record(self, kind: str, outcome: Outcome, correlation_id: str | None, detail: str) -> Outcome:
+        self.telemetry.commands.add(1, {"itwin.command": kind, "outcome": outcome.value})
+        level = logging.WARNING if outcome is Outcome.DEAD_LETTERED else logging.INFO
+        log.log(
+            level,
+            "command=%r outcome=%s correlationId=%s%s",
+            kind,
+            outcome.value,
+            correlation_id or "-",
+            f" detail={detail}" if detail else "",
+        )
+        return outcome
