@@ -1,0 +1,132 @@
+import json
+
+import pytest
+
+from shared.commands import MAX_BODY_BYTES, Command, InvalidCommand, parse_batch, parse_message, validate
+
+IMODEL = "a0471655-6b18-419e-ab01-ebf4fbff9dff"
+JOB = "0e7f2f1a-7a0b-4c38-b0c5-9b5a6d1a2b3c"
+WORKSPACE = "1db84556-49ba-41fd-8500-3657784c7752"
+JOB_BODY = {
+    "type": "Full",
+    "name": "Survey",
+    "workspaceId": WORKSPACE,
+    "inputs": [{"id": "0e7f2f1a-7a0b-4c38-b0c5-9b5a6d1a2b3d", "description": "photos"}],
+    "settings": {"quality": "Draft", "outputs": ["Cesium 3D Tiles"]},
+}
+
+VALID = [
+    {
+        "action": "create",
+        "resource": "connection",
+        "body": {"iModelId": IMODEL, "displayName": "nightly", "authenticationType": "Service"},
+    },
+    {"action": "delete", "resource": "connection", "id": "fc226d0d-1647-48d7-8c11-f1f74f2d9808"},
+    {"action": "delete", "resource": "connection", "id": "VRZHoBhrnkGrAev0-_-d_xwvyrzjgaVGka5wU967Q7M"},
+    {"action": "delete", "resource": "connection", "iModelId": IMODEL},
+    {"action": "create", "resource": "job", "body": JOB_BODY},
+    {"action": "submit", "resource": "job", "id": JOB},
+    {"action": "cancel", "resource": "job", "id": JOB},
+    {"action": "delete", "resource": "job", "id": JOB},
+    {"action": "create", "resource": "run", "body": {"testId": "t-1", "iModelId": IMODEL, "namedVersionId": "v-1"}},
+    {"action": "delete", "resource": "run", "id": "run-1"},
+    {
+        "action": "delete",
+        "resource": "run",
+        "id": "run-1",
+        "correlationId": "abc-123",
+        "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "attempt": 3,
+    },
+]
+
+
+@pytest.mark.parametrize("message", VALID, ids=lambda m: f"{m['action']} {m['resource']}")
+def test_every_documented_command_is_valid_and_round_trips(message):
+    command = validate(message)
+    assert command.kind == f"{message['action']} {message['resource']}"
+    assert command.to_message() == message
+    assert validate(command.to_message()) == command
+
+
+def targets(message):
+    with pytest.raises(InvalidCommand) as caught:
+        validate(message)
+    return [(d.code, d.target) for d in caught.value.details]
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ({"action": "explode", "resource": "connection", "id": "x"}, ("InvalidValue", "action")),
+        ({"action": "delete", "resource": "imodel", "id": "x"}, ("InvalidValue", "resource")),
+        ({"resource": "connection", "id": "x"}, ("MissingRequiredProperty", "action")),
+        ({"action": "submit", "resource": "run", "id": "r"}, ("InvalidValue", "action")),
+        ({"action": "delete", "resource": "job", "id": "not-a-guid"}, ("InvalidValue", "id")),
+        ({"action": "delete", "resource": "job"}, ("MissingRequiredProperty", "id")),
+        ({"action": "delete", "resource": "connection", "id": "has spaces"}, ("InvalidValue", "id")),
+        ({"action": "delete", "resource": "connection", "iModelId": "nope"}, ("InvalidValue", "iModelId")),
+        ({"action": "delete", "resource": "run", "id": "r", "extra": 1}, ("UnknownProperty", "extra")),
+        ({"action": "delete", "resource": "run", "id": "r", "body": {}}, ("UnknownProperty", "body")),
+        ({"action": "create", "resource": "connection"}, ("MissingRequiredProperty", "body")),
+        (
+            {"action": "create", "resource": "connection", "body": {"iModelId": "x", "displayName": "n"}},
+            ("InvalidValue", "body.iModelId"),
+        ),
+        (
+            {"action": "create", "resource": "connection", "body": {"iModelId": IMODEL, "displayName": "n", "x": 1}},
+            ("UnknownProperty", "body.x"),
+        ),
+        (
+            {"action": "create", "resource": "run", "body": {"iModelId": IMODEL, "namedVersionId": "v"}},
+            ("MissingRequiredProperty", "body.testId"),
+        ),
+        ({"action": "create", "resource": "job", "body": {**JOB_BODY, "type": "Huge"}}, ("InvalidValue", "body.type")),
+        ({"action": "delete", "resource": "run", "id": "r", "traceparent": "00-bad"}, ("InvalidValue", "traceparent")),
+        ({"action": "delete", "resource": "run", "id": "r", "correlationId": 7}, ("InvalidValue", "correlationId")),
+        ({"action": "delete", "resource": "run", "id": "r", "attempt": 0}, ("InvalidValue", "attempt")),
+        ({"action": "delete", "resource": "run", "id": "r", "attempt": True}, ("InvalidValue", "attempt")),
+    ],
+)
+def test_an_invalid_command_names_the_field_at_fault(message, expected):
+    assert expected in targets(message)
+
+
+def test_a_body_over_48_kib_is_refused():
+    body = {"iModelId": IMODEL, "displayName": "x" * 200, "authenticationType": "Service"}
+    big = {**JOB_BODY, "settings": {"blob": "y" * MAX_BODY_BYTES}}
+    assert ("InvalidValue", "body") in targets({"action": "create", "resource": "job", "body": big})
+    validate({"action": "create", "resource": "connection", "body": body})
+
+
+def test_delete_by_id_and_by_imodel_at_once_is_ambiguous():
+    message = {"action": "delete", "resource": "connection", "id": "x" * 43, "iModelId": IMODEL}
+    assert ("InvalidValue", "iModelId") in targets(message)
+
+
+def test_a_batch_reports_every_problem_with_its_index():
+    with pytest.raises(InvalidCommand) as caught:
+        parse_batch([VALID[1], {"action": "delete", "resource": "job", "id": "x"}, VALID[2], "nope"])
+    assert [d.target for d in caught.value.details] == ["[1].id", "[3]"]
+
+
+def test_a_batch_holds_one_to_one_hundred_commands():
+    assert len(parse_batch([VALID[1]] * 100)) == 100
+    for size in (0, 101):
+        with pytest.raises(InvalidCommand):
+            parse_batch([VALID[1]] * size)
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"\xff\xfe", "not json"])
+def test_a_message_that_is_not_json_is_an_invalid_request_body(raw):
+    with pytest.raises(InvalidCommand) as caught:
+        parse_message(raw)
+    assert caught.value.code == "InvalidRequestBody"
+
+
+def test_the_next_attempt_keeps_everything_but_the_count():
+    command = parse_message(json.dumps(VALID[3]))
+    again = command.next_attempt()
+    assert again.attempt == 2
+    assert again.to_message() == {**VALID[3], "attempt": 2}
+    assert isinstance(again, Command)

@@ -1,0 +1,82 @@
+import json
+
+from shared.http_api import MAX_REQUEST_BYTES, accept_commands, health, receive_webhook
+from shared.rules import load_rules
+from shared.settings import SettingsError
+from shared.signature import sign
+
+SECRET = "s" * 32
+ENV = {"ITWIN_CLIENT_ID": "id", "ITWIN_CLIENT_SECRET": "secret-value", "AzureWebJobsStorage": "x"}
+
+
+def no_queue():
+    raise AssertionError("nothing may be enqueued")
+
+
+def rules():
+    return load_rules(None)
+
+
+def test_commands_that_are_not_json_are_an_invalid_request_body():
+    reply = accept_commands(b"{nope", None, no_queue)
+    assert reply.status == 400
+    assert reply.body["error"]["code"] == "InvalidRequestBody"
+
+
+def test_one_invalid_command_in_a_batch_rejects_the_batch_naming_the_field():
+    batch = [{"action": "delete", "resource": "run", "id": "r"}, {"action": "delete", "resource": "job", "id": "x"}]
+    reply = accept_commands(json.dumps(batch).encode(), None, no_queue)
+    assert reply.status == 400
+    assert reply.body["error"]["details"][0]["target"] == "[1].id"
+    assert set(reply.body["error"]["details"][0]) == {"code", "message", "target"}
+
+
+def test_a_body_over_one_mib_is_413_whatever_it_holds():
+    assert accept_commands(b"x" * (MAX_REQUEST_BYTES + 1), None, no_queue).status == 413
+    assert accept_commands(b"{}", str(MAX_REQUEST_BYTES + 1), no_queue).status == 413
+
+
+def test_a_webhook_with_a_bad_or_missing_signature_is_401():
+    body = b'{"eventType": "iModels.iModelDeleted.v1", "content": {}}'
+    assert receive_webhook(body, sign(body, "x" * 32), SECRET, rules, {}, no_queue).status == 401
+    assert receive_webhook(body, None, SECRET, rules, {}, no_queue).status == 401
+
+
+def test_every_delivery_is_refused_when_no_secret_is_configured():
+    body = b'{"eventType": "iModels.iModelDeleted.v1", "content": {}}'
+    reply = receive_webhook(body, sign(body, ""), None, rules, {}, no_queue)
+    assert reply.status == 401
+    assert "no webhook secret" in reply.body["error"]["message"]
+
+
+def test_a_signed_event_without_a_rule_is_accepted_and_enqueues_nothing():
+    body = b'{"eventType": "accessControl.memberAdded.v1", "content": {}}'
+    reply = receive_webhook(body, sign(body, SECRET), SECRET, rules, {}, no_queue)
+    assert (reply.status, reply.body["accepted"]) == (202, 0)
+
+
+def test_a_signed_event_missing_the_imodel_id_is_400_naming_it():
+    body = b'{"eventType": "iModels.iModelDeleted.v1", "content": {}}'
+    reply = receive_webhook(body, sign(body, SECRET), SECRET, rules, {}, no_queue)
+    assert reply.status == 400
+    assert reply.body["error"]["details"][0]["target"] == "[0].iModelId"
+
+
+def test_health_is_ok_with_the_required_settings():
+    assert health(ENV, rules).status == 200
+    assert health(ENV, rules).body == {"status": "ok"}
+
+
+def test_health_names_missing_settings_and_never_a_value():
+    reply = health({"ITWIN_CLIENT_SECRET": "secret-value"}, rules)
+    assert reply.status == 503
+    assert reply.body["missing"] == ["ITWIN_CLIENT_ID", "AzureWebJobsStorage"]
+    assert "secret-value" not in json.dumps(reply.body)
+
+
+def test_health_reports_malformed_event_rules():
+    def broken():
+        raise SettingsError("ITWIN_EVENT_RULES is not valid JSON")
+
+    reply = health(ENV, broken)
+    assert (reply.status, reply.body["invalid"]) == (503, ["ITWIN_EVENT_RULES"])

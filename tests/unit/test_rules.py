@@ -1,0 +1,114 @@
+import json
+
+import pytest
+
+from shared.commands import InvalidCommand
+from shared.rules import Event, commands_for, load_rules, parse_event
+from shared.settings import SettingsError
+
+IMODEL = "a0471655-6b18-419e-ab01-ebf4fbff9dff"
+RULES = load_rules(None)
+
+
+def event(event_type, **content):
+    return Event(event_type, content, itwin_id="tw", message_id="msg-1", webhook_id="wh")
+
+
+def test_an_imodel_deleted_event_deletes_every_connection_of_that_imodel():
+    [command] = commands_for(event("iModels.iModelDeleted.v1", imodelId=IMODEL), RULES, {})
+    assert command.to_message() == {
+        "action": "delete",
+        "resource": "connection",
+        "iModelId": IMODEL,
+        "correlationId": "msg-1",
+    }
+
+
+def test_an_imodel_created_event_creates_a_connection_only_when_a_name_is_set():
+    created = event("iModels.iModelCreated.v1", imodelId=IMODEL)
+    assert commands_for(created, RULES, {}) == []
+    [command] = commands_for(created, RULES, {"ITWIN_EXPORT_CONNECTION_NAME": "Nightly export"})
+    assert command.body == {"iModelId": IMODEL, "displayName": "Nightly export", "authenticationType": "Service"}
+
+
+def test_a_named_version_creates_one_clash_run_per_configured_test():
+    version = event("iModels.namedVersionCreated.v1", imodelId=IMODEL, versionId="nv-7")
+    assert commands_for(version, RULES, {}) == []
+    commands = commands_for(version, RULES, {"ITWIN_CLASH_TEST_IDS": "t1, t2"})
+    assert [c.body for c in commands] == [
+        {"testId": "t1", "iModelId": IMODEL, "namedVersionId": "nv-7"},
+        {"testId": "t2", "iModelId": IMODEL, "namedVersionId": "nv-7"},
+    ]
+
+
+def test_an_event_type_without_a_rule_produces_nothing():
+    assert commands_for(event("realityModeling.jobCompleted.v1", jobId="j"), RULES, {}) == []
+
+
+def test_an_event_missing_what_its_rule_needs_is_invalid():
+    with pytest.raises(InvalidCommand) as caught:
+        commands_for(event("iModels.iModelDeleted.v1"), RULES, {})
+    assert caught.value.details[0].target == "[0].iModelId"
+
+
+def test_rules_are_data_that_a_setting_replaces():
+    custom = json.dumps(
+        [
+            {
+                "eventType": "realityModeling.jobCompleted.v1",
+                "commands": [{"action": "delete", "resource": "job", "id": "{content.jobId}"}],
+            }
+        ]
+    )
+    job = "0e7f2f1a-7a0b-4c38-b0c5-9b5a6d1a2b3c"
+    [command] = commands_for(event("realityModeling.jobCompleted.v1", jobId=job), load_rules(custom), {})
+    assert (command.kind, command.id) == ("delete job", job)
+
+
+def test_secret_settings_cannot_be_placed_in_commands():
+    leak = json.dumps(
+        [
+            {
+                "eventType": "x",
+                "commands": [{"action": "delete", "resource": "run", "id": "{settings.ITWIN_CLIENT_SECRET}"}],
+            }
+        ]
+    )
+    with pytest.raises(InvalidCommand):
+        commands_for(event("x"), load_rules(leak), {"ITWIN_CLIENT_SECRET": "hunter2hunter2"})
+
+
+@pytest.mark.parametrize(
+    "text", ["{", "{}", "[1]", '[{"eventType": "x"}]', '[{"eventType": "x", "commands": [], "y": 1}]']
+)
+def test_a_malformed_rules_document_is_a_settings_error_naming_it(text):
+    with pytest.raises(SettingsError, match="ITWIN_EVENT_RULES"):
+        load_rules(text)
+
+
+def test_a_webhook_body_is_parsed_once_into_an_event():
+    body = json.dumps(
+        {
+            "content": {"imodelId": IMODEL, "userId": "u"},
+            "eventType": "iModels.iModelDeleted.v1",
+            "enqueuedDateTime": "11/3/2023 8:07:01 PM",
+            "iTwinId": "tw",
+            "messageId": "m",
+            "webhookId": "w",
+        }
+    ).encode()
+    parsed = parse_event(body)
+    assert (parsed.event_type, parsed.content["imodelId"], parsed.message_id) == (
+        "iModels.iModelDeleted.v1",
+        IMODEL,
+        "m",
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "code"), [(b"nope", "InvalidRequestBody"), (b"[]", "InvalidEvent"), (b"{}", "InvalidEvent")]
+)
+def test_a_webhook_body_that_is_not_an_event_is_rejected_with_a_code(body, code):
+    with pytest.raises(InvalidCommand) as caught:
+        parse_event(body)
+    assert caught.value.code == code
