@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import msal
+import msal.exceptions
 import requests
 
 from shared.errors import TokenError
@@ -147,9 +148,10 @@ class TokenProvider:
         self.requests_made += 1
         try:
             result = app.acquire_token_for_client(scopes=self._scopes)
-        except requests.RequestException as exc:
+        except (requests.RequestException, msal.exceptions.MsalServiceError) as exc:
+            # MsalServiceError: the token endpoint answered 5xx (or another non-token page).
             raise TokenError(
-                f"the token service could not be reached ({type(exc).__name__}); retry later",
+                f"the token service could not be reached or failed ({type(exc).__name__}); retry later",
                 transient=True,
                 code="TokenServiceUnavailable",
             ) from None

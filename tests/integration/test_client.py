@@ -1,0 +1,338 @@
+"""The iTwin client over real HTTPS against the simulator, with real MSAL and the OpenTelemetry SDK."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from conftest import settings_for
+from opentelemetry.trace import SpanKind, StatusCode
+from otel_capture import Captured
+
+from sandbox.itwin_platform import Faults
+from shared.client import ACCEPT, USER_AGENT, ITwinClient
+from shared.errors import (
+    Conflict,
+    Forbidden,
+    ITwinError,
+    NotFound,
+    RateLimited,
+    ServerError,
+    TokenError,
+    TransportError,
+    Unauthorized,
+    Unprocessable,
+)
+from shared.resources import ITwinApi
+from shared.retry import RetryPolicy
+from shared.settings import Settings
+
+IMODEL = "a0471655-6b18-419e-ab01-ebf4fbff9dff"
+MISSING = "fc226d0d-1647-48d7-8c11-f1f74f2d9808"
+WORKSPACE = "1db84556-49ba-41fd-8500-3657784c7752"
+JOB_BODY = {
+    "type": "Full",
+    "name": "Survey",
+    "workspaceId": WORKSPACE,
+    "inputs": [{"id": "0e7f2f1a-7a0b-4c38-b0c5-9b5a6d1a2b3d", "description": "photos"}],
+    "settings": {"quality": "Draft", "outputs": ["Cesium 3D Tiles"]},
+}
+
+
+@pytest.fixture
+def captured():
+    return Captured()
+
+
+def make_api(simulator, captured, policy=None, **overrides) -> ITwinApi:
+    settings = Settings.from_env({**settings_for(simulator), **overrides})
+    return ITwinApi(ITwinClient(settings, telemetry=captured.telemetry, policy=policy, timeout=(2.0, 1.0)))
+
+
+@pytest.fixture
+def api(simulator, captured):
+    return make_api(simulator, captured)
+
+
+def client_errors(captured):
+    return {dict(k)["error.type"]: (dict(k), v) for k, v in captured.counts("itwin.api.client_errors").items()}
+
+
+def test_operations_return_typed_objects_and_send_the_documented_headers(api, simulator):
+    connection = api.create_connection(IMODEL, "nightly")
+    assert (connection.imodel_id, connection.display_name, connection.authentication_type) == (
+        IMODEL,
+        "nightly",
+        "Service",
+    )
+    assert api.get_connection(connection.id) == connection
+    job = api.create_job(JOB_BODY)
+    assert job.state == "unsubmitted"
+    assert api.submit_job(job.id).state == "active"
+    assert api.cancel_job(job.id).state == "cancelled"
+    run = api.create_run({"testId": "t1", "iModelId": IMODEL, "namedVersionId": "v1"})
+    assert api.get_run(run.id).id == run.id
+    api.delete_run(run.id)
+    api.delete_connection(connection.id)
+    post = next(r for r in simulator.api_calls() if r.method == "POST")
+    assert post.headers["Accept"] == ACCEPT
+    assert post.headers["Content-Type"] == "application/json"
+    assert post.headers["User-Agent"] == USER_AGENT
+    assert post.headers["Authorization"].startswith("Bearer ")
+
+
+@pytest.mark.parametrize(
+    ("call", "cls", "code", "operation", "method"),
+    [
+        (lambda api: api.delete_connection(MISSING), NotFound, "ConnectionNotFound", "connections.delete", "DELETE"),
+        (lambda api: api.get_connection(MISSING), NotFound, "ConnectionNotFound", "connections.get", "GET"),
+        (lambda api: api.list_connections(MISSING), NotFound, "ConnectionNotFound", "connections.list", "GET"),
+        (
+            lambda api: api.delete_connection("not/valid"),
+            Unprocessable,
+            "InvalidExportConnectionRequest",
+            "connections.delete",
+            "DELETE",
+        ),
+        (
+            lambda api: api.create_connection("not-a-guid", "x"),
+            Unprocessable,
+            "InvalidExportConnectionRequest",
+            "connections.create",
+            "POST",
+        ),
+        (lambda api: api.delete_job(MISSING), NotFound, "JobNotFound", "jobs.delete", "DELETE"),
+        (lambda api: api.get_job(MISSING), NotFound, "JobNotFound", "jobs.get", "GET"),
+        (lambda api: api.delete_run(MISSING), NotFound, "ClashDetectionRunNotFound", "runs.delete", "DELETE"),
+        (lambda api: api.get_run(MISSING), NotFound, "ClashDetectionRunNotFound", "runs.get", "GET"),
+    ],
+)
+def test_each_documented_error_raises_its_class_and_is_counted(api, captured, call, cls, code, operation, method):
+    with pytest.raises(cls) as caught:
+        call(api)
+    assert caught.value.code == code
+    assert caught.value.operation == operation
+    attributes, value = client_errors(captured)[code]
+    assert value == 1
+    assert attributes == {
+        "http.request.method": method,
+        "http.response.status_code": caught.value.status,
+        "error.type": code,
+        "itwin.operation": operation,
+    }
+
+
+def test_a_422_carries_the_documented_details_and_targets(api):
+    with pytest.raises(Unprocessable) as caught:
+        api.create_connection("not-a-guid", "x")
+    assert [(d.code, d.target) for d in caught.value.details] == [("InvalidValue", "imodelId")]
+
+
+def test_deleting_a_submitted_job_is_refused_with_invalid_change(api):
+    job = api.create_job(JOB_BODY)
+    api.submit_job(job.id)
+    with pytest.raises(Unprocessable) as caught:
+        api.delete_job(job.id)
+    assert caught.value.code == "InvalidContextCaptureRequest"
+    assert caught.value.details[0].code == "InvalidChange"
+
+
+def test_a_token_without_the_platform_scope_gets_403_with_the_usual_cause(simulator, captured):
+    api = make_api(simulator, captured, ITWIN_SCOPE="some-other-scope")
+    with pytest.raises(Forbidden) as caught:
+        api.list_connections(IMODEL)
+    assert caught.value.code == "InsufficientPermissions"
+    assert "not a member of the iTwin" in str(caught.value)
+    assert "InsufficientPermissions" in client_errors(captured)
+
+
+def test_a_non_json_error_body_still_gives_a_useful_error_and_is_counted_by_status(api, simulator, captured):
+    simulator.fail_next("DELETE", "/export/connections/", 418, body=b"<html>I'm a teapot</html>")
+    with pytest.raises(ITwinError) as caught:
+        api.delete_connection(MISSING)
+    assert caught.value.status == 418
+    assert "not an iTwin error object" in caught.value.message
+    assert "teapot" in caught.value.message
+    assert client_errors(captured)["418"][0]["error.type"] == "418"
+
+
+def test_a_thousand_calls_from_sixteen_threads_make_one_token_request(api, simulator):
+    failures = []
+
+    def work():
+        for _ in range(1000 // 16 + 1):
+            try:
+                api.get_connection(MISSING)
+            except NotFound:
+                pass
+            except Exception as exc:
+                failures.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert len(simulator.api_calls()) >= 1000
+    assert simulator.token_requests == 1
+
+
+def test_a_401_fetches_one_new_token_and_repeats_the_call_once(api, simulator):
+    api.list_connections(api.create_connection(IMODEL, "a").imodel_id)
+    simulator.revoke_tokens()
+    assert len(api.list_connections(IMODEL)) == 1
+    assert simulator.token_requests == 2
+    statuses = [r.status for r in simulator.api_calls()]
+    assert statuses[-2:] == [401, 200]
+
+
+def test_a_second_401_after_the_refresh_is_raised(api, simulator, captured):
+    simulator.fail_next("GET", "/export/connections", 401, times=2)
+    with pytest.raises(Unauthorized):
+        api.list_connections(IMODEL)
+    assert simulator.token_requests == 2
+    assert len(simulator.api_calls()) == 2
+
+
+def test_a_token_is_renewed_before_it_expires(make_simulator, captured):
+    simulator = make_simulator(token_lifetime=3)
+    api = make_api(simulator, captured)
+    api.create_connection(IMODEL, "a")
+    time.sleep(1.7)  # past half the lifetime: the client must renew, not use a token about to expire
+    api.list_connections(IMODEL)
+    assert simulator.token_requests == 2
+    assert all(r.status != 401 for r in simulator.api_calls())
+
+
+def test_retry_after_is_honoured_and_never_shortened(api, simulator):
+    api.create_connection(IMODEL, "a")
+    simulator.fail_next("GET", "/export/connections", 429, headers={"Retry-After": "1"})
+    api.list_connections(IMODEL)
+    refused, repeated = simulator.api_calls()[-2:]
+    assert refused.status == 429
+    assert repeated.status == 200
+    assert repeated.started - refused.started >= 1.0
+
+
+def test_a_wait_longer_than_the_budget_raises_at_once_with_retry_after(simulator, captured):
+    api = make_api(simulator, captured, policy=RetryPolicy(budget=5.0))
+    simulator.fail_next("DELETE", "/export/connections/", 429, headers={"Retry-After": "30"})
+    started = time.monotonic()
+    with pytest.raises(RateLimited) as caught:
+        api.delete_connection(MISSING)
+    assert time.monotonic() - started < 2.0
+    assert caught.value.retry_after == 30.0
+    assert "429" in client_errors(captured) or "RateLimitExceeded" in client_errors(captured)
+
+
+def test_server_errors_on_idempotent_calls_back_off_and_repeat(api, simulator):
+    simulator.fail_next("GET", "/export/connections/", 503, times=2)
+    with pytest.raises(NotFound):
+        api.get_connection(MISSING)
+    assert [r.status for r in simulator.api_calls()] == [503, 503, 404]
+
+
+def test_a_create_is_not_repeated_after_a_server_error(api, simulator):
+    simulator.fail_next("POST", "/export/connections", 500)
+    with pytest.raises(ServerError):
+        api.create_connection(IMODEL, "a")
+    assert len(simulator.api_calls()) == 1
+
+
+def test_a_stalled_answer_is_a_transport_error_and_a_create_is_not_repeated(api, simulator):
+    simulator.faults = Faults(stall_rate=1.0, stall_seconds=2.0, seed=1)
+    with pytest.raises(TransportError):
+        api.create_connection(IMODEL, "a")
+    assert len(simulator.api_calls()) == 1
+
+
+def test_a_dropped_connection_on_a_get_is_repeated(api, simulator):
+    simulator.faults = Faults(drop_rate=1.0, seed=1)
+    with pytest.raises(TransportError) as caught:
+        api.get_connection(MISSING)
+    assert caught.value.retry_after is not None
+    assert len(simulator.api_calls()) == RetryPolicy().max_attempts
+
+
+def test_a_connection_in_use_is_deleted_once_its_run_ends(api, simulator):
+    connection = api.create_connection(IMODEL, "busy")
+    simulator.set_connection_in_use(connection.id, seconds=0.5)
+    api.delete_connection(connection.id)
+    statuses = [r.status for r in simulator.api_calls() if r.method == "DELETE"]
+    assert statuses[0] == 409
+    assert statuses[-1] == 204
+    assert connection.id not in simulator.connections
+
+
+def test_a_connection_still_in_use_is_raised_as_a_transient_conflict(simulator, captured):
+    api = make_api(simulator, captured, policy=RetryPolicy(max_attempts=2, backoff_base=0.01))
+    connection = api.create_connection(IMODEL, "busy")
+    simulator.set_connection_in_use(connection.id)
+    with pytest.raises(Conflict) as caught:
+        api.delete_connection(connection.id)
+    assert caught.value.code == "ConnectionAlreadyInUse"
+    assert caught.value.transient
+
+
+def test_listing_follows_next_links_over_every_page(make_simulator, captured):
+    simulator = make_simulator(default_page_size=2)
+    api = make_api(simulator, captured)
+    created = {api.create_connection(IMODEL, f"c{i}").id for i in range(5)}
+    assert {c.id for c in api.list_connections(IMODEL)} == created
+    assert len([r for r in simulator.api_calls() if r.method == "GET"]) == 3
+
+
+def test_clash_detection_calls_are_paced_under_six_per_second(api, simulator):
+    started = time.monotonic()
+    for _ in range(13):
+        with pytest.raises(NotFound):
+            api.get_run(MISSING)
+    assert time.monotonic() - started >= 2.0
+    assert all(r.status == 404 for r in simulator.api_calls("clashdetection"))
+
+
+def test_each_attempt_is_a_client_span_and_a_duration_point(api, simulator, captured):
+    simulator.fail_next("GET", "/export/connections/", 503)
+    with pytest.raises(NotFound):
+        api.get_connection(MISSING)
+    spans = [s for s in captured.spans() if s.kind is SpanKind.CLIENT]
+    assert [s.attributes["http.response.status_code"] for s in spans] == [503, 404]
+    assert all(s.status.status_code is StatusCode.ERROR for s in spans)
+    assert spans[0].attributes["server.address"] == "127.0.0.1"
+    points = captured.points("http.client.request.duration")
+    assert sum(p.count for p in points) == 2
+    assert {p.attributes["error.type"] for p in points} == {"503", "404"}
+
+
+def test_the_token_never_appears_in_spans_or_metrics(api, simulator, captured):
+    api.create_connection(IMODEL, "a")
+    with pytest.raises(NotFound):
+        api.get_connection(MISSING)
+    token = simulator.api_calls()[0].headers["Authorization"].removeprefix("Bearer ")
+    recorded = repr([dict(s.attributes) for s in captured.spans()]) + repr(captured.reader.get_metrics_data())
+    assert token not in recorded
+    assert simulator.client_secret not in recorded
+
+
+def test_a_wrong_secret_is_a_permanent_token_error(simulator, captured):
+    api = make_api(simulator, captured, ITWIN_CLIENT_SECRET="wrong-secret")
+    with pytest.raises(TokenError) as caught:
+        api.list_connections(IMODEL)
+    assert caught.value.code == "invalid_client"
+    assert not caught.value.transient
+    assert "wrong-secret" not in str(caught.value)
+
+
+def test_a_token_service_outage_is_a_transient_token_error(simulator, captured):
+    api = make_api(simulator, captured)
+    simulator.token_service_down = True
+    with pytest.raises(TokenError) as caught:
+        api.list_connections(IMODEL)
+    assert caught.value.transient
+
+
+def test_a_link_to_another_host_is_never_followed(api):
+    with pytest.raises(ITwinError, match="outside ITWIN_API_URL"):
+        api.client.call("GET", "https://evil.example.com/export/connections", operation="connections.list")
