@@ -19,8 +19,8 @@ from shared.worker import Worker
 T = TypeVar("T")
 _lock = threading.RLock()
 
-# The worker keeps each invocation short: past this budget a transient failure is rescheduled on the queue.
-WORKER_POLICY = RetryPolicy(max_attempts=3, budget=10.0)
+# Each invocation stays short: a wait longer than this budget goes back to the queue as a visibility delay.
+WORKER_POLICY = RetryPolicy(max_attempts=3, budget=1.0)
 
 
 def _once(build: Callable[[], T]) -> Callable[[], T]:

@@ -16,7 +16,7 @@ from shared.commands import Command, InvalidCommand, parse_message
 from shared.errors import ITwinError, NotFound
 from shared.outcomes import Outcome, classify_failure, create_outcome_unknown, describe_unknown_create
 from shared.queues import CommandQueue
-from shared.resources import ITwinApi
+from shared.resources import Connection, ITwinApi
 from shared.retry import RetryPolicy
 from shared.settings import COMMAND_QUEUE
 from shared.telemetry import Telemetry
@@ -100,8 +100,7 @@ class Worker:
         match command.action, command.resource:
             case "create", "connection":
                 body = command.body or {}
-                existing = api.list_connections(body["iModelId"])
-                if any(c.display_name == body["displayName"] for c in existing):
+                if any(c.display_name == body["displayName"] for c in self._connections(body["iModelId"])):
                     return Outcome.ALREADY_DONE
                 api.create_connection(body["iModelId"], body["displayName"], body.get("authenticationType", "Service"))
             case "delete", "connection" if command.imodel_id:
@@ -122,12 +121,16 @@ class Worker:
                 api.delete_run(command.id or "")
         return Outcome.SUCCEEDED
 
+    def _connections(self, imodel_id: str) -> list[Connection]:
+        """The iModel's connections; none when the API does not know the iModel (404)."""
+        try:
+            return self.api.list_connections(imodel_id)
+        except NotFound:
+            return []
+
     def _fan_out(self, command: Command) -> Outcome:
         """Delete by iModel: one delete command per connection, so each succeeds or retries on its own."""
-        try:
-            connections = self.api.list_connections(command.imodel_id or "")
-        except NotFound:
-            return Outcome.ALREADY_DONE
+        connections = self._connections(command.imodel_id or "")
         if not connections:
             return Outcome.ALREADY_DONE
         carrier: dict[str, str] = {}

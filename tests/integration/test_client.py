@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from conftest import settings_for
+from app_settings import settings_for
 from opentelemetry.trace import SpanKind, StatusCode
 from otel_capture import Captured
 

@@ -1,0 +1,207 @@
+"""The queue worker against the simulator and Azurite: every message ends in exactly one recorded outcome."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from app_settings import settings_for
+from azure.storage.queue import QueueServiceClient
+from opentelemetry.trace import SpanKind
+from otel_capture import Captured
+
+from shared.client import ITwinClient
+from shared.outcomes import Outcome
+from shared.queues import CommandQueue
+from shared.resources import ITwinApi
+from shared.runtime import WORKER_POLICY
+from shared.settings import COMMAND_QUEUE, POISON_QUEUE, Settings
+from shared.worker import Worker
+
+IMODEL = "a0471655-6b18-419e-ab01-ebf4fbff9dff"
+MISSING = "fc226d0d-1647-48d7-8c11-f1f74f2d9808"
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+@pytest.fixture
+def queues(azurite):
+    service = QueueServiceClient.from_connection_string(azurite.connection_string)
+    clients = {}
+    for name in (COMMAND_QUEUE, POISON_QUEUE):
+        client = service.get_queue_client(name)
+        try:
+            client.create_queue()
+        except Exception:
+            client.clear_messages()
+        clients[name] = client
+    return clients
+
+
+@pytest.fixture
+def captured():
+    return Captured()
+
+
+def make_worker(simulator, queues, captured, max_attempts=8, **overrides) -> Worker:
+    settings = Settings.from_env({**settings_for(simulator), **overrides})
+    client = ITwinClient(settings, telemetry=captured.telemetry, policy=WORKER_POLICY, timeout=(2.0, 2.0))
+    queue = CommandQueue(queues[COMMAND_QUEUE], queues[POISON_QUEUE])
+    return Worker(ITwinApi(client), queue, captured.telemetry, max_attempts=max_attempts)
+
+
+@pytest.fixture
+def worker(simulator, queues, captured):
+    return make_worker(simulator, queues, captured)
+
+
+def message(**fields) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def received(queue_client) -> list[dict]:
+    return [json.loads(m.content) for m in queue_client.receive_messages(messages_per_page=32, visibility_timeout=1)]
+
+
+def outcomes(captured) -> dict[tuple[str, str], int]:
+    return {(dict(k)["itwin.command"], dict(k)["outcome"]): v for k, v in captured.counts("itwin.commands").items()}
+
+
+def test_a_delete_by_id_succeeds(worker, simulator, captured):
+    connection = simulator.add_connection(IMODEL, "nightly")
+    assert worker.handle(message(action="delete", resource="connection", id=connection["id"])) is Outcome.SUCCEEDED
+    assert connection["id"] not in simulator.connections
+    assert outcomes(captured) == {("delete connection", "succeeded"): 1}
+    assert len(simulator.api_calls()) == 1
+
+
+def test_a_delete_of_something_already_gone_is_already_done(worker, captured):
+    assert worker.handle(message(action="delete", resource="run", id=MISSING)) is Outcome.ALREADY_DONE
+    assert worker.handle(message(action="delete", resource="job", id=MISSING)) is Outcome.ALREADY_DONE
+    assert outcomes(captured) == {("delete run", "already_done"): 1, ("delete job", "already_done"): 1}
+
+
+def test_creating_a_connection_is_idempotent_by_imodel_and_name(worker, simulator):
+    simulator.add_imodel(IMODEL)
+    command = message(action="create", resource="connection", body={"iModelId": IMODEL, "displayName": "nightly"})
+    assert worker.handle(command) is Outcome.SUCCEEDED
+    assert worker.handle(command) is Outcome.ALREADY_DONE
+    assert [c["displayName"] for c in simulator.connections.values()] == ["nightly"]
+    assert [r.method for r in simulator.api_calls()] == ["GET", "POST", "GET"]
+
+
+def test_a_connection_create_for_an_imodel_the_list_does_not_know_lets_the_create_decide(worker, simulator):
+    command = message(action="create", resource="connection", body={"iModelId": IMODEL, "displayName": "first"})
+    assert worker.handle(command) is Outcome.SUCCEEDED
+    assert [(r.method, r.status) for r in simulator.api_calls()] == [("GET", 404), ("POST", 201)]
+
+
+def test_a_delete_by_imodel_fans_out_one_delete_per_connection(worker, simulator, queues, captured):
+    ids = {simulator.add_connection(IMODEL, f"c{i}")["id"] for i in range(3)}
+    traceparent = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+    command = message(
+        action="delete", resource="connection", iModelId=IMODEL, correlationId="evt-1", traceparent=traceparent
+    )
+    assert worker.handle(command) is Outcome.FANNED_OUT
+    fanned = received(queues[COMMAND_QUEUE])
+    assert {m["id"] for m in fanned} == ids
+    assert all(m["correlationId"] == "evt-1" and TRACE_ID in m["traceparent"] for m in fanned)
+    for delete in fanned:
+        assert worker.handle(json.dumps(delete)) is Outcome.SUCCEEDED
+    assert simulator.connections == {}
+    assert outcomes(captured)[("delete connection", "succeeded")] == 3
+
+
+def test_a_delete_by_an_imodel_without_connections_is_already_done(worker, simulator):
+    simulator.add_imodel(IMODEL)
+    assert worker.handle(message(action="delete", resource="connection", iModelId=IMODEL)) is Outcome.ALREADY_DONE
+
+
+def test_an_invalid_message_is_dead_lettered_with_its_envelope_and_no_api_call(worker, simulator, queues, captured):
+    raw = b'{"action": "delete", "resource": "job", "id": "not-a-guid"}'
+    assert worker.handle(raw) is Outcome.DEAD_LETTERED
+    [envelope] = received(queues[POISON_QUEUE])
+    assert envelope["message"] == json.loads(raw)
+    assert envelope["error"]["code"] == "InvalidCommand"
+    assert envelope["error"]["details"][0]["target"] == "id"
+    assert envelope["attempts"] == 1
+    assert envelope["failedAt"].endswith("Z")
+    assert simulator.api_calls() == []
+    assert outcomes(captured) == {("invalid", "dead_lettered"): 1}
+
+
+def test_a_message_that_is_not_json_is_dead_lettered_as_raw_text(worker, queues):
+    assert worker.handle(b"\xffnot json") is Outcome.DEAD_LETTERED
+    [envelope] = received(queues[POISON_QUEUE])
+    assert envelope["message"].endswith("not json")
+    assert envelope["error"]["code"] == "InvalidRequestBody"
+
+
+def test_a_rate_limited_command_is_rescheduled_no_sooner_than_retry_after(worker, simulator, queues, captured):
+    connection = simulator.add_connection(IMODEL, "nightly")
+    simulator.fail_next("DELETE", "/export/connections/", 429, headers={"Retry-After": "2"})
+    started = time.monotonic()
+    assert worker.handle(message(action="delete", resource="connection", id=connection["id"])) is Outcome.RESCHEDULED
+    assert received(queues[COMMAND_QUEUE]) == []
+    while not (again := received(queues[COMMAND_QUEUE])):
+        time.sleep(0.1)
+    assert time.monotonic() - started >= 2.0
+    assert again[0]["attempt"] == 2
+    assert worker.handle(json.dumps(again[0])) is Outcome.SUCCEEDED
+    assert outcomes(captured) == {("delete connection", "rescheduled"): 1, ("delete connection", "succeeded"): 1}
+
+
+def test_a_connection_in_use_is_rescheduled(worker, simulator, queues):
+    connection = simulator.add_connection(IMODEL, "busy")
+    simulator.set_connection_in_use(connection["id"])
+    assert worker.handle(message(action="delete", resource="connection", id=connection["id"])) is Outcome.RESCHEDULED
+
+
+def test_a_token_service_outage_is_rescheduled(worker, simulator):
+    simulator.token_service_down = True
+    assert worker.handle(message(action="delete", resource="run", id=MISSING)) is Outcome.RESCHEDULED
+
+
+def test_a_permission_error_is_dead_lettered_with_the_api_error(simulator, queues, captured):
+    worker = make_worker(simulator, queues, captured, ITWIN_SCOPE="not-the-platform")
+    assert worker.handle(message(action="delete", resource="run", id=MISSING)) is Outcome.DEAD_LETTERED
+    [envelope] = received(queues[POISON_QUEUE])
+    assert envelope["error"]["status"] == 403
+    assert envelope["error"]["code"] == "InsufficientPermissions"
+    assert envelope["message"] == {"action": "delete", "resource": "run", "id": MISSING}
+
+
+def test_attempts_are_bounded_and_the_last_failure_is_dead_lettered(simulator, queues, captured):
+    worker = make_worker(simulator, queues, captured, max_attempts=3)
+    simulator.fail_next("DELETE", "/clashdetection/runs/", 503, times=10)
+    raw = message(action="delete", resource="run", id=MISSING, attempt=3)
+    assert worker.handle(raw) is Outcome.DEAD_LETTERED
+    [envelope] = received(queues[POISON_QUEUE])
+    assert envelope["attempts"] == 3
+    assert "gave up after 3 attempts" in envelope["error"]["message"]
+
+
+def test_a_job_create_that_may_have_happened_is_not_repeated(worker, simulator, queues):
+    simulator.fail_next("POST", "/contextcapture/jobs", 500)
+    body = {
+        "type": "Full",
+        "name": "Survey",
+        "workspaceId": IMODEL,
+        "inputs": [{"id": MISSING, "description": "photos"}],
+        "settings": {},
+    }
+    assert worker.handle(message(action="create", resource="job", body=body)) is Outcome.DEAD_LETTERED
+    [envelope] = received(queues[POISON_QUEUE])
+    assert envelope["error"]["code"] == "CreateOutcomeUnknown"
+    assert len(simulator.api_calls()) == 1
+
+
+def test_the_consumer_span_continues_the_producers_trace(worker, captured):
+    traceparent = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+    worker.handle(message(action="delete", resource="run", id=MISSING, traceparent=traceparent, correlationId="c-9"))
+    [consumer] = [s for s in captured.spans() if s.kind is SpanKind.CONSUMER]
+    assert format(consumer.context.trace_id, "032x") == TRACE_ID
+    assert consumer.attributes["itwin.outcome"] == "already_done"
+    assert consumer.attributes["itwin.correlation_id"] == "c-9"
+    [client] = [s for s in captured.spans() if s.kind is SpanKind.CLIENT]
+    assert client.parent.span_id == consumer.context.span_id
