@@ -72,7 +72,7 @@ class ITwinClient:
             clock=clock,
         )
         self.telemetry = telemetry or default_telemetry()
-        self.pacer = pacer or Pacer(clock=clock, sleep=sleep)
+        self.pacer = pacer or Pacer(settings.rate_limits, clock=clock, sleep=sleep)
         self.policy = policy or RetryPolicy()
         self._timeout = timeout
         self._clock = clock

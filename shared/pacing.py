@@ -6,9 +6,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
-# Documented limits, calls per second. Clash Detection documents 6/s; the others only have the tier
-# limits (500 or 5000 calls a minute per client), which a caller sets through `rates` when it knows them.
-DEFAULT_RATES: Mapping[str, float] = {"clashdetection": 6.0}
+from shared.settings import DEFAULT_RATE_LIMITS
+
 # Pace slightly under the limit: the server counts arrivals, which jitter by a few milliseconds.
 SAFETY = 0.95
 
@@ -26,7 +25,9 @@ class Pacer:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self._intervals = {api: 1.0 / (rate * SAFETY) for api, rate in (rates or DEFAULT_RATES).items()}
+        self._intervals = {
+            api: 1.0 / (rate * SAFETY) for api, rate in (DEFAULT_RATE_LIMITS if rates is None else rates).items()
+        }
         self._next: dict[str, float] = {}
         self._held_until: dict[str, float] = {}
         self._lock = threading.Lock()

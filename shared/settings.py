@@ -19,6 +19,7 @@ DEFAULT_AUTHORITY = "https://ims.bentley.com"
 DEFAULT_SCOPE = "itwin-platform"
 DEFAULT_API_URL = "https://api.bentley.com"
 DEFAULT_MAX_ATTEMPTS = 8
+DEFAULT_RATE_LIMITS = {"clashdetection": 6.0}
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,11 @@ SETTINGS: tuple[Setting, ...] = (
         "Comma-separated Clash Detection test ids run on iModels.namedVersionCreated.v1.",
     ),
     Setting("ITWIN_EVENT_RULES", "JSON document that replaces the default event rules."),
+    Setting(
+        "ITWIN_RATE_LIMITS",
+        "Calls per second this process allows itself per API, e.g. export=8,contextcapture=8; "
+        "clashdetection=6 (its documented limit) unless set here.",
+    ),
     Setting(
         "ITWIN_MAX_ATTEMPTS",
         "Attempts per queue message before it is dead-lettered.",
@@ -106,6 +112,25 @@ def _https_root(name: str, value: str) -> str:
     return value.rstrip("/")
 
 
+def parse_rate_limits(text: str | None) -> dict[str, float]:
+    """``"export=8, clashdetection=6"`` as calls per second per API, over the documented defaults."""
+    limits = dict(DEFAULT_RATE_LIMITS)
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        api, _, rate = item.partition("=")
+        try:
+            value = float(rate)
+        except ValueError:
+            value = 0.0
+        if not api.strip().isidentifier() or not 0 < value <= 10000:
+            raise SettingsError(
+                f"ITWIN_RATE_LIMITS must look like export=8,clashdetection=6 (calls per second); got {item.strip()!r}"
+            )
+        limits[api.strip().lower()] = value
+    return limits
+
+
 @dataclass(frozen=True)
 class Settings:
     """The validated settings the iTwin client and the functions use."""
@@ -120,6 +145,7 @@ class Settings:
     clash_test_ids: tuple[str, ...] = ()
     event_rules: str | None = None
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    rate_limits: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -148,4 +174,5 @@ class Settings:
             clash_test_ids=clash_ids,
             event_rules=get("ITWIN_EVENT_RULES"),
             max_attempts=int(raw_attempts),
+            rate_limits=parse_rate_limits(get("ITWIN_RATE_LIMITS")),
         )

@@ -34,6 +34,9 @@ def test_missing_required_settings_are_named_together():
         ("ITWIN_API_URL", "https://api.bentley.com/?x=1"),
         ("ITWIN_MAX_ATTEMPTS", "0"),
         ("ITWIN_MAX_ATTEMPTS", "eight"),
+        ("ITWIN_RATE_LIMITS", "export"),
+        ("ITWIN_RATE_LIMITS", "export=fast"),
+        ("ITWIN_RATE_LIMITS", "export=0"),
     ],
 )
 def test_a_malformed_setting_is_an_error_naming_it(name, value):
@@ -68,3 +71,9 @@ def test_storage_counts_as_configured_in_either_form():
 def test_every_setting_is_named_once():
     names = [s.name for s in SETTINGS]
     assert len(names) == len(set(names))
+
+
+def test_rate_limits_add_to_the_documented_clash_detection_limit():
+    assert Settings.from_env(REQUIRED).rate_limits == {"clashdetection": 6.0}
+    limits = Settings.from_env({**REQUIRED, "ITWIN_RATE_LIMITS": "export=8, clashdetection=3"}).rate_limits
+    assert limits == {"clashdetection": 3.0, "export": 8.0}
