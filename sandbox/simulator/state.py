@@ -1,0 +1,188 @@
+"""The simulated platform's data: iModels, Export connections, ContextCapture jobs, Clash Detection runs.
+
+All of it is guarded by one lock, which the simulator holds while an operation runs; the builders below are
+shared by the HTTP operations and by the test set-up helpers, so both produce identical objects.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+JOB_TYPES = ("Full", "Calibration", "Reconstruction")
+JOB_STATES = ("unsubmitted", "active", "success", "failed", "cancelled")
+RUN_STATUSES = ("queued", "started", "inProgress", "completed", "completedToLimit", "failed", "cancelled")
+
+
+def now_iso() -> str:
+    """The current UTC time as the APIs write it (ISO 8601 with a Z)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class World:
+    """Everything the APIs store. Callers hold `lock` while reading or changing it."""
+
+    def __init__(self, *, max_page_size: int, default_page_size: int) -> None:
+        self.lock = threading.RLock()
+        self.base_url = ""
+        self.max_page_size = max_page_size
+        self.default_page_size = default_page_size
+        self.default_itwin_id = str(uuid.uuid4())
+        self.imodels: dict[str, str] = {}  # lower-case iModel id -> iTwin id
+        self.connections: dict[str, dict[str, Any]] = {}
+        self.in_use_until: dict[str, float] = {}  # connection id -> time.monotonic() deadline
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.runs: dict[str, dict[str, Any]] = {}
+
+    def set_base_url(self, base_url: str) -> None:
+        """Set the root every link points at; links of objects stored before the server started are fixed."""
+        self.base_url = base_url
+        for collection in (self.connections, self.jobs, self.runs):
+            for item in collection.values():
+                for link in (item.get("_links") or {}).values():
+                    if isinstance(link, dict) and str(link.get("href", "")).startswith("/"):
+                        link["href"] = base_url + link["href"]
+
+    # -- iModels and Export connections ------------------------------------------------------------------
+    def add_imodel(self, imodel_id: str, itwin_id: str | None = None) -> str:
+        """Register an iModel (in the given or the default iTwin); returns its iTwin id."""
+        key = imodel_id.lower()
+        if itwin_id is not None or key not in self.imodels:
+            self.imodels[key] = itwin_id or self.default_itwin_id
+        return self.imodels[key]
+
+    def add_connection(
+        self,
+        imodel_id: str,
+        display_name: str,
+        authentication_type: str = "User",
+        connection_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Store a new connection (registering its iModel) and return it."""
+        itwin_id = self.add_imodel(imodel_id)
+        connection_id = connection_id or str(uuid.uuid4())
+        connection = {
+            "id": connection_id,
+            "displayName": display_name,
+            "iModelId": imodel_id,
+            "iTwinId": itwin_id,
+            "authenticationType": authentication_type,
+            "_links": {
+                "iModel": {"href": f"{self.base_url}/imodels/{imodel_id}"},
+                "iTwin": {"href": f"{self.base_url}/itwins/{itwin_id}"},
+                "lastRun": None,
+            },
+        }
+        self.connections[connection_id] = connection
+        return connection
+
+    def connection_in_use(self, connection_id: str) -> bool:
+        """True while `set_connection_in_use` holds the connection."""
+        deadline = self.in_use_until.get(connection_id)
+        if deadline is None:
+            return False
+        if time.monotonic() < deadline:
+            return True
+        del self.in_use_until[connection_id]
+        return False
+
+    def set_connection_in_use(self, connection_id: str, seconds: float | None) -> None:
+        """Hold the connection for `seconds` (None: until cleared; 0: clear now)."""
+        if seconds is not None and seconds <= 0:
+            self.in_use_until.pop(connection_id, None)
+        else:
+            self.in_use_until[connection_id] = math.inf if seconds is None else time.monotonic() + seconds
+
+    # -- ContextCapture jobs -----------------------------------------------------------------------------
+    def add_job(
+        self,
+        *,
+        job_id: str | None = None,
+        name: str = "Simulated job",
+        job_type: str = "Full",
+        workspace_id: str | None = None,
+        inputs: list[dict[str, Any]] | None = None,
+        settings: dict[str, Any] | None = None,
+        state: str = "unsubmitted",
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Store a new ContextCapture job and return it."""
+        if state not in JOB_STATES:
+            raise ValueError(f"job state must be one of {JOB_STATES}; got {state!r}")
+        stamp = now_iso()
+        job = {
+            "id": job_id or str(uuid.uuid4()),
+            "name": name,
+            "type": job_type,
+            "state": state,
+            "createdDateTime": stamp,
+            "lastModifiedDateTime": stamp,
+            "workspaceId": workspace_id or str(uuid.uuid4()),
+            "iTwinId": self.default_itwin_id,
+            "dataCenter": "EastUs",
+            "inputs": inputs if inputs is not None else [{"id": str(uuid.uuid4()), "description": "photos"}],
+            "settings": settings if settings is not None else {"outputs": ["3MX"]},
+            **(extra or {}),
+        }
+        if state != "unsubmitted":
+            job["executionInformation"] = {"submittedDateTime": stamp}
+        self.jobs[job["id"]] = job
+        return job
+
+    def set_job_state(self, job_id: str, state: str) -> dict[str, Any]:
+        """Move a job to `state` (any state, no transition rules) and return it; KeyError when unknown."""
+        if state not in JOB_STATES:
+            raise ValueError(f"job state must be one of {JOB_STATES}; got {state!r}")
+        job = self.jobs[job_id]
+        stamp = now_iso()
+        if job["state"] == "unsubmitted" and state != "unsubmitted":
+            job["executionInformation"] = {"submittedDateTime": stamp}
+        if state in ("success", "failed", "cancelled"):
+            job.setdefault("executionInformation", {})["endedDateTime"] = stamp
+        job["state"] = state
+        job["lastModifiedDateTime"] = stamp
+        return job
+
+    # -- Clash Detection runs ----------------------------------------------------------------------------
+    def add_run(
+        self,
+        *,
+        run_id: str | None = None,
+        test_id: str | None = None,
+        imodel_id: str | None = None,
+        named_version_id: str | None = None,
+        project_id: str | None = None,
+        status: str = "queued",
+        display_name: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Store a new Clash Detection run and return it (its project is the iModel's iTwin by default)."""
+        run_id = run_id or str(uuid.uuid4())
+        test_id = test_id or str(uuid.uuid4())
+        imodel_id = imodel_id or str(uuid.uuid4())
+        if project_id is None:
+            project_id = self.imodels.get(imodel_id.lower(), self.default_itwin_id)
+        run = {
+            "id": run_id,
+            "displayName": display_name or f"Run {len(self.runs) + 1}",
+            "testId": test_id,
+            "iModelId": imodel_id,
+            "namedVersionId": named_version_id or str(uuid.uuid4()),
+            "projectId": project_id,
+            "status": status,
+            "executedDateTime": now_iso(),
+            "count": 0,
+            "userName": "service-application",
+            "resultId": str(uuid.uuid4()),
+            "_links": {
+                "run": {"href": f"{self.base_url}/clashdetection/runs/{run_id}"},
+                "test": {"href": f"{self.base_url}/clashdetection/tests/{test_id}"},
+            },
+            **(extra or {}),
+        }
+        self.runs[run_id] = run
+        return run

@@ -1,0 +1,43 @@
+"""Shared fixtures: the iTwin Platform simulator (`sandbox.itwin_platform`), fresh for every test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from app_settings import settings_for
+
+from sandbox.itwin_platform import Simulator
+
+
+@pytest.fixture
+def make_simulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Simulator]]:
+    """A factory of started simulators (keyword arguments as for `Simulator`), all stopped after the test.
+
+    It points REQUESTS_CA_BUNDLE at the simulators' CA: on these machines that variable is set globally and
+    overrides `requests.Session.verify`.
+    """
+    started: list[Simulator] = []
+
+    def make(**options: Any) -> Simulator:
+        simulator = Simulator(**options).start()
+        started.append(simulator)
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", simulator.ca_path)
+        return simulator
+
+    yield make
+    for simulator in started:
+        simulator.stop()
+
+
+@pytest.fixture
+def simulator(make_simulator: Callable[..., Simulator]) -> Simulator:
+    """A started simulator with default options and empty state."""
+    return make_simulator()
+
+
+@pytest.fixture
+def simulator_env(simulator: Simulator) -> dict[str, str]:
+    """The ITWIN_* settings (client id and secret, authority, API URL) pointing at `simulator`."""
+    return settings_for(simulator)
