@@ -9,11 +9,15 @@ matching ``messageEncoding: none`` in host.json.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 from shared.settings import COMMAND_QUEUE, POISON_QUEUE, STORAGE_CONNECTION, SettingsError
+
+# The Storage SDK logs every request and response at INFO; our own log lines say what happened to each message.
+logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
 
 MAX_VISIBILITY_DELAY = 7 * 24 * 3600  # the queue service's limit
 
