@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,6 +50,7 @@ class Worker:
         self.max_attempts = max_attempts
         self.policy = policy or RetryPolicy()
         self._now = now
+        self._create_locks = tuple(threading.Lock() for _ in range(64))
 
     def handle(self, raw: bytes | str) -> Outcome:
         """Process one queue message body. Raises only when the queue itself fails (the host then retries)."""
@@ -99,10 +101,7 @@ class Worker:
         api = self.api
         match command.action, command.resource:
             case "create", "connection":
-                body = command.body or {}
-                if any(c.display_name == body["displayName"] for c in self._connections(body["iModelId"])):
-                    return Outcome.ALREADY_DONE
-                api.create_connection(body["iModelId"], body["displayName"], body.get("authenticationType", "Service"))
+                return self._create_connection(command.body or {})
             case "delete", "connection" if command.imodel_id:
                 return self._fan_out(command)
             case "delete", "connection":
@@ -119,6 +118,16 @@ class Worker:
                 api.create_run(command.body or {})
             case "delete", "run":
                 api.delete_run(command.id or "")
+        return Outcome.SUCCEEDED
+
+    def _create_connection(self, body: Mapping[str, Any]) -> Outcome:
+        """Create unless a connection with this iModel and name exists. The lock keeps two deliveries handled at
+        once by this process from both finding none; across instances the list-first check is what remains."""
+        key = (body["iModelId"].lower(), body["displayName"])
+        with self._create_locks[hash(key) % len(self._create_locks)]:
+            if any(c.display_name == body["displayName"] for c in self._connections(body["iModelId"])):
+                return Outcome.ALREADY_DONE
+            self.api.create_connection(body["iModelId"], body["displayName"], body.get("authenticationType", "Service"))
         return Outcome.SUCCEEDED
 
     def _connections(self, imodel_id: str) -> list[Connection]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from app_settings import settings_for
@@ -205,3 +206,12 @@ def test_the_consumer_span_continues_the_producers_trace(worker, captured):
     assert consumer.attributes["itwin.correlation_id"] == "c-9"
     [client] = [s for s in captured.spans() if s.kind is SpanKind.CLIENT]
     assert client.parent.span_id == consumer.context.span_id
+
+
+def test_the_same_create_delivered_twice_at_once_creates_one_connection(worker, simulator):
+    simulator.add_imodel(IMODEL)
+    command = message(action="create", resource="connection", body={"iModelId": IMODEL, "displayName": "nightly"})
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(worker.handle, [command] * 8))
+    assert sorted(results) == sorted([Outcome.SUCCEEDED] + [Outcome.ALREADY_DONE] * 7)
+    assert len(simulator.connections) == 1
