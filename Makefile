@@ -24,10 +24,34 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 
 pytest: $(STAMP) $(AZURITE)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --ignore=tests/infra
 
-infra-check: $(STAMP)
-	@echo "infra checks: not yet written"
+# Infrastructure checks: pycep parse, drift and security-property tests (tests/infra), checkov in its own
+# .venv-infra (its pinned dependencies stay out of the app's .venv), and bicep build/lint where the Bicep CLI is.
+INFRA_VENV := .venv-infra
+INFRA_STAMP := $(INFRA_VENV)/.installed
+CHECKOV := $(INFRA_VENV)/bin/checkov
+BICEP_FILES := $(wildcard infra/*.bicep infra/modules/*.bicep)
+
+$(INFRA_STAMP): requirements-infra.txt
+	$(PYTHON) -m venv $(INFRA_VENV)
+	$(INFRA_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-infra.txt
+	touch $@
+
+infra-check: $(STAMP) $(INFRA_STAMP)
+	$(PY) -m pytest -q tests/infra
+	$(CHECKOV) --framework bicep --directory infra --compact --quiet --skip-download
+	@if command -v bicep >/dev/null 2>&1; then \
+		for f in $(BICEP_FILES); do \
+			echo "bicep build $$f" && bicep build "$$f" --stdout >/dev/null && \
+			echo "bicep lint $$f" && bicep lint "$$f" || exit 1; \
+		done; \
+	else \
+		echo "infra-check: bicep CLI not on PATH; skipped bicep build and bicep lint"; \
+	fi
+
+dev: $(STAMP) $(AZURITE)
+	$(PY) -m sandbox.dev
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(INFRA_VENV) node_modules .pytest_cache .ruff_cache .sandbox

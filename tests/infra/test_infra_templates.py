@@ -1,0 +1,115 @@
+"""The Bicep files parse, and main.bicep wires its modules the way `bicep build` would insist on.
+
+Without the Bicep CLI these structural checks stand in for its type checking: a module path that does not
+exist, a parameter a module does not declare, a required parameter left out, or an output that is not there
+would each fail `az deployment` and `azd up`; here they fail the test run instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bicep_model import (
+    INFRA,
+    REPO,
+    bicep_files,
+    identifiers_used,
+    module_output_references,
+    parse_bicep,
+)
+
+EXPECTED_MODULES = {
+    "identity",
+    "monitoring",
+    "storage",
+    "key-vault",
+    "role-assignments",
+    "function-app",
+}
+
+
+def test_infra_has_main_and_one_module_per_concern():
+    # GIVEN the infra folder  THEN it holds main.bicep and exactly the expected modules
+    names = {path.relative_to(INFRA).as_posix() for path in bicep_files()}
+
+    assert names == {"main.bicep"} | {f"modules/{name}.bicep" for name in EXPECTED_MODULES}
+
+
+@pytest.mark.parametrize("path", bicep_files(), ids=lambda path: path.relative_to(INFRA).as_posix())
+def test_every_bicep_file_parses_with_pycep(path: Path):
+    # WHEN the file is parsed  THEN pycep returns a model with at least one declaration
+    model = parse_bicep(path)
+
+    assert model.get("parameters") or model.get("resources") or model.get("modules")
+
+
+def test_main_deploys_to_a_resource_group(main_template: dict[str, Any]):
+    # `az deployment group create` and azd's resource-group scoped deployment both need this scope.
+    assert main_template["globals"]["scope"]["value"] == "resourceGroup"
+
+
+def _modules(main_template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return main_template["modules"]
+
+
+def _module_path(module: dict[str, Any]) -> Path:
+    return INFRA / module["detail"]["path"]
+
+
+def test_every_module_main_uses_exists_and_is_local(main_template: dict[str, Any]):
+    for symbol, module in _modules(main_template).items():
+        assert module["type"] == "local", f"module {symbol} is not a local file"
+        assert _module_path(module).is_file(), f"module {symbol}: {module['detail']['path']} is missing"
+
+    used = {_module_path(module).stem for module in _modules(main_template).values()}
+    assert used == EXPECTED_MODULES
+
+
+def test_main_passes_only_declared_params_and_every_required_one(main_template: dict[str, Any]):
+    for symbol, module in _modules(main_template).items():
+        declared = parse_bicep(_module_path(module))["parameters"]
+        passed = set(module["config"]["params"])
+        required = {name for name, param in declared.items() if param["default"] is None}
+
+        assert passed <= set(declared), f"module {symbol} is passed undeclared params {passed - set(declared)}"
+        assert required <= passed, f"module {symbol} is missing required params {required - passed}"
+
+
+def test_every_module_output_main_reads_is_declared(main_template: dict[str, Any]):
+    modules = _modules(main_template)
+    references = set(module_output_references(main_template))
+
+    assert references, "main.bicep should read module outputs"
+    for symbol, output in references:
+        assert symbol in modules, f"{symbol}.outputs.{output}: no module called {symbol}"
+        outputs = parse_bicep(_module_path(modules[symbol])).get("outputs", {})
+        assert output in outputs, f"{symbol}.outputs.{output} is not an output of {modules[symbol]['detail']}"
+
+
+@pytest.mark.parametrize("path", bicep_files(), ids=lambda path: path.relative_to(INFRA).as_posix())
+def test_every_parameter_is_used(path: Path):
+    # An unused parameter is a setting the deployer can change to no effect (bicep lint: no-unused-params).
+    model = parse_bicep(path)
+    body = {key: value for key, value in model.items() if key != "parameters"}
+    used = identifiers_used(body)
+
+    unused = set(model.get("parameters", {})) - used
+    assert not unused, f"{path.name} declares unused params {sorted(unused)}"
+
+
+def test_azure_yaml_deploys_the_python_function_app_with_bicep_from_infra(main_template: dict[str, Any]):
+    # azure.yaml is read without a YAML library (none is in the dev requirements): the few lines azd needs.
+    lines = [line.rstrip() for line in (REPO / "azure.yaml").read_text(encoding="utf-8").splitlines()]
+    service_name = main_template["modules"]["functionApp"]["config"]["params"]["serviceName"]
+
+    assert "services:" in lines
+    assert f"  {service_name}:" in lines, "the azd service must match the function app's azd-service-name tag"
+    assert "    host: function" in lines
+    assert "    language: python" in lines
+    assert "    project: ." in lines
+    assert "infra:" in lines
+    assert "  provider: bicep" in lines
+    assert "  path: infra" in lines
+    assert "  module: main" in lines
