@@ -56,15 +56,22 @@ def _enqueue(queue: CommandQueue, commands: list[Command]) -> None:
         queue.send(message)
 
 
+def _misconfigured(error: SettingsError) -> Reply:
+    log.error("cannot serve the request: %s", error)
+    return error_reply(503, "ServiceMisconfigured", f"{error}. See GET /api/health.")
+
+
 def accept_commands(body: bytes, declared_length: str | None, queue: Callable[[], CommandQueue]) -> Reply:
     """``POST /api/commands``: validate one command or up to 100, then enqueue all of them or none."""
     if _too_large(body, declared_length):
         return error_reply(413, "RequestTooLarge", f"The body is over {MAX_REQUEST_BYTES} bytes (1 MiB).")
     try:
         commands = parse_batch(decode_json(body))
+        _enqueue(queue(), commands)
     except InvalidCommand as invalid:
         return error_reply(400, invalid.code, invalid.message, invalid.details)
-    _enqueue(queue(), commands)
+    except SettingsError as error:
+        return _misconfigured(error)
     return Reply(202, {"accepted": len(commands)})
 
 
@@ -86,11 +93,13 @@ def receive_webhook(
     try:
         event = parse_event(body)
         commands = commands_for(event, rules(), environ)
+        if commands:
+            _enqueue(queue(), commands)
     except InvalidCommand as invalid:
         log.warning("webhook event rejected: %s %s", invalid.message, [d.to_dict() for d in invalid.details])
         return error_reply(400, invalid.code, invalid.message, invalid.details)
-    if commands:
-        _enqueue(queue(), commands)
+    except SettingsError as error:
+        return _misconfigured(error)
     log.info("webhook %s messageId=%s: %d command(s) enqueued", event.event_type, event.message_id, len(commands))
     return Reply(202, {"accepted": len(commands), "eventType": event.event_type})
 

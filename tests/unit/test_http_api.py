@@ -80,3 +80,22 @@ def test_health_reports_malformed_event_rules():
 
     reply = health(ENV, broken)
     assert (reply.status, reply.body["invalid"]) == (503, ["ITWIN_EVENT_RULES"])
+
+
+def test_commands_without_queue_storage_configured_are_503_naming_the_setting():
+    def unconfigured():
+        raise SettingsError("AzureWebJobsStorage is not set")
+
+    reply = accept_commands(b'{"action": "delete", "resource": "run", "id": "r"}', None, unconfigured)
+    assert reply.status == 503
+    assert reply.body["error"]["code"] == "ServiceMisconfigured"
+    assert "AzureWebJobsStorage" in reply.body["error"]["message"]
+
+
+def test_a_webhook_with_malformed_rules_is_503_naming_the_setting():
+    def broken():
+        raise SettingsError("ITWIN_EVENT_RULES is not valid JSON")
+
+    body = b'{"eventType": "iModels.iModelDeleted.v1", "content": {}}'
+    reply = receive_webhook(body, sign(body, SECRET), SECRET, broken, {}, no_queue)
+    assert (reply.status, reply.body["error"]["code"]) == (503, "ServiceMisconfigured")
