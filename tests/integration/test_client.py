@@ -9,6 +9,7 @@ import pytest
 from app_settings import settings_for
 from opentelemetry.trace import SpanKind, StatusCode
 from otel_capture import Captured
+from samples import IMODEL, JOB_BODY, MISSING
 
 from sandbox.itwin_platform import Faults
 from shared.client import ACCEPT, USER_AGENT, ITwinClient
@@ -27,17 +28,6 @@ from shared.errors import (
 from shared.resources import ITwinApi
 from shared.retry import RetryPolicy
 from shared.settings import Settings
-
-IMODEL = "a0471655-6b18-419e-ab01-ebf4fbff9dff"
-MISSING = "fc226d0d-1647-48d7-8c11-f1f74f2d9808"
-WORKSPACE = "1db84556-49ba-41fd-8500-3657784c7752"
-JOB_BODY = {
-    "type": "Full",
-    "name": "Survey",
-    "workspaceId": WORKSPACE,
-    "inputs": [{"id": "0e7f2f1a-7a0b-4c38-b0c5-9b5a6d1a2b3d", "description": "photos"}],
-    "settings": {"quality": "Draft", "outputs": ["Cesium 3D Tiles"]},
-}
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 from app_settings import settings_for
-from azure.storage.queue import QueueServiceClient
+from samples import IMODEL
 
 import function_app
 from sandbox.host import LocalHost
@@ -17,7 +17,6 @@ from shared.settings import COMMAND_QUEUE, POISON_QUEUE
 from shared.signature import sign
 
 SECRET = "an-end-to-end-webhook-secret-0123456789"
-IMODEL = "a0471655-6b18-419e-ab01-ebf4fbff9dff"
 
 
 def wait_until(condition, timeout=15.0):
@@ -27,20 +26,6 @@ def wait_until(condition, timeout=15.0):
             return True
         time.sleep(0.05)
     return False
-
-
-@pytest.fixture
-def queues(azurite):
-    service = QueueServiceClient.from_connection_string(azurite.connection_string)
-    clients = {}
-    for name in (COMMAND_QUEUE, POISON_QUEUE):
-        client = service.get_queue_client(name)
-        try:
-            client.create_queue()
-        except Exception:
-            client.clear_messages()
-        clients[name] = client
-    return clients
 
 
 @pytest.fixture

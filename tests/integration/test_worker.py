@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from app_settings import settings_for
-from azure.storage.queue import QueueServiceClient
 from opentelemetry.trace import SpanKind
 from otel_capture import Captured
+from samples import IMODEL, MISSING
 
 from shared.client import ITwinClient
 from shared.outcomes import Outcome
@@ -20,23 +20,7 @@ from shared.runtime import WORKER_POLICY
 from shared.settings import COMMAND_QUEUE, POISON_QUEUE, Settings
 from shared.worker import Worker
 
-IMODEL = "a0471655-6b18-419e-ab01-ebf4fbff9dff"
-MISSING = "fc226d0d-1647-48d7-8c11-f1f74f2d9808"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
-
-
-@pytest.fixture
-def queues(azurite):
-    service = QueueServiceClient.from_connection_string(azurite.connection_string)
-    clients = {}
-    for name in (COMMAND_QUEUE, POISON_QUEUE):
-        client = service.get_queue_client(name)
-        try:
-            client.create_queue()
-        except Exception:
-            client.clear_messages()
-        clients[name] = client
-    return clients
 
 
 @pytest.fixture

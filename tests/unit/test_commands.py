@@ -1,19 +1,9 @@
 import json
 
 import pytest
+from samples import IMODEL, JOB, JOB_BODY
 
 from shared.commands import MAX_BODY_BYTES, Command, InvalidCommand, parse_batch, parse_message, validate
-
-IMODEL = "a0471655-6b18-419e-ab01-ebf4fbff9dff"
-JOB = "0e7f2f1a-7a0b-4c38-b0c5-9b5a6d1a2b3c"
-WORKSPACE = "1db84556-49ba-41fd-8500-3657784c7752"
-JOB_BODY = {
-    "type": "Full",
-    "name": "Survey",
-    "workspaceId": WORKSPACE,
-    "inputs": [{"id": "0e7f2f1a-7a0b-4c38-b0c5-9b5a6d1a2b3d", "description": "photos"}],
-    "settings": {"quality": "Draft", "outputs": ["Cesium 3D Tiles"]},
-}
 
 VALID = [
     {

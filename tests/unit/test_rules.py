@@ -1,12 +1,12 @@
 import json
 
 import pytest
+from samples import IMODEL
 
 from shared.commands import InvalidCommand
 from shared.rules import Event, commands_for, load_rules, parse_event
 from shared.settings import SettingsError
 
-IMODEL = "a0471655-6b18-419e-ab01-ebf4fbff9dff"
 RULES = load_rules(None)
 
 

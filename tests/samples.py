@@ -1,0 +1,13 @@
+"""Ids and bodies the tests share, in the shapes the iTwin Platform documents."""
+
+IMODEL = "a0471655-6b18-419e-ab01-ebf4fbff9dff"
+MISSING = "fc226d0d-1647-48d7-8c11-f1f74f2d9808"
+JOB = "0e7f2f1a-7a0b-4c38-b0c5-9b5a6d1a2b3c"
+WORKSPACE = "1db84556-49ba-41fd-8500-3657784c7752"
+JOB_BODY = {
+    "type": "Full",
+    "name": "Survey",
+    "workspaceId": WORKSPACE,
+    "inputs": [{"id": "0e7f2f1a-7a0b-4c38-b0c5-9b5a6d1a2b3d", "description": "photos"}],
+    "settings": {"quality": "Draft", "outputs": ["Cesium 3D Tiles"]},
+}
