@@ -9,6 +9,7 @@ import function_app
 from functions.commands import commands
 from functions.health import health
 from functions.webhooks import itwin_webhook
+from sandbox.host import app_functions
 from shared import runtime
 from shared.settings import COMMAND_QUEUE, STORAGE_CONNECTION
 from shared.signature import sign
@@ -16,8 +17,8 @@ from shared.signature import sign
 
 @pytest.fixture(scope="module")
 def registered():
-    # get_functions() may be called once per app.
-    return {fn.get_function_name(): fn for fn in function_app.app.get_functions()}
+    # get_functions() may be called once per app; the local host's cache serves every caller.
+    return {fn.get_function_name(): fn for fn in app_functions(function_app.app)}
 
 
 @pytest.fixture(autouse=True)
