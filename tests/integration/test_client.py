@@ -326,3 +326,45 @@ def test_a_token_service_outage_is_a_transient_token_error(simulator, captured):
 def test_a_link_to_another_host_is_never_followed(api):
     with pytest.raises(ITwinError, match="outside ITWIN_API_URL"):
         api.client.call("GET", "https://evil.example.com/export/connections", operation="connections.list")
+
+
+def test_listing_runs_of_a_project_follows_continuation_links(make_simulator, captured):
+    simulator = make_simulator(default_page_size=2, rate_limits={})
+    api = make_api(simulator, captured)
+    created = {simulator.add_run(project_id="p-1", test_id="t")["id"] for _ in range(5)}
+    simulator.add_run(project_id="p-2", test_id="t")
+    assert {run.id for run in api.list_runs("p-1")} == created
+    assert len(simulator.api_calls()) == 3
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "cls"),
+    [
+        (401, "HeaderNotFound", Unauthorized),
+        (429, "RateLimitExceeded", RateLimited),
+        (429, "TooManyRequests", RateLimited),
+        (409, "ConnectionAlreadyInUse", Conflict),
+    ],
+)
+def test_the_seeds_other_codes_are_raised_and_counted(simulator, captured, status, code, cls):
+    api = make_api(simulator, captured, policy=RetryPolicy(max_attempts=1, budget=0.0))
+    body = {"error": {"code": code, "message": "as the seeds document"}}
+    simulator.fail_next("DELETE", "/export/connections/", status, headers={"Retry-After": "5"}, body=body, times=2)
+    with pytest.raises(cls) as caught:
+        api.delete_connection(MISSING)
+    assert caught.value.code == code
+    attributes, value = client_errors(captured)[code]
+    assert attributes["http.response.status_code"] == status
+    assert attributes["itwin.operation"] == "connections.delete"
+    assert value == len(simulator.api_calls())
+
+
+def test_a_page_size_out_of_limits_is_a_422_with_the_top_target(api, captured):
+    api.create_connection(IMODEL, "a")
+    with pytest.raises(Unprocessable) as caught:
+        api.client.call(
+            "GET", "/export/connections", operation="connections.list", params={"iModelId": IMODEL, "$top": "0"}
+        )
+    assert caught.value.code == "InvalidConnectionsRequest"
+    assert ("InvalidValue", "$top") in [(d.code, d.target) for d in caught.value.details]
+    assert "InvalidConnectionsRequest" in client_errors(captured)
