@@ -7,8 +7,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from opentelemetry.propagate import inject
-
 from shared.commands import Command, InvalidCommand, decode_json, parse_batch
 from shared.errors import ErrorDetail
 from shared.queues import CommandQueue
@@ -40,6 +38,8 @@ def _too_large(body: bytes, declared_length: str | None) -> bool:
 
 
 def _with_trace(commands: list[Command]) -> list[dict[str, Any]]:
+    from opentelemetry.propagate import inject  # loads the configured propagators: kept out of cold start
+
     carrier: dict[str, str] = {}
     inject(carrier)
     messages = []

@@ -1,20 +1,23 @@
-"""The process-wide objects the functions share, built on first use (never at import) and then reused."""
+"""The process-wide objects the functions share, built on first use (never at import) and then reused.
+
+The worker's modules (client, MSAL tokens, telemetry) are imported when the worker is first built, so an instance
+that only serves HTTP never loads them and a cold start compiles less.
+"""
 
 from __future__ import annotations
 
 import os
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from shared.client import ITwinClient
 from shared.queues import CommandQueue
-from shared.resources import ITwinApi
 from shared.retry import RetryPolicy
 from shared.rules import Rule, load_rules
 from shared.settings import Settings
-from shared.telemetry import default_telemetry
-from shared.worker import Worker
+
+if TYPE_CHECKING:
+    from shared.worker import Worker
 
 T = TypeVar("T")
 _lock = threading.RLock()
@@ -55,6 +58,11 @@ def event_rules() -> tuple[Rule, ...]:
 
 @_once
 def worker() -> Worker:
+    from shared.client import ITwinClient
+    from shared.resources import ITwinApi
+    from shared.telemetry import default_telemetry
+    from shared.worker import Worker
+
     client = ITwinClient(settings(), policy=WORKER_POLICY)
     return Worker(ITwinApi(client), command_queue(), default_telemetry(), max_attempts=settings().max_attempts)
 
