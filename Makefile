@@ -50,6 +50,10 @@ infra-check: $(STAMP) $(INFRA_STAMP)
 		echo "infra-check: bicep CLI not on PATH; skipped bicep build and bicep lint"; \
 	fi
 
+# Benchmarks against the simulator on loopback; writes the table to BENCHMARKS.md (about a minute).
+bench: $(STAMP) $(AZURITE)
+	$(PY) -m bench --markdown BENCHMARKS.md
+
 dev: $(STAMP) $(AZURITE)
 	$(PY) -m sandbox.dev
 

@@ -1,0 +1,41 @@
+"""`make bench`: the worker is fast, frugal and within its targets, measured in one run on loopback.
+
+python -m bench              full sizes (about a minute)
+python -m bench --smoke      small sizes: checks that every benchmark runs, not the targets
+python -m bench --markdown BENCHMARKS.md   also write the table there
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench.figures import run_all
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="small sizes: checks the benchmarks run, not targets")
+    parser.add_argument("--markdown", type=Path, help="write the results table to this Markdown file")
+    parser.add_argument("--json", type=Path, help="write the rows and the counts behind them to this JSON file")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="always add a cProfile breakdown of the worker path (it is added anyway when overhead misses its target)",
+    )
+    args = parser.parse_args(argv)
+    table = run_all(smoke=args.smoke, profile=args.profile)
+    print(table.render_text(), flush=True)
+    if args.markdown:
+        args.markdown.write_text(table.render_markdown(smoke=args.smoke), encoding="utf-8")
+    if args.json:
+        args.json.write_text(table.to_json(), encoding="utf-8")
+    missed = [row.figure for row in table.rows if not row.passed]
+    if missed and not args.smoke:
+        print(f"missed: {'; '.join(missed)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""The results table: one row per figure, with its target and whether it was met."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+HOW_TO_READ = """## How to read these figures
+
+- **Overhead** is the wall time of the worker's whole path per delete (validate, span, token, pacing, request,
+  telemetry, outcome) over a bare `requests.Session` making the same DELETE with a fixed token, in interleaved blocks
+  so that drift hits both. The first measurement missed (1.32): requests re-reads the environment (proxies, CA bundle)
+  on every call, about 0.2 ms of CPU here. The client now reads it once when its session is built, which also keeps
+  `.netrc` from overriding the Authorization header; the bare baseline still pays it, and the OpenTelemetry SDK's cost
+  remains in the worker's figure. On a busy machine the ratio moves by a few hundredths between runs.
+- **Cold start** counts the project's own modules, once with bytecode cached and once compiled at start, as on a
+  read-only package without `.pyc` files. The first measurement missed (45 ms uncompiled): an HTTP-only instance loaded
+  the whole client. The worker's modules (client, MSAL tokens, telemetry) and OpenTelemetry's propagators now load on
+  first use.
+- **Rate limit** is bounded below by the pacer itself, which runs at 95% of the configured rate
+  (`ITWIN_RATE_LIMITS=export=50`), so 606 calls take at least 606 / 47.5 s: 1.06 times the floor, with no 429.
+"""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One figure. ``value`` is the number the target applies to; ``shown`` is how the table prints it.
+
+    Informational rows (``target`` is ``"—"``) always pass: they explain another row.
+    """
+
+    key: str
+    figure: str
+    value: float
+    shown: str
+    target: str
+    passed: bool
+    informational: bool = False
+
+    @property
+    def result(self) -> str:
+        if self.informational:
+            return "info"
+        return "pass" if self.passed else "MISS"
+
+
+@dataclass
+class Table:
+    """The rows in the order they were measured, the counts behind them, and the run's circumstances."""
+
+    smoke: bool
+    rows: list[Row] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def add(
+        self,
+        key: str,
+        figure: str,
+        value: float,
+        shown: str,
+        target: str = "—",
+        passed: bool | None = None,
+    ) -> Row:
+        row = Row(key, figure, float(value), shown, target, True if passed is None else passed, passed is None)
+        self.rows.append(row)
+        return row
+
+    def row(self, key: str) -> Row:
+        return next(row for row in self.rows if row.key == key)
+
+    def _cells(self) -> list[tuple[str, str, str, str]]:
+        return [(row.figure, row.shown, row.target, row.result) for row in self.rows]
+
+    def _circumstances(self) -> str:
+        sizes = "smoke sizes (targets apply at full sizes only)" if self.smoke else "full sizes"
+        return (
+            f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, Python {platform.python_version()}, "
+            f"{os.cpu_count()} CPUs, {sizes}, {self.seconds:.0f} s"
+        )
+
+    def render_text(self) -> str:
+        header = ("Figure", "Value", "Target", "Result")
+        cells = self._cells()
+        widths = [max(len(texts[i]) for texts in [header, *cells]) for i in range(4)]
+
+        def line(texts: tuple[str, ...]) -> str:
+            return "  ".join(text.ljust(width) for text, width in zip(texts, widths, strict=True)).rstrip()
+
+        lines = [line(header), line(tuple("-" * width for width in widths)), *(line(cells_) for cells_ in cells)]
+        lines.append("")
+        lines.append(self._circumstances())
+        lines.extend(self.notes)
+        return "\n".join(lines)
+
+    def render_markdown(self, smoke: bool | None = None) -> str:
+        smoke = self.smoke if smoke is None else smoke
+        title = "# Benchmarks" + (" (smoke run)" if smoke else "")
+        lines = [
+            title,
+            "",
+            "Written by `make bench` (`python -m bench --markdown BENCHMARKS.md`): the queue worker against the",
+            "iTwin Platform simulator on loopback, in one run. Ratios and counts only: the machine is shared.",
+            "",
+            "| Figure | Value | Target | Result |",
+            "| --- | --- | --- | --- |",
+        ]
+        for figure, shown, target, result in self._cells():
+            lines.append(f"| {figure} | {shown} | {target} | {result} |".replace("||", "| |"))
+        lines += ["", self._circumstances() + ".", ""]
+        lines += [f"- {note}" for note in self.notes]
+        lines += ["", HOW_TO_READ]
+        return "\n".join(lines).rstrip() + "\n"
+
+    def to_json(self) -> str:
+        payload: dict[str, Any] = {
+            "smoke": self.smoke,
+            "seconds": self.seconds,
+            "rows": [{**asdict(row), "result": row.result} for row in self.rows],
+            "counts": self.counts,
+            "notes": self.notes,
+        }
+        return json.dumps(payload, indent=2, ensure_ascii=False)
