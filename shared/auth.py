@@ -100,7 +100,6 @@ class TokenProvider:
         self._lock = threading.Lock()
         self._app: msal.ConfidentialClientApplication | None = None
         self._token = _Token()
-        self.requests_made = 0
 
     def token(self, *, stale: str | None = None) -> str:
         """A token valid now. Pass ``stale`` (a token the API refused) to force one fresh token request.
@@ -145,7 +144,6 @@ class TokenProvider:
         app = self._application()
         app.remove_tokens_for_client()  # our cache decides when to renew; MSAL's must not hand back the old one
         started = self._clock()
-        self.requests_made += 1
         try:
             result = app.acquire_token_for_client(scopes=self._scopes)
         except (requests.RequestException, msal.exceptions.MsalServiceError) as exc:
