@@ -54,30 +54,35 @@ class Worker:
 
     def handle(self, raw: bytes | str) -> Outcome:
         """Process one queue message body. Raises only when the queue itself fails (the host then retries)."""
+        command: Command | None = None
         try:
             command = parse_message(raw)
         except InvalidCommand as invalid:
-            self._dead_letter(raw, invalid.to_dict(), attempts=1)
-            return self._record("invalid", Outcome.DEAD_LETTERED, None, invalid.message)
-        context = extract({"traceparent": command.traceparent}) if command.traceparent else None
+            problem = invalid
+        kind = command.kind if command else "invalid"
+        traceparent = command.traceparent if command else None
         with self.telemetry.tracer.start_as_current_span(
-            f"process {command.kind}",
-            context=context,
+            f"process {kind}",
+            context=extract({"traceparent": traceparent}) if traceparent else None,
             kind=SpanKind.CONSUMER,
             attributes={
                 "messaging.system": "azure_storage_queue",
                 "messaging.operation.type": "process",
                 "messaging.destination.name": COMMAND_QUEUE,
-                "itwin.command": command.kind,
-                "itwin.attempt": command.attempt,
-                "itwin.correlation_id": command.correlation_id or "",
+                "itwin.command": kind,
+                "itwin.attempt": command.attempt if command else 1,
+                "itwin.correlation_id": (command.correlation_id if command else None) or "",
             },
         ) as span:
-            outcome, detail = self._run(command)
+            if command is None:
+                self._dead_letter(raw, problem.to_dict(), attempts=1)
+                outcome, detail = Outcome.DEAD_LETTERED, problem.message
+            else:
+                outcome, detail = self._run(command)
             span.set_attribute("itwin.outcome", outcome.value)
             if outcome is Outcome.DEAD_LETTERED:
                 span.set_status(Status(StatusCode.ERROR, detail))
-            return self._record(command.kind, outcome, command.correlation_id, detail)
+            return self._record(kind, outcome, command.correlation_id if command else None, detail)
 
     def _run(self, command: Command) -> tuple[Outcome, str]:
         try:

@@ -199,3 +199,11 @@ def test_the_same_create_delivered_twice_at_once_creates_one_connection(worker, 
         results = list(pool.map(worker.handle, [command] * 8))
     assert sorted(results) == sorted([Outcome.SUCCEEDED] + [Outcome.ALREADY_DONE] * 7)
     assert len(simulator.connections) == 1
+
+
+def test_an_invalid_message_still_gets_its_consumer_span(worker, captured):
+    worker.handle(b"{not json")
+    [consumer] = [s for s in captured.spans() if s.kind is SpanKind.CONSUMER]
+    assert consumer.attributes["itwin.command"] == "invalid"
+    assert consumer.attributes["itwin.outcome"] == "dead_lettered"
+    assert consumer.status.status_code.name == "ERROR"
