@@ -21,5 +21,6 @@ def itwin_webhook(req: func.HttpRequest) -> func.HttpResponse:
         runtime.event_rules,
         os.environ,
         runtime.command_queue,
+        runtime.recent_deliveries(),
     )
     return respond(reply)

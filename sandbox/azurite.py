@@ -19,8 +19,17 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
-__all__ = ["ACCOUNT_KEY", "ACCOUNT_NAME", "Azurite", "AzuriteError", "AzuriteNotInstalled", "connection_string"]
+__all__ = [
+    "ACCOUNT_KEY",
+    "ACCOUNT_NAME",
+    "Azurite",
+    "AzuriteError",
+    "AzuriteNotInstalled",
+    "app_queues",
+    "connection_string",
+]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -194,3 +203,23 @@ class Azurite:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def app_queues(connection_string: str) -> dict[str, Any]:
+    """The app's command and poison queues on this account (their names are fixed): created, or emptied if they exist.
+
+    Returns ``azure.storage.queue.QueueClient`` objects by queue name.
+    """
+    from azure.core.exceptions import ResourceExistsError
+    from azure.storage.queue import QueueServiceClient
+
+    from shared.settings import COMMAND_QUEUE, POISON_QUEUE
+
+    service = QueueServiceClient.from_connection_string(connection_string)
+    clients = {name: service.get_queue_client(name) for name in (COMMAND_QUEUE, POISON_QUEUE)}
+    for client in clients.values():
+        try:
+            client.create_queue()
+        except ResourceExistsError:
+            client.clear_messages()
+    return clients

@@ -22,11 +22,10 @@ import threading
 from contextlib import ExitStack, suppress
 from pathlib import Path
 
-from sandbox.azurite import Azurite
+from sandbox.azurite import Azurite, app_queues
 from sandbox.host import LocalHost, load_local_settings
 from sandbox.itwin_platform import RecordedRequest, Simulator
-from shared.queues import queue_service
-from shared.settings import COMMAND_QUEUE, POISON_QUEUE, STORAGE_CONNECTION
+from shared.settings import STORAGE_CONNECTION
 from shared.signature import sign
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,10 +61,7 @@ def _start_simulator(stack: ExitStack, port: int) -> Simulator:
 def _start_azurite(stack: ExitStack, port: int) -> Azurite:
     azurite = stack.enter_context(Azurite(port=port))
     os.environ[STORAGE_CONNECTION] = azurite.connection_string
-    service = queue_service(os.environ)
-    for name in (COMMAND_QUEUE, POISON_QUEUE):
-        if not any(q.name == name for q in service.list_queues(name_starts_with=name)):
-            service.create_queue(name)
+    app_queues(azurite.connection_string)
     return azurite
 
 

@@ -136,6 +136,10 @@ def _text(limit: int) -> Callable[[Any], bool]:
     return lambda v: isinstance(v, str) and len(v.strip()) > 0 and len(v) <= limit
 
 
+def _one_of(*values: str) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, str) and v in values
+
+
 def _matches(pattern: re.Pattern[str]) -> Callable[[Any], bool]:
     return lambda v: isinstance(v, str) and bool(pattern.match(v))
 
@@ -173,16 +177,14 @@ def _check_body(c: _Checker, body: Mapping[str, Any], resource: str) -> None:
         c.only(body, {"iModelId", "displayName", "authenticationType"}, "body.")
         c.require(body, "iModelId", "body.iModelId", is_guid, "an iModel id (a GUID)")
         c.require(body, "displayName", "body.displayName", _text(255), "a non-empty string of up to 255 characters")
-        c.optional(
-            body, "authenticationType", "body.authenticationType", {"User", "Service"}.__contains__, "User or Service"
-        )
+        c.optional(body, "authenticationType", "body.authenticationType", _one_of("User", "Service"), "User or Service")
     elif resource == "job":
         c.only(body, {"type", "name", "workspaceId", "inputs", "settings", "costEstimationParameters"}, "body.")
         c.require(
             body,
             "type",
             "body.type",
-            {"Full", "Calibration", "Reconstruction"}.__contains__,
+            _one_of("Full", "Calibration", "Reconstruction"),
             "Full, Calibration or Reconstruction",
         )
         c.require(body, "name", "body.name", _text(256), "a non-empty string")
@@ -213,8 +215,8 @@ def validate(data: Any, prefix: str = "") -> Command:
         c.add("InvalidValue", "", "a command must be a JSON object.")
         raise InvalidCommand("The command is invalid.", c.problems)
     c.only(data, _TOP_LEVEL, "")
-    action = c.require(data, "action", "action", ACTIONS.__contains__, f"one of {', '.join(ACTIONS)}")
-    resource = c.require(data, "resource", "resource", RESOURCES.__contains__, f"one of {', '.join(RESOURCES)}")
+    action = c.require(data, "action", "action", _one_of(*ACTIONS), f"one of {', '.join(ACTIONS)}")
+    resource = c.require(data, "resource", "resource", _one_of(*RESOURCES), f"one of {', '.join(RESOURCES)}")
     c.optional(data, "correlationId", "correlationId", _matches(CORRELATION_ID), "1-128 printable characters")
     c.optional(data, "traceparent", "traceparent", _matches(_TRACEPARENT), "a W3C traceparent")
     c.optional(data, "attempt", "attempt", _attempt, f"a whole number from 1 to {MAX_ATTEMPT}")
@@ -253,9 +255,11 @@ def decode_json(raw: bytes | str) -> Any:
     """Decode UTF-8 JSON; raises `InvalidCommand` with code ``InvalidRequestBody`` when it is not."""
     try:
         return json.loads(raw)
+    except RecursionError:
+        detail = ErrorDetail("InvalidRequestBody", "the JSON is nested too deeply.", None)
     except (ValueError, UnicodeDecodeError) as exc:
         detail = ErrorDetail("InvalidRequestBody", f"not UTF-8 JSON: {exc}", None)
-        raise InvalidCommand("The body is not valid JSON.", [detail], code="InvalidRequestBody") from None
+    raise InvalidCommand("The body is not valid JSON.", [detail], code="InvalidRequestBody") from None
 
 
 def parse_message(raw: bytes | str) -> Command:

@@ -10,6 +10,7 @@ from typing import Any
 from shared.commands import Command, InvalidCommand, decode_json, parse_batch
 from shared.errors import ErrorDetail
 from shared.queues import CommandQueue
+from shared.replays import RecentDeliveries
 from shared.rules import Rule, commands_for, parse_event
 from shared.settings import SettingsError, missing_required
 from shared.signature import verify
@@ -33,7 +34,8 @@ def error_reply(status: int, code: str, message: str, details: tuple[ErrorDetail
 
 
 def _too_large(body: bytes, declared_length: str | None) -> bool:
-    declared = int(declared_length) if declared_length and declared_length.isdigit() else 0
+    digits = declared_length or ""
+    declared = int(digits) if digits.isascii() and digits.isdigit() else 0
     return max(declared, len(body)) > MAX_REQUEST_BYTES
 
 
@@ -82,8 +84,12 @@ def receive_webhook(
     rules: Callable[[], tuple[Rule, ...]],
     environ: Mapping[str, str],
     queue: Callable[[], CommandQueue],
+    deliveries: RecentDeliveries | None = None,
 ) -> Reply:
-    """``POST /api/webhooks/itwin``: verify the signature, map the event to commands by rules, enqueue them."""
+    """``POST /api/webhooks/itwin``: verify the signature, map the event to commands by rules, enqueue them.
+
+    With ``deliveries``, a ``messageId`` already accepted by this process is answered 202 and enqueues nothing.
+    """
     if _too_large(body, None):
         return error_reply(413, "RequestTooLarge", f"The body is over {MAX_REQUEST_BYTES} bytes (1 MiB).")
     if not verify(body, signature, secret):
@@ -93,13 +99,24 @@ def receive_webhook(
     try:
         event = parse_event(body)
         commands = commands_for(event, rules(), environ)
-        if commands:
-            _enqueue(queue(), commands)
     except InvalidCommand as invalid:
         log.warning("webhook event rejected: %s %s", invalid.message, [d.to_dict() for d in invalid.details])
         return error_reply(400, invalid.code, invalid.message, invalid.details)
     except SettingsError as error:
         return _misconfigured(error)
+    tracked = deliveries is not None and event.message_id is not None
+    if tracked and not deliveries.first_time(event.message_id):
+        log.info("webhook %s messageId=%s: a repeat, nothing enqueued", event.event_type, event.message_id)
+        return Reply(202, {"accepted": 0, "eventType": event.event_type, "duplicate": True})
+    try:
+        if commands:
+            _enqueue(queue(), commands)
+    except BaseException as error:
+        if tracked:
+            deliveries.forget(event.message_id)  # the platform's resend must be accepted
+        if isinstance(error, SettingsError):
+            return _misconfigured(error)
+        raise
     log.info("webhook %s messageId=%s: %d command(s) enqueued", event.event_type, event.message_id, len(commands))
     return Reply(202, {"accepted": len(commands), "eventType": event.event_type})
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from shared.queues import CommandQueue
+from shared.replays import RecentDeliveries
 from shared.retry import RetryPolicy
 from shared.rules import Rule, load_rules
 from shared.settings import Settings
@@ -57,6 +58,11 @@ def event_rules() -> tuple[Rule, ...]:
 
 
 @_once
+def recent_deliveries() -> RecentDeliveries:
+    return RecentDeliveries()
+
+
+@_once
 def worker() -> Worker:
     from shared.client import ITwinClient
     from shared.resources import ITwinApi
@@ -69,5 +75,5 @@ def worker() -> Worker:
 
 def reset() -> None:
     """Forget every built object (tests and the local host call this after changing the environment)."""
-    for get in (settings, command_queue, event_rules, worker):
+    for get in (settings, command_queue, event_rules, recent_deliveries, worker):
         get.reset()  # type: ignore[attr-defined]

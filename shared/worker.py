@@ -14,7 +14,7 @@ from opentelemetry.propagate import extract, inject
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from shared.commands import Command, InvalidCommand, parse_message
-from shared.errors import ITwinError, NotFound
+from shared.errors import ITwinError, NotFound, Unprocessable
 from shared.outcomes import Outcome, classify_failure, create_outcome_unknown, describe_unknown_create
 from shared.queues import CommandQueue
 from shared.resources import Connection, ITwinApi
@@ -24,7 +24,9 @@ from shared.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
-MAX_ENVELOPE_MESSAGE = 48 * 1024  # keeps the envelope under the queue's 64 KiB message limit
+MAX_ENVELOPE_MESSAGE = 48 * 1024
+# A submitted job moves on from "active" by itself; any of these means the submit happened.
+SUBMITTED_STATES = {"active", "success", "failed"}  # keeps the envelope under the queue's 64 KiB message limit
 
 
 def _as_text(raw: bytes | str) -> str:
@@ -114,15 +116,26 @@ class Worker:
             case "create", "job":
                 api.create_job(command.body or {})
             case "submit", "job":
-                api.submit_job(command.id or "")
+                return self._change_job(api.submit_job, command.id or "", SUBMITTED_STATES)
             case "cancel", "job":
-                api.cancel_job(command.id or "")
+                return self._change_job(api.cancel_job, command.id or "", {"cancelled"})
             case "delete", "job":
                 api.delete_job(command.id or "")
             case "create", "run":
                 api.create_run(command.body or {})
             case "delete", "run":
                 api.delete_run(command.id or "")
+        return Outcome.SUCCEEDED
+
+    def _change_job(self, change: Callable[[str], object], job_id: str, done: set[str]) -> Outcome:
+        """Submit or cancel. When the API refuses the change (422) because an earlier attempt whose answer was lost
+        already made it, the job is in the wanted state: that is already done, not a failure."""
+        try:
+            change(job_id)
+        except Unprocessable:
+            if self.api.get_job(job_id).state in done:
+                return Outcome.ALREADY_DONE
+            raise
         return Outcome.SUCCEEDED
 
     def _create_connection(self, body: Mapping[str, Any]) -> Outcome:
@@ -164,7 +177,7 @@ class Worker:
         if not isinstance(message, dict):
             try:
                 message = json.loads(message)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):
                 message = _as_text(message)
             if isinstance(message, str) and len(message) > MAX_ENVELOPE_MESSAGE:
                 message = message[:MAX_ENVELOPE_MESSAGE] + "…(truncated)"

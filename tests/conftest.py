@@ -7,7 +7,10 @@ from typing import Any
 
 import pytest
 from app_settings import settings_for
+from azure.storage.queue import QueueClient
+from otel_capture import Captured
 
+from sandbox.azurite import Azurite, app_queues
 from sandbox.itwin_platform import Simulator
 
 
@@ -41,3 +44,25 @@ def simulator(make_simulator: Callable[..., Simulator]) -> Simulator:
 def simulator_env(simulator: Simulator) -> dict[str, str]:
     """The ITWIN_* settings (client id and secret, authority, API URL) pointing at `simulator`."""
     return settings_for(simulator)
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    """Azurite's queue service on a free port, in memory, for the whole session."""
+    with Azurite() as running:
+        yield running
+
+
+@pytest.fixture
+def queues(azurite: Azurite) -> Iterator[dict[str, QueueClient]]:
+    """The app's command and poison queues on the session's Azurite (their names are fixed), empty for this test."""
+    clients = app_queues(azurite.connection_string)
+    yield clients
+    for client in clients.values():
+        client.clear_messages()
+
+
+@pytest.fixture
+def captured() -> Captured:
+    """A `Telemetry` with in-memory metric and span readers."""
+    return Captured()

@@ -8,7 +8,6 @@ import time
 import pytest
 from app_settings import settings_for
 from opentelemetry.trace import SpanKind, StatusCode
-from otel_capture import Captured
 from samples import IMODEL, JOB_BODY, MISSING
 
 from sandbox.itwin_platform import Faults
@@ -28,11 +27,6 @@ from shared.errors import (
 from shared.resources import ITwinApi
 from shared.retry import RetryPolicy
 from shared.settings import Settings
-
-
-@pytest.fixture
-def captured():
-    return Captured()
 
 
 def make_api(simulator, captured, policy=None, **overrides) -> ITwinApi:

@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from app_settings import settings_for
 from opentelemetry.trace import SpanKind
-from otel_capture import Captured
 from samples import IMODEL, MISSING
 
 from shared.client import ITwinClient
@@ -21,11 +20,6 @@ from shared.settings import COMMAND_QUEUE, POISON_QUEUE, Settings
 from shared.worker import Worker
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
-
-
-@pytest.fixture
-def captured():
-    return Captured()
 
 
 def make_worker(simulator, queues, captured, max_attempts=8, **overrides) -> Worker:
@@ -207,3 +201,16 @@ def test_an_invalid_message_still_gets_its_consumer_span(worker, captured):
     assert consumer.attributes["itwin.command"] == "invalid"
     assert consumer.attributes["itwin.outcome"] == "dead_lettered"
     assert consumer.status.status_code.name == "ERROR"
+
+
+def test_a_submit_refused_because_the_job_is_already_active_is_already_done(worker, simulator):
+    job = simulator.add_job(state="active")
+    assert worker.handle(message(action="submit", resource="job", id=job["id"])) is Outcome.ALREADY_DONE
+    assert [(r.method, r.status) for r in simulator.api_calls()] == [("PATCH", 422), ("GET", 200)]
+
+
+def test_a_cancel_refused_for_a_finished_job_is_dead_lettered(worker, simulator, queues):
+    job = simulator.add_job(state="success")
+    assert worker.handle(message(action="cancel", resource="job", id=job["id"])) is Outcome.DEAD_LETTERED
+    [envelope] = received(queues[POISON_QUEUE])
+    assert envelope["error"]["code"] == "InvalidContextCaptureRequest"

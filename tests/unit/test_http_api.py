@@ -1,6 +1,7 @@
 import json
 
 from shared.http_api import MAX_REQUEST_BYTES, accept_commands, health, receive_webhook
+from shared.replays import RecentDeliveries
 from shared.rules import load_rules
 from shared.settings import SettingsError
 from shared.signature import sign
@@ -99,3 +100,12 @@ def test_a_webhook_with_malformed_rules_is_503_naming_the_setting():
     body = b'{"eventType": "iModels.iModelDeleted.v1", "content": {}}'
     reply = receive_webhook(body, sign(body, SECRET), SECRET, broken, {}, no_queue)
     assert (reply.status, reply.body["error"]["code"]) == (503, "ServiceMisconfigured")
+
+
+def test_a_repeated_delivery_is_answered_202_as_a_duplicate_without_touching_the_queue():
+    deliveries = RecentDeliveries()
+    body = json.dumps({"eventType": "accessControl.memberAdded.v1", "messageId": "m-1", "content": {}}).encode()
+    first = receive_webhook(body, sign(body, SECRET), SECRET, rules, {}, no_queue, deliveries)
+    again = receive_webhook(body, sign(body, SECRET), SECRET, rules, {}, no_queue, deliveries)
+    assert "duplicate" not in first.body
+    assert (again.status, again.body["accepted"], again.body["duplicate"]) == (202, 0, True)

@@ -1,0 +1,143 @@
+"""Helpers the reliability tests share: sizes, polling, the app's environment, recording queues, the worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app_settings import settings_for
+from azure.storage.queue import QueueClient
+
+from sandbox.itwin_platform import Simulator
+from shared import runtime
+from shared.client import ITwinClient
+from shared.queues import CommandQueue
+from shared.resources import ITwinApi
+from shared.settings import STORAGE_CONNECTION
+from shared.telemetry import Telemetry
+from shared.worker import Worker
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# `SOAK=1` runs the larger sizes (`make soak`); `make test` runs the CI sizes.
+SOAK = os.environ.get("SOAK", "").strip().lower() in ("1", "true", "yes")
+
+
+def size(ci: int, soak: int) -> int:
+    """The CI size, or the soak size under ``SOAK=1``."""
+    return soak if SOAK else ci
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def fast_host_json(tmp_path: Path) -> Path:
+    """The repository's host.json, polling an empty queue at most every 250 ms instead of every 2 s."""
+    doc = json.loads((REPO_ROOT / "host.json").read_text(encoding="utf-8"))
+    doc["extensions"]["queues"]["maxPollingInterval"] = "00:00:00.250"
+    path = tmp_path / "host.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    return path
+
+
+def read_all(queue: QueueClient) -> list[Any]:
+    """Every visible message of ``queue`` as decoded JSON (text when not JSON), hidden for five minutes."""
+    found = []
+    for message in queue.receive_messages(messages_per_page=32, visibility_timeout=300):
+        try:
+            found.append(json.loads(message.content))
+        except ValueError:
+            found.append(message.content)
+    return found
+
+
+def queue_length(queue: QueueClient) -> int:
+    return queue.get_queue_properties().approximate_message_count
+
+
+def app_environment(simulator: Simulator, connection_string: str, **extra: str) -> dict[str, str]:
+    """Every setting the app needs to run against ``simulator`` and an Azurite queue service."""
+    return {**settings_for(simulator), STORAGE_CONNECTION: connection_string, **extra}
+
+
+def install_environment(monkeypatch: Any, environ: Mapping[str, str]) -> None:
+    """Put ``environ`` into os.environ for this test and make the app's singletons read it afresh."""
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    runtime.reset()
+
+
+def install_worker(
+    monkeypatch: Any, telemetry: Telemetry, read_timeout: float | None = None, connect_timeout: float = 3.05
+) -> Worker:
+    """Build the worker as `shared.runtime.worker` does, but with ``telemetry`` (and optionally a shorter read
+    timeout), and make the app's queue function use it. Everything else (settings, queue, client, API) is real."""
+    settings = runtime.settings()
+    options: dict[str, Any] = {"telemetry": telemetry, "policy": runtime.WORKER_POLICY}
+    if read_timeout is not None:
+        options["timeout"] = (connect_timeout, read_timeout)
+    client = ITwinClient(settings, **options)
+    worker = Worker(ITwinApi(client), runtime.command_queue(), telemetry, max_attempts=settings.max_attempts)
+
+    def get() -> Worker:
+        return worker
+
+    get.reset = lambda: None  # type: ignore[attr-defined] - runtime.reset() calls it
+    monkeypatch.setattr(runtime, "worker", get)
+    return worker
+
+
+@dataclass
+class RecordingSender:
+    """Stands in for an azure-storage-queue ``QueueClient``: keeps what was sent, with its visibility delay."""
+
+    sent: list[tuple[str, int | None]] = field(default_factory=list)
+
+    def send_message(self, content: Any, *, visibility_timeout: int | None = None, **kwargs: Any) -> None:
+        self.sent.append((content, visibility_timeout))
+
+
+class RecordingQueue(CommandQueue):
+    """The real `CommandQueue` over recording senders: what would have been enqueued or dead-lettered."""
+
+    def __init__(self) -> None:
+        self.commands = RecordingSender()
+        self.poison = RecordingSender()
+        super().__init__(self.commands, self.poison)
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return [json.loads(content) for content, _ in self.commands.sent]
+
+    @property
+    def envelopes(self) -> list[dict[str, Any]]:
+        return [json.loads(content) for content, _ in self.poison.sent]
+
+    def take(self) -> list[str]:
+        """Remove and return the command bodies sent so far (to hand them to a worker)."""
+        bodies = [content for content, _ in self.commands.sent]
+        self.commands.sent.clear()
+        return bodies
+
+    @property
+    def empty(self) -> bool:
+        return not self.commands.sent and not self.poison.sent
