@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import time
 
+import azure.functions as func
 import pytest
 import requests
 from app_settings import settings_for
 from samples import IMODEL
 
 import function_app
+from functions.worker import command_worker
 from sandbox.host import LocalHost
 from shared import runtime
 from shared.settings import COMMAND_QUEUE, POISON_QUEUE
@@ -120,3 +122,19 @@ def test_health_answers_ok_with_settings_and_503_naming_what_is_missing(stack, m
     response = requests.get(api(stack, "health"))
     assert response.status_code == 503
     assert response.json()["missing"] == ["ITWIN_CLIENT_SECRET"]
+
+
+def test_the_worker_function_called_directly_dead_letters_an_invalid_message(stack, simulator, queues):
+    worker = command_worker.build().get_user_function()
+    worker(func.QueueMessage(id="m-1", body=b'{"action": "delete", "resource": "run"}', pop_receipt="p"))
+    [envelope] = poison(queues)
+    assert envelope["error"]["details"][0]["target"] == "id"
+    assert simulator.api_calls() == []
+
+
+def test_the_worker_function_called_directly_deletes_a_run(stack, simulator):
+    run = simulator.add_run(test_id="t-1")
+    worker = command_worker.build().get_user_function()
+    body = json.dumps({"action": "delete", "resource": "run", "id": run["id"]}).encode()
+    worker(func.QueueMessage(id="m-2", body=body, pop_receipt="p"))
+    assert run["id"] not in simulator.runs
