@@ -123,8 +123,8 @@ class Forbidden(ApiError):
         "<client id>@apps.imsoidc.bentley.com to the iTwin (Access Control API or the iTwin's team page)."
     )
 
-    def __str__(self) -> str:
-        return f"{super().__str__()} {self.HINT}"
+    def __init__(self, status: int, message: str, **kwargs: Any) -> None:
+        super().__init__(status, f"{message} {self.HINT}", **kwargs)
 
 
 class NotFound(ApiError):

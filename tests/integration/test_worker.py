@@ -214,3 +214,10 @@ def test_a_cancel_refused_for_a_finished_job_is_dead_lettered(worker, simulator,
     assert worker.handle(message(action="cancel", resource="job", id=job["id"])) is Outcome.DEAD_LETTERED
     [envelope] = received(queues[POISON_QUEUE])
     assert envelope["error"]["code"] == "InvalidContextCaptureRequest"
+
+
+def test_a_403_envelope_tells_the_operator_what_usually_causes_it(simulator, queues, captured):
+    worker = make_worker(simulator, queues, captured, ITWIN_SCOPE="not-the-platform")
+    worker.handle(message(action="delete", resource="run", id=MISSING))
+    [envelope] = received(queues[POISON_QUEUE])
+    assert "not a member of the iTwin" in envelope["error"]["message"]
