@@ -72,8 +72,7 @@ def msal_authority(authority: str) -> tuple[str, dict[str, str]]:
 @dataclass(frozen=True)
 class _Token:
     value: str = ""
-    renew_at: float = 0.0
-    expires_at: float = 0.0
+    renew_at: float = 0.0  # before expiry by min(300 s, half the lifetime), so it is never used after
 
 
 class TokenProvider:
@@ -87,7 +86,7 @@ class TokenProvider:
         scope: str,
         *,
         session: requests.Session,
-        timeout: tuple[float, float] = (3.05, 10.0),
+        timeout: tuple[float, float],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client_id = client_id
@@ -171,5 +170,4 @@ class TokenProvider:
             )
         lifetime = float(result.get("expires_in") or 0)
         log.debug("service token obtained from %s, lifetime %.0f s", result.get("token_source"), lifetime)
-        expires_at = started + lifetime
-        return _Token(result["access_token"], expires_at - min(_RENEW_BEFORE, lifetime / 2), expires_at)
+        return _Token(result["access_token"], started + lifetime - min(_RENEW_BEFORE, lifetime / 2))

@@ -262,11 +262,6 @@ def decode_json(raw: bytes | str) -> Any:
     raise InvalidCommand("The body is not valid JSON.", [detail], code="InvalidRequestBody") from None
 
 
-def parse_message(raw: bytes | str) -> Command:
-    """One command from a queue message body."""
-    return validate(decode_json(raw))
-
-
 def parse_batch(data: Any) -> list[Command]:
     """One command or an array of 1 to 100; every problem of every command is reported together."""
     if not isinstance(data, list):

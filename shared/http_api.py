@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from shared.commands import Command, InvalidCommand, decode_json, parse_batch
@@ -33,29 +33,22 @@ def error_reply(status: int, code: str, message: str, details: tuple[ErrorDetail
     return Reply(status, {"error": {"code": code, "message": message, "details": [d.to_dict() for d in details]}})
 
 
+TOO_LARGE = error_reply(413, "RequestTooLarge", f"The body is over {MAX_REQUEST_BYTES} bytes (1 MiB).")
+
+
 def _too_large(body: bytes, declared_length: str | None) -> bool:
     digits = declared_length or ""
     declared = int(digits) if digits.isascii() and digits.isdigit() else 0
     return max(declared, len(body)) > MAX_REQUEST_BYTES
 
 
-def _with_trace(commands: list[Command]) -> list[dict[str, Any]]:
-    from opentelemetry.propagate import inject  # loads the configured propagators: kept out of cold start
-
-    carrier: dict[str, str] = {}
-    inject(carrier)
-    messages = []
-    for command in commands:
-        message = command.to_message()
-        if "traceparent" in carrier:
-            message.setdefault("traceparent", carrier["traceparent"])
-        messages.append(message)
-    return messages
-
-
 def _enqueue(queue: CommandQueue, commands: list[Command]) -> None:
-    for message in _with_trace(commands):
-        queue.send(message)
+    """Send each command, carrying the current trace unless the command names its own."""
+    from shared.telemetry import current_traceparent  # OpenTelemetry's propagators: kept out of cold start
+
+    traceparent = current_traceparent()
+    for command in commands:
+        queue.send(replace(command, traceparent=command.traceparent or traceparent).to_message())
 
 
 def _misconfigured(error: SettingsError) -> Reply:
@@ -66,7 +59,7 @@ def _misconfigured(error: SettingsError) -> Reply:
 def accept_commands(body: bytes, declared_length: str | None, queue: Callable[[], CommandQueue]) -> Reply:
     """``POST /api/commands``: validate one command or up to 100, then enqueue all of them or none."""
     if _too_large(body, declared_length):
-        return error_reply(413, "RequestTooLarge", f"The body is over {MAX_REQUEST_BYTES} bytes (1 MiB).")
+        return TOO_LARGE
     try:
         commands = parse_batch(decode_json(body))
         _enqueue(queue(), commands)
@@ -91,7 +84,7 @@ def receive_webhook(
     With ``deliveries``, a ``messageId`` already accepted by this process is answered 202 and enqueues nothing.
     """
     if _too_large(body, None):
-        return error_reply(413, "RequestTooLarge", f"The body is over {MAX_REQUEST_BYTES} bytes (1 MiB).")
+        return TOO_LARGE
     if not verify(body, signature, secret):
         reason = "no webhook secret is configured" if not secret else "the Signature header does not match the body"
         log.warning("webhook delivery refused: %s", reason)
@@ -111,7 +104,7 @@ def receive_webhook(
     try:
         if commands:
             _enqueue(queue(), commands)
-    except BaseException as error:
+    except Exception as error:
         if tracked:
             deliveries.forget(event.message_id)  # the platform's resend must be accepted
         if isinstance(error, SettingsError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import MeterProvider
+from opentelemetry.propagate import inject
 from opentelemetry.trace import TracerProvider
 
 from shared import __version__
@@ -51,3 +52,10 @@ def default_telemetry() -> Telemetry:
     if _default is None:
         _default = Telemetry()
     return _default
+
+
+def current_traceparent() -> str | None:
+    """The W3C ``traceparent`` of the current span, to carry a trace across the queue (None outside a trace)."""
+    carrier: dict[str, str] = {}
+    inject(carrier)
+    return carrier.get("traceparent")

@@ -10,27 +10,23 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from opentelemetry.propagate import extract, inject
+from opentelemetry.propagate import extract
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from shared.commands import Command, InvalidCommand, parse_message
+from shared.commands import Command, InvalidCommand, decode_json, validate
 from shared.errors import ITwinError, NotFound, Unprocessable
 from shared.outcomes import Outcome, classify_failure, create_outcome_unknown, describe_unknown_create
 from shared.queues import CommandQueue
 from shared.resources import Connection, ITwinApi
 from shared.retry import RetryPolicy
 from shared.settings import COMMAND_QUEUE
-from shared.telemetry import Telemetry
+from shared.telemetry import Telemetry, current_traceparent
 
 log = logging.getLogger(__name__)
 
-MAX_ENVELOPE_MESSAGE = 48 * 1024
+MAX_ENVELOPE_MESSAGE = 48 * 1024  # keeps the envelope under the queue's 64 KiB message limit
 # A submitted job moves on from "active" by itself; any of these means the submit happened.
-SUBMITTED_STATES = {"active", "success", "failed"}  # keeps the envelope under the queue's 64 KiB message limit
-
-
-def _as_text(raw: bytes | str) -> str:
-    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+SUBMITTED_STATES = {"active", "success", "failed"}
 
 
 class Worker:
@@ -57,8 +53,10 @@ class Worker:
     def handle(self, raw: bytes | str) -> Outcome:
         """Process one queue message body. Raises only when the queue itself fails (the host then retries)."""
         command: Command | None = None
+        original: Any = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
         try:
-            command = parse_message(raw)
+            original = decode_json(raw)
+            command = validate(original)
         except InvalidCommand as invalid:
             problem = invalid
         kind = command.kind if command else "invalid"
@@ -77,7 +75,7 @@ class Worker:
             },
         ) as span:
             if command is None:
-                self._dead_letter(raw, problem.to_dict(), attempts=1)
+                self._dead_letter(original, problem.to_dict(), attempts=1)
                 outcome, detail = Outcome.DEAD_LETTERED, problem.message
             else:
                 outcome, detail = self._run(command)
@@ -160,29 +158,19 @@ class Worker:
         connections = self._connections(command.imodel_id or "")
         if not connections:
             return Outcome.ALREADY_DONE
-        carrier: dict[str, str] = {}
-        inject(carrier)
+        traceparent = current_traceparent()
         for connection in connections:
             delete = Command(
-                "delete",
-                "connection",
-                id=connection.id,
-                correlation_id=command.correlation_id,
-                traceparent=carrier.get("traceparent"),
+                "delete", "connection", id=connection.id, correlation_id=command.correlation_id, traceparent=traceparent
             )
             self.queue.send(delete.to_message())
         return Outcome.FANNED_OUT
 
     def _dead_letter(self, message: Any, error: dict[str, Any], *, attempts: int) -> None:
-        if not isinstance(message, dict):
-            try:
-                message = json.loads(message)
-            except (ValueError, UnicodeDecodeError, RecursionError):
-                message = _as_text(message)
-            if isinstance(message, str) and len(message) > MAX_ENVELOPE_MESSAGE:
-                message = message[:MAX_ENVELOPE_MESSAGE] + "…(truncated)"
-        if len(json.dumps(message)) > MAX_ENVELOPE_MESSAGE:
-            message = json.dumps(message)[:MAX_ENVELOPE_MESSAGE] + "…(truncated)"
+        """``message`` is the original as decoded JSON, or its text when it was not JSON."""
+        text = json.dumps(message)
+        if len(text) > MAX_ENVELOPE_MESSAGE:
+            message = text[:MAX_ENVELOPE_MESSAGE] + "…(truncated)"
         failed_at = datetime.fromtimestamp(self._now(), UTC).isoformat().replace("+00:00", "Z")
         self.queue.dead_letter({"message": message, "error": error, "attempts": attempts, "failedAt": failed_at})
 
