@@ -130,15 +130,31 @@ def test_a_rate_limited_command_is_rescheduled_no_sooner_than_retry_after(worker
     assert outcomes(captured) == {("delete connection", "rescheduled"): 1, ("delete connection", "succeeded"): 1}
 
 
+def rescheduled_copy(queues) -> dict:
+    deadline = time.monotonic() + 12
+    while not (found := received(queues[COMMAND_QUEUE])) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    [copy] = found
+    return copy
+
+
 def test_a_connection_in_use_is_rescheduled(worker, simulator, queues):
     connection = simulator.add_connection(IMODEL, "busy")
     simulator.set_connection_in_use(connection["id"])
     assert worker.handle(message(action="delete", resource="connection", id=connection["id"])) is Outcome.RESCHEDULED
+    assert rescheduled_copy(queues) == {
+        "action": "delete",
+        "resource": "connection",
+        "id": connection["id"],
+        "attempt": 2,
+    }
 
 
-def test_a_token_service_outage_is_rescheduled(worker, simulator):
+def test_a_token_service_outage_is_rescheduled(worker, simulator, queues):
     simulator.token_service_down = True
     assert worker.handle(message(action="delete", resource="run", id=MISSING)) is Outcome.RESCHEDULED
+    assert rescheduled_copy(queues)["attempt"] == 2
+    assert simulator.api_calls() == []
 
 
 def test_a_permission_error_is_dead_lettered_with_the_api_error(simulator, queues, captured):

@@ -32,8 +32,8 @@ from shared.commands import (
     RESOURCES,
     Command,
     InvalidCommand,
+    decode_json,
     parse_batch,
-    parse_message,
     validate,
 )
 from shared.http_api import MAX_REQUEST_BYTES, accept_commands, receive_webhook
@@ -193,7 +193,7 @@ def parsed(parse: Callable[[Any], Command], data: Any) -> Command | InvalidComma
 def check_command(command: Command) -> None:
     """A command that passed validation is of a known kind and survives the trip through the queue unchanged."""
     assert command.kind in KINDS
-    assert parse_message(json.dumps(command.to_message())) == command
+    assert validate(decode_json(json.dumps(command.to_message()))) == command
 
 
 # ---------------------------------------------------------------------------------------------------- validator
@@ -237,7 +237,7 @@ def test_a_queue_message_of_any_bytes_is_parsed_or_rejected_never_raises() -> No
             data = json.loads(raw)
         except ValueError:
             data = None
-        result = parsed(parse_message, raw)
+        result = parsed(lambda r: validate(decode_json(r)), raw)
         if isinstance(result, InvalidCommand):
             check_rejection([d.to_dict() for d in result.details], data)
             if result.code == "InvalidRequestBody":

@@ -3,7 +3,7 @@ import json
 import pytest
 from samples import IMODEL, JOB, JOB_BODY
 
-from shared.commands import MAX_BODY_BYTES, Command, InvalidCommand, parse_batch, parse_message, validate
+from shared.commands import MAX_BODY_BYTES, Command, InvalidCommand, decode_json, parse_batch, validate
 
 VALID = [
     {
@@ -110,12 +110,12 @@ def test_a_batch_holds_one_to_one_hundred_commands():
 @pytest.mark.parametrize("raw", [b"", b"{", b"\xff\xfe", "not json"])
 def test_a_message_that_is_not_json_is_an_invalid_request_body(raw):
     with pytest.raises(InvalidCommand) as caught:
-        parse_message(raw)
+        validate(decode_json(raw))
     assert caught.value.code == "InvalidRequestBody"
 
 
 def test_the_next_attempt_keeps_everything_but_the_count():
-    command = parse_message(json.dumps(VALID[3]))
+    command = validate(decode_json(json.dumps(VALID[3])))
     again = command.next_attempt()
     assert again.attempt == 2
     assert again.to_message() == {**VALID[3], "attempt": 2}
