@@ -17,7 +17,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from shared import PROJECT, __version__
 from shared.auth import TokenProvider
-from shared.errors import ITwinError, RateLimited, TransportError, Unauthorized, api_error
+from shared.errors import ITwinError, RateLimited, ServerError, Throttled, TransportError, Unauthorized, api_error
 from shared.pacing import Pacer
 from shared.retry import RetryPolicy, parse_retry_after, retry_delay
 from shared.settings import Settings
@@ -85,7 +85,7 @@ class ITwinClient:
             clock=clock,
         )
         self.telemetry = telemetry or default_telemetry()
-        self.pacer = pacer or Pacer(settings.rate_limits, clock=clock, sleep=sleep)
+        self.pacer = pacer or Pacer(settings.rate_limits, clock=clock)
         self.policy = policy or RetryPolicy()
         self._timeout = timeout
         self._clock = clock
@@ -103,8 +103,10 @@ class ITwinClient:
     ) -> requests.Response:
         """Send ``method path`` (a path under ITWIN_API_URL, or a link the API returned) until it succeeds.
 
-        Repeats within the retry policy and ``budget`` seconds (default: the policy's); when a transient
-        failure outlasts them, raises it with ``retry_after`` set. Raises `ITwinError` subclasses.
+        Repeats within the retry policy and ``budget`` seconds (default: the policy's), and never waits past the
+        budget, for pacing either: when the next try would come later, raises the last error (or `Throttled`,
+        when nothing was sent) with ``retry_after`` set only where the API said how long to wait. Raises
+        `ITwinError` subclasses.
         """
         url = self._url(path)
         api = urlsplit(url).path.strip("/").split("/", 1)[0]
@@ -115,7 +117,7 @@ class ITwinClient:
         attempt = 0
         while True:
             attempt += 1
-            self.pacer.wait(api)
+            self._pace(api, operation, deadline)
             token = self.tokens.token(stale=stale)
             stale = None
             response, error = self._attempt(method, url, params, data, token, operation)
@@ -127,12 +129,25 @@ class ITwinClient:
             delay = retry_delay(error, method, attempt, self.policy)
             if delay is None:
                 raise error
-            if isinstance(error, RateLimited):
+            if isinstance(error, RateLimited) or (isinstance(error, ServerError) and error.retry_after is not None):
                 self.pacer.hold(api, delay)
             if attempt >= self.policy.max_attempts or self._clock() + delay > deadline:
-                error.retry_after = delay
                 raise error
             log.info("%s %s: %s; repeating in %.2f s", method, operation, error, delay)
+            self._sleep(delay)
+
+    def _pace(self, api: str, operation: str, deadline: float) -> None:
+        """Wait for this process's next slot for ``api``; raise `Throttled` when it comes after ``deadline``."""
+        remaining = max(0.0, deadline - self._clock())
+        delay = self.pacer.reserve(api, remaining)
+        if delay > remaining:
+            raise Throttled(
+                f"not sent: calls to {api} are held for {delay:.1f} s (a Retry-After or pacing), "
+                "longer than this invocation waits",
+                operation=operation,
+                retry_after=delay,
+            )
+        if delay > 0:
             self._sleep(delay)
 
     def _url(self, path: str) -> str:

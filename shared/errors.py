@@ -2,6 +2,7 @@
 
     ITwinError                     anything the client raises
     ├── TransportError             no response: timeout, reset, DNS, TLS
+    ├── Throttled                  not sent: calls to the API are held longer than the caller may wait
     ├── TokenError                 the token service refused us or could not be reached
     └── ApiError                   the API answered with a non-2xx status
         ├── BadRequest             400
@@ -25,6 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 
 _SNIPPET = 120
+# An error body is not ours to trust: keep what fits in a log line and a poison envelope.
+_MAX_DETAILS = 50
+_MAX_TEXT = 1000
 REQUEST_ID_HEADERS = ("X-Request-Id", "X-Correlation-Id", "Request-Id", "x-ms-request-id")
 
 
@@ -82,6 +86,13 @@ class ITwinError(Exception):
 
 class TransportError(ITwinError):
     """The request got no answer: a timeout, a reset connection, a DNS or TLS failure."""
+
+    transient = True
+
+
+class Throttled(ITwinError):
+    """The call was not sent: this process holds calls to the API (after a 429, or to pace them) for longer than
+    the caller's budget. ``retry_after`` says when a slot opens; nothing reached the API, so repeating is safe."""
 
     transient = True
 
@@ -178,7 +189,7 @@ def error_class(status: int) -> type[ApiError]:
 
 
 def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+    return value[:_MAX_TEXT] if isinstance(value, str) else None
 
 
 def parse_error_body(status: int, reason: str, content_type: str, body: bytes) -> dict[str, Any]:
@@ -187,7 +198,7 @@ def parse_error_body(status: int, reason: str, content_type: str, body: bytes) -
         error = json.loads(body)["error"]
         if not isinstance(error, dict):
             raise TypeError("error is not an object")
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         kind = content_type.split(";")[0].strip() or "no content type"
         snippet = body[:_SNIPPET].decode("utf-8", "replace").strip()
         shown = f"; it begins {snippet!r}" if snippet else "; the body was empty"
@@ -197,9 +208,10 @@ def parse_error_body(status: int, reason: str, content_type: str, body: bytes) -
             "target": None,
             "details": (),
         }
+    listed = error.get("details")
     details = tuple(
         ErrorDetail(_text(d.get("code")), _text(d.get("message")), _text(d.get("target")))
-        for d in error.get("details") or ()
+        for d in (listed[:_MAX_DETAILS] if isinstance(listed, list) else ())
         if isinstance(d, dict)
     )
     return {

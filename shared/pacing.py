@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -15,7 +16,8 @@ SAFETY = 0.95
 class Pacer:
     """Spaces calls to each API evenly under its rate and holds them all after a 429 until Retry-After passes.
 
-    Thread-safe: every thread of the process shares one schedule per API.
+    Thread-safe: every thread of the process shares one schedule per API. It only computes waits; the caller
+    sleeps, bounded by its own budget.
     """
 
     def __init__(
@@ -23,7 +25,6 @@ class Pacer:
         rates: Mapping[str, float] | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._intervals = {
             api: 1.0 / (rate * SAFETY) for api, rate in (DEFAULT_RATE_LIMITS if rates is None else rates).items()
@@ -32,24 +33,24 @@ class Pacer:
         self._held_until: dict[str, float] = {}
         self._lock = threading.Lock()
         self._clock = clock
-        self._sleep = sleep
 
-    def slot(self, api: str) -> float:
-        """Reserve the next slot for ``api`` and return the seconds to wait for it (0 when free)."""
+    def reserve(self, api: str, limit: float = math.inf) -> float:
+        """Reserve the next slot for ``api`` if it comes within ``limit`` seconds; return the seconds to wait.
+
+        A wait longer than ``limit`` reserves nothing (the caller will not send) and is returned as it is, so
+        the caller can give the work back to the queue for that long instead of sleeping through it.
+        """
         with self._lock:
             now = self._clock()
             start = max(now, self._held_until.get(api, 0.0))
             interval = self._intervals.get(api)
             if interval is not None:
                 start = max(start, self._next.get(api, 0.0))
+            if start - now > limit:
+                return start - now
+            if interval is not None:
                 self._next[api] = start + interval
             return start - now
-
-    def wait(self, api: str) -> None:
-        """Block until the caller may send its next call to ``api``."""
-        delay = self.slot(api)
-        if delay > 0:
-            self._sleep(delay)
 
     def hold(self, api: str, seconds: float) -> None:
         """After a 429: no call to ``api`` leaves this process for ``seconds``."""

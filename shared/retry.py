@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 from shared.errors import Conflict, ITwinError, RateLimited, ServerError, TransportError
+from shared.queues import MAX_VISIBILITY_DELAY
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "DELETE", "PUT", "PATCH", "OPTIONS"})
 
@@ -27,8 +28,28 @@ class RetryPolicy:
         return rand() * min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1))
 
 
+@dataclass(frozen=True)
+class RedeliveryBackoff:
+    """How long a rescheduled command stays invisible on the queue when the API gave no ``Retry-After``.
+
+    The delay grows with every delivery (a connection stays busy for as long as its export runs), with "equal
+    jitter": at least half the exponential step, so it grows for certain while instances still spread out.
+    """
+
+    base: float = 5.0
+    cap: float = 1800.0
+
+    def delay(self, delivery: int, rand: Callable[[], float] = random.random) -> float:
+        """Seconds before delivery ``delivery + 1`` (``delivery`` is 1-based)."""
+        step = min(self.cap, self.base * 2 ** min(delivery - 1, 32))
+        return step / 2 + rand() * step / 2
+
+
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date); None when absent or bad."""
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date); None when absent or bad.
+
+    Values are clamped to the queue's 7-day visibility limit, the longest wait the worker can express.
+    """
     if not value:
         return None
     value = value.strip()
@@ -42,7 +63,9 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    return max(0.0, seconds) if seconds == seconds else None  # NaN is not a wait
+    if seconds != seconds:  # NaN is not a wait
+        return None
+    return min(float(MAX_VISIBILITY_DELAY), max(0.0, seconds))
 
 
 def retry_delay(
@@ -55,7 +78,8 @@ def retry_delay(
     """Seconds to wait before repeating after ``error``, or None when the call must not be repeated.
 
     429 waits exactly ``Retry-After`` (any method: the request was refused, not processed).
-    5xx and transport failures are repeated only for idempotent methods: a POST may have succeeded.
+    5xx and transport failures are repeated only for idempotent methods: a POST may have succeeded. A 5xx that
+    carries ``Retry-After`` (a 503 asking to come back later) waits exactly that, as a 429 does.
     409 ``ConnectionAlreadyInUse`` on DELETE backs off and repeats.
     """
     if isinstance(error, RateLimited):
@@ -63,6 +87,8 @@ def retry_delay(
             return error.retry_after
         return max(1.0, policy.backoff(attempt, rand))
     idempotent = method.upper() in IDEMPOTENT_METHODS
+    if isinstance(error, ServerError) and idempotent and error.retry_after is not None:
+        return error.retry_after
     if isinstance(error, ServerError | TransportError) and idempotent:
         return policy.backoff(attempt, rand)
     if isinstance(error, Conflict) and error.transient and method.upper() == "DELETE":

@@ -1,6 +1,8 @@
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shared.errors import (
     BadRequest,
@@ -104,3 +106,42 @@ def test_a_403_says_what_usually_causes_it():
 )
 def test_transient_versus_permanent_is_decided_by_one_table(error, transient):
     assert is_transient(error) is transient
+
+
+@pytest.mark.parametrize(
+    "details",
+    [5, "text", {"code": "X"}, [5, None, "x"], [{"code": 5, "message": ["m"], "target": {}}], True],
+)
+def test_an_error_body_with_details_of_any_shape_becomes_an_itwin_error(details):
+    body = json.dumps({"error": {"code": "Odd", "message": "odd", "details": details}}).encode()
+    error = error_for(422, body)
+    assert isinstance(error, Unprocessable)
+    assert (error.code, error.message) == ("Odd", "odd")
+    assert all(isinstance(d.code, str | None) for d in error.details)
+
+
+def test_an_error_body_nested_too_deeply_to_parse_still_becomes_an_itwin_error():
+    error = error_for(500, b"[" * 100_000 + b"]" * 100_000)
+    assert isinstance(error, ServerError)
+    assert "not an iTwin error object" in error.message
+
+
+def test_an_error_body_too_large_to_trust_is_cut_to_a_bounded_size():
+    body = {"error": {"code": "C" * 5000, "message": "m" * 100_000, "details": [{"code": "D"}] * 10_000}}
+    error = error_for(422, json.dumps(body).encode())
+    assert len(json.dumps(error.to_dict())) < 100_000
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+        max_leaves=20,
+    )
+)
+def test_every_shape_of_error_body_becomes_an_itwin_error(error_field):
+    body = json.dumps({"error": error_field}).encode()
+    error = error_for(400, body)
+    assert isinstance(error, BadRequest)
+    assert isinstance(error.message, str)
+    json.dumps(error.to_dict())

@@ -1,27 +1,21 @@
-import threading
+import math
 
 import pytest
 
 from shared.pacing import SAFETY, Pacer
 
 
-class FakeTime:
+class FakeClock:
     def __init__(self):
         self.now = 100.0
-        self.lock = threading.Lock()
 
-    def clock(self):
+    def __call__(self):
         return self.now
-
-    def sleep(self, seconds):
-        with self.lock:
-            self.now += seconds
 
 
 def test_calls_to_a_paced_api_are_spaced_under_its_rate():
-    time = FakeTime()
-    pacer = Pacer({"clashdetection": 6.0}, clock=time.clock, sleep=time.sleep)
-    waits = [pacer.slot("clashdetection") for _ in range(7)]
+    pacer = Pacer({"clashdetection": 6.0}, clock=FakeClock())
+    waits = [pacer.reserve("clashdetection") for _ in range(7)]
     interval = 1 / (6.0 * SAFETY)
     assert waits == pytest.approx([i * interval for i in range(7)])
     # Seven calls need more than one second, so a 6/s sliding window never sees a seventh.
@@ -29,16 +23,31 @@ def test_calls_to_a_paced_api_are_spaced_under_its_rate():
 
 
 def test_an_api_without_a_documented_rate_is_not_delayed():
-    pacer = Pacer({"clashdetection": 6.0}, clock=FakeTime().clock)
-    assert [pacer.slot("export") for _ in range(100)] == [0.0] * 100
+    pacer = Pacer({"clashdetection": 6.0}, clock=FakeClock())
+    assert [pacer.reserve("export") for _ in range(100)] == [0.0] * 100
 
 
 def test_after_a_429_every_call_to_that_api_waits_until_retry_after_has_passed():
-    time = FakeTime()
-    pacer = Pacer({}, clock=time.clock, sleep=time.sleep)
+    clock = FakeClock()
+    pacer = Pacer({}, clock=clock)
     pacer.hold("export", 2.0)
-    assert pacer.slot("export") == 2.0
-    assert pacer.slot("contextcapture") == 0.0
-    pacer.wait("export")
-    assert time.now == 102.0
-    assert pacer.slot("export") == 0.0
+    assert pacer.reserve("export") == 2.0
+    assert pacer.reserve("contextcapture") == 0.0
+    clock.now += 2.0
+    assert pacer.reserve("export") == 0.0
+
+
+def test_a_wait_longer_than_the_callers_limit_is_reported_and_reserves_nothing():
+    clock = FakeClock()
+    pacer = Pacer({"clashdetection": 1.0}, clock=clock)
+    pacer.hold("clashdetection", 1800.0)
+    assert pacer.reserve("clashdetection", limit=1.0) == 1800.0
+    assert pacer.reserve("clashdetection", limit=1.0) == 1800.0  # the refused caller took no slot
+    clock.now += 1800.0
+    assert pacer.reserve("clashdetection", limit=1.0) == 0.0
+
+
+def test_an_unbounded_caller_still_gets_its_slot_reserved():
+    pacer = Pacer({"clashdetection": 1.0 / SAFETY}, clock=FakeClock())
+    assert pacer.reserve("clashdetection") == 0.0
+    assert pacer.reserve("clashdetection", limit=math.inf) == pytest.approx(1.0)

@@ -3,7 +3,7 @@ from datetime import UTC, datetime
 import pytest
 
 from shared.errors import Conflict, NotFound, RateLimited, ServerError, TransportError
-from shared.retry import RetryPolicy, parse_retry_after, retry_delay
+from shared.retry import RedeliveryBackoff, RetryPolicy, parse_retry_after, retry_delay
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
 POLICY = RetryPolicy(backoff_base=0.5, backoff_cap=8.0)
@@ -62,3 +62,23 @@ def test_permanent_errors_are_not_repeated():
 def test_backoff_grows_exponentially_with_full_jitter_up_to_the_cap():
     assert [POLICY.backoff(n, rand=lambda: 1.0) for n in range(1, 8)] == [0.5, 1, 2, 4, 8, 8, 8]
     assert POLICY.backoff(4, rand=lambda: 0.25) == 1.0
+
+
+@pytest.mark.parametrize("header", ["inf", "1e308", "99999999999", "Fri, 31 Dec 9999 23:59:59 GMT"])
+def test_a_retry_after_beyond_the_queues_seven_day_limit_is_clamped_to_it(header):
+    assert parse_retry_after(header, NOW) == 7 * 24 * 3600
+
+
+def test_a_503_with_retry_after_waits_exactly_that_on_idempotent_calls():
+    refused = ServerError(503, "busy", retry_after=120.0)
+    assert retry_delay(refused, "GET", 1, POLICY, rand=lambda: 1.0) == 120.0
+    assert retry_delay(refused, "POST", 1, POLICY) is None
+
+
+def test_the_delay_between_deliveries_grows_for_certain_up_to_its_cap():
+    backoff = RedeliveryBackoff(base=5.0, cap=1800.0)
+    lowest = [backoff.delay(n, rand=lambda: 0.0) for n in range(1, 11)]
+    highest = [backoff.delay(n, rand=lambda: 1.0) for n in range(1, 11)]
+    assert highest == [5, 10, 20, 40, 80, 160, 320, 640, 1280, 1800]
+    assert lowest == [h / 2 for h in highest]
+    assert backoff.delay(10_000, rand=lambda: 1.0) == 1800.0
