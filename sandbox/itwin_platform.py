@@ -47,8 +47,9 @@ API calls (every other path), checked in this order
 
 Export (``/export/connections``)
     POST ``{iModelId, displayName, authenticationType: User|Service (default User)}``: 201 ``{"connection"}``
-    with a GUID id (an unknown iModel becomes known). GET ``?iModelId=&$top=&$skip=``: a page in creation order
-    with ``_links.self``, ``prev`` (when ``$skip`` > 0) and ``next`` (only while more remain), absolute hrefs;
+    with a GUID id (an unknown iModel becomes known). GET ``?imodelId=&$top=&$skip=`` (names in any case): a page
+    in creation order with ``_links.self``, ``prev`` (when ``$skip`` > 0) and ``next`` (only while more remain),
+    absolute hrefs that, as in seed 003, drop the iModel filter; without ``imodelId``, every iModel's connections;
     unknown iModel: 404 ``ConnectionNotFound`` "Requested iModelId is not available."; bad ``$top`` (not 1 to
     `max_page_size`) or iModel id: 422 ``InvalidConnectionsRequest``. GET/DELETE ``/{id}``: 200 / 204;
     404 ``ConnectionNotFound``; DELETE of a connection held with `set_connection_in_use`: 409

@@ -16,6 +16,7 @@ class Outcome(StrEnum):
     RESCHEDULED = "rescheduled"
     DEAD_LETTERED = "dead_lettered"
     FANNED_OUT = "fanned_out"
+    IMODEL_UNAVAILABLE = "imodel_unavailable"
 
 
 def create_outcome_unknown(error: ITwinError, command: Command) -> bool:

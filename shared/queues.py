@@ -71,6 +71,6 @@ class CommandQueue:
         seconds = min(MAX_VISIBILITY_DELAY, math.ceil(delay)) if delay > 0 else None
         self._commands.send_message(json.dumps(message, separators=(",", ":")), visibility_timeout=seconds)
 
-    def dead_letter(self, envelope: Mapping[str, Any]) -> None:
-        """Put a poison envelope on the poison queue."""
-        self._poison.send_message(json.dumps(envelope, separators=(",", ":")))
+    def dead_letter(self, envelope: str) -> None:
+        """Put a poison envelope (its JSON text, see `shared.poison`) on the poison queue."""
+        self._poison.send_message(envelope)

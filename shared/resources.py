@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import requests
 
 from shared.client import ITwinClient
 from shared.errors import ITwinError
+
+log = logging.getLogger(__name__)
+
+MAX_PAGES = 1000
 
 
 def _href(links: Any, name: str) -> str | None:
@@ -36,6 +41,12 @@ def _object(response: requests.Response, key: str, operation: str) -> dict[str, 
 
 def _id(value: str) -> str:
     return quote(value, safe="")
+
+
+def _with_params(url: str, params: Mapping[str, str]) -> dict[str, str]:
+    """The ``params`` that ``url``'s own query lacks (names compared case-insensitively, as the API does)."""
+    present = {name.lower() for name, _ in parse_qsl(urlsplit(url).query, keep_blank_values=True)}
+    return {name: value for name, value in params.items() if name.lower() not in present}
 
 
 @dataclass(frozen=True)
@@ -110,16 +121,27 @@ class ITwinApi:
         self.client = client
 
     def _pages(self, path: str, params: dict[str, str], key: str, operation: str) -> Iterator[dict[str, Any]]:
-        """Every item of a paged list, following ``_links.next.href`` until it is absent."""
-        next_path: str | None = path
-        query: dict[str, str] | None = params
-        while next_path:
-            payload = _json(self.client.call("GET", next_path, operation=operation, params=query), operation)
+        """Every item of a paged list, following ``_links.next.href`` until it is absent.
+
+        A link is not trusted to keep the filter: seed 003's own ``next`` link drops ``imodelId``, so any of
+        ``params`` a link leaves out is put back. A ``next`` link seen before, or more than `MAX_PAGES` pages,
+        raises `ITwinError` instead of following the API round in circles.
+        """
+        url, seen = path, set()
+        for _ in range(MAX_PAGES):
+            query = _with_params(url, params)
+            payload = _json(self.client.call("GET", url, operation=operation, params=query), operation)
             items = payload.get(key) if isinstance(payload, dict) else None
             if not isinstance(items, list):
                 raise ITwinError(f"the API answered {operation} without a {key!r} list")
             yield from (item for item in items if isinstance(item, dict) and isinstance(item.get("id"), str))
-            next_path, query = _href(payload.get("_links"), "next"), None
+            seen.add((url, tuple(sorted(query.items()))))
+            url = _href(payload.get("_links"), "next")
+            if url is None:
+                return
+            if (url, tuple(sorted(_with_params(url, params).items()))) in seen:
+                raise ITwinError(f"the API's paging for {operation} repeats a next link; stopped rather than loop")
+        raise ITwinError(f"the API's paging for {operation} went past {MAX_PAGES} pages; stopped")
 
     # Export connections
     def create_connection(self, imodel_id: str, display_name: str, authentication_type: str = "Service") -> Connection:
@@ -137,8 +159,18 @@ class ITwinApi:
         self.client.call("DELETE", path, operation="connections.delete")
 
     def list_connections(self, imodel_id: str) -> list[Connection]:
-        pages = self._pages("/export/connections", {"iModelId": imodel_id}, "connections", "connections.list")
-        return [Connection.from_json(item) for item in pages]
+        """The iModel's connections (``imodelId``, as the operation index spells it). Items of another iModel are
+        left out whatever the API sent, because callers delete what this returns."""
+        pages = self._pages("/export/connections", {"imodelId": imodel_id}, "connections", "connections.list")
+        connections = [Connection.from_json(item) for item in pages]
+        mine = [c for c in connections if (c.imodel_id or "").lower() == imodel_id.lower()]
+        if len(mine) < len(connections):
+            log.warning(
+                "connections.list for iModel %s answered %d connection(s) of other iModels; ignored them",
+                imodel_id,
+                len(connections) - len(mine),
+            )
+        return mine
 
     # ContextCapture jobs
     def create_job(self, body: Mapping[str, Any]) -> Job:

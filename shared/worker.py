@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from opentelemetry import trace
 from opentelemetry.propagate import extract
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from shared.commands import Command, InvalidCommand, decode_json, validate
 from shared.errors import ITwinError, NotFound, Unprocessable
 from shared.outcomes import Outcome, classify_failure, create_outcome_unknown, describe_unknown_create
+from shared.poison import encode_envelope
 from shared.queues import CommandQueue
 from shared.resources import Connection, ITwinApi
-from shared.retry import RetryPolicy
+from shared.retry import RedeliveryBackoff
 from shared.settings import COMMAND_QUEUE
 from shared.telemetry import Telemetry, current_traceparent
 
 log = logging.getLogger(__name__)
 
-MAX_ENVELOPE_MESSAGE = 48 * 1024  # keeps the envelope under the queue's 64 KiB message limit
 # A submitted job moves on from "active" by itself; any of these means the submit happened.
 SUBMITTED_STATES = {"active", "success", "failed"}
 
@@ -39,14 +40,14 @@ class Worker:
         telemetry: Telemetry,
         *,
         max_attempts: int,
-        policy: RetryPolicy | None = None,
+        backoff: RedeliveryBackoff | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
         self.api = api
         self.queue = queue
         self.telemetry = telemetry
         self.max_attempts = max_attempts
-        self.policy = policy or RetryPolicy()
+        self.backoff = backoff or RedeliveryBackoff()
         self._now = now
         self._create_locks = tuple(threading.Lock() for _ in range(64))
 
@@ -76,23 +77,23 @@ class Worker:
         ) as span:
             if command is None:
                 self._dead_letter(original, problem.to_dict(), attempts=1)
-                outcome, detail = Outcome.DEAD_LETTERED, problem.message
+                result = Result(Outcome.DEAD_LETTERED, problem.message, problem.code)
             else:
-                outcome, detail = self._run(command)
-            span.set_attribute("itwin.outcome", outcome.value)
-            if outcome is Outcome.DEAD_LETTERED:
-                span.set_status(Status(StatusCode.ERROR, detail))
-            return self._record(kind, outcome, command.correlation_id if command else None, detail)
+                result = self._run(command)
+            span.set_attribute("itwin.outcome", result.outcome.value)
+            if result.outcome is Outcome.DEAD_LETTERED:
+                span.set_status(Status(StatusCode.ERROR, result.detail))
+            return self._record(kind, result, command.correlation_id if command else None)
 
-    def _run(self, command: Command) -> tuple[Outcome, str]:
+    def _run(self, command: Command) -> Result:
         try:
-            return self._execute(command), ""
+            return self._execute(command)
         except ITwinError as error:
             outcome = classify_failure(error, command, self.max_attempts)
             if outcome is Outcome.RESCHEDULED:
-                delay = error.retry_after if error.retry_after is not None else self.policy.backoff(command.attempt)
+                delay = error.retry_after if error.retry_after is not None else self.backoff.delay(command.attempt)
                 self.queue.send(command.next_attempt().to_message(), delay=delay)
-                return outcome, f"{error}; back in {delay:.1f} s"
+                return Result(outcome, f"{error}; back in {delay:.1f} s")
             if outcome is Outcome.DEAD_LETTERED:
                 details = error.to_dict()
                 if create_outcome_unknown(error, command):
@@ -100,9 +101,10 @@ class Worker:
                 elif error.transient:
                     details["message"] = f"{error.message} (gave up after {command.attempt} attempts)"
                 self._dead_letter(command.to_message(), details, attempts=command.attempt)
-            return outcome, str(error)
+                return Result(outcome, str(error), details.get("code") or str(error.status or type(error).__name__))
+            return Result(outcome, str(error))
 
-    def _execute(self, command: Command) -> Outcome:
+    def _execute(self, command: Command) -> Result:
         api = self.api
         match command.action, command.resource:
             case "create", "connection":
@@ -112,18 +114,20 @@ class Worker:
             case "delete", "connection":
                 api.delete_connection(command.id or "")
             case "create", "job":
-                api.create_job(command.body or {})
+                job = api.create_job(command.body or {})
+                return _created("job", job.id, f"{job.id} (state {job.state}; submit it with a submit job command)")
             case "submit", "job":
-                return self._change_job(api.submit_job, command.id or "", SUBMITTED_STATES)
+                return Result(self._change_job(api.submit_job, command.id or "", SUBMITTED_STATES))
             case "cancel", "job":
-                return self._change_job(api.cancel_job, command.id or "", {"cancelled"})
+                return Result(self._change_job(api.cancel_job, command.id or "", {"cancelled"}))
             case "delete", "job":
                 api.delete_job(command.id or "")
             case "create", "run":
-                api.create_run(command.body or {})
+                run = api.create_run(command.body or {})
+                return _created("run", run.id, run.href or run.id)
             case "delete", "run":
                 api.delete_run(command.id or "")
-        return Outcome.SUCCEEDED
+        return Result(Outcome.SUCCEEDED)
 
     def _change_job(self, change: Callable[[str], object], job_id: str, done: set[str]) -> Outcome:
         """Submit or cancel. When the API refuses the change (422) because an earlier attempt whose answer was lost
@@ -136,53 +140,81 @@ class Worker:
             raise
         return Outcome.SUCCEEDED
 
-    def _create_connection(self, body: Mapping[str, Any]) -> Outcome:
+    def _create_connection(self, body: Mapping[str, Any]) -> Result:
         """Create unless a connection with this iModel and name exists. The lock keeps two deliveries handled at
         once by this process from both finding none; across instances the list-first check is what remains."""
         key = (body["iModelId"].lower(), body["displayName"])
         with self._create_locks[hash(key) % len(self._create_locks)]:
-            if any(c.display_name == body["displayName"] for c in self._connections(body["iModelId"])):
-                return Outcome.ALREADY_DONE
-            self.api.create_connection(body["iModelId"], body["displayName"], body.get("authenticationType", "Service"))
-        return Outcome.SUCCEEDED
+            existing = [c for c in self._connections(body["iModelId"]) if c.display_name == body["displayName"]]
+            if existing:
+                return _created("connection", existing[0].id, existing[0].id, Outcome.ALREADY_DONE)
+            connection = self.api.create_connection(
+                body["iModelId"], body["displayName"], body.get("authenticationType", "Service")
+            )
+        return _created("connection", connection.id, connection.id)
 
     def _connections(self, imodel_id: str) -> list[Connection]:
-        """The iModel's connections; none when the API does not know the iModel (404)."""
+        """The iModel's connections; none when the API does not know the iModel (404): the create then decides."""
         try:
             return self.api.list_connections(imodel_id)
         except NotFound:
             return []
 
-    def _fan_out(self, command: Command) -> Outcome:
-        """Delete by iModel: one delete command per connection, so each succeeds or retries on its own."""
-        connections = self._connections(command.imodel_id or "")
+    def _fan_out(self, command: Command) -> Result:
+        """Delete by iModel: one delete command per connection of that iModel, so each succeeds or retries alone."""
+        imodel_id = command.imodel_id or ""
+        try:
+            connections = self.api.list_connections(imodel_id)
+        except NotFound as error:
+            return Result(
+                Outcome.IMODEL_UNAVAILABLE,
+                f"{error}: the connections of iModel {imodel_id} could not be listed, so none was deleted "
+                "(Export does not document whether a deleted iModel's connections go with it)",
+            )
         if not connections:
-            return Outcome.ALREADY_DONE
+            return Result(Outcome.ALREADY_DONE)
         traceparent = current_traceparent()
         for connection in connections:
             delete = Command(
                 "delete", "connection", id=connection.id, correlation_id=command.correlation_id, traceparent=traceparent
             )
             self.queue.send(delete.to_message())
-        return Outcome.FANNED_OUT
+        return Result(Outcome.FANNED_OUT, f"{len(connections)} delete(s) enqueued")
 
     def _dead_letter(self, message: Any, error: dict[str, Any], *, attempts: int) -> None:
         """``message`` is the original as decoded JSON, or its text when it was not JSON."""
-        text = json.dumps(message)
-        if len(text) > MAX_ENVELOPE_MESSAGE:
-            message = text[:MAX_ENVELOPE_MESSAGE] + "…(truncated)"
         failed_at = datetime.fromtimestamp(self._now(), UTC).isoformat().replace("+00:00", "Z")
-        self.queue.dead_letter({"message": message, "error": error, "attempts": attempts, "failedAt": failed_at})
+        self.queue.dead_letter(encode_envelope(message, error, attempts=attempts, failed_at=failed_at))
 
-    def _record(self, kind: str, outcome: Outcome, correlation_id: str | None, detail: str) -> Outcome:
-        self.telemetry.commands.add(1, {"itwin.command": kind, "outcome": outcome.value})
-        level = logging.WARNING if outcome is Outcome.DEAD_LETTERED else logging.INFO
+    def _record(self, kind: str, result: Result, correlation_id: str | None) -> Outcome:
+        attributes = {"itwin.command": kind, "outcome": result.outcome.value}
+        if result.error_code:
+            attributes["error.type"] = result.error_code
+        self.telemetry.commands.add(1, attributes)
+        quiet = result.outcome in (Outcome.SUCCEEDED, Outcome.ALREADY_DONE, Outcome.FANNED_OUT, Outcome.RESCHEDULED)
         log.log(
-            level,
+            logging.INFO if quiet else logging.WARNING,
             "command=%r outcome=%s correlationId=%s%s",
             kind,
-            outcome.value,
+            result.outcome.value,
             correlation_id or "-",
-            f" detail={detail}" if detail else "",
+            f" detail={result.detail}" if result.detail else "",
         )
-        return outcome
+        return result.outcome
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one delivery came to: the outcome, a line for the log, and for dead letters the error code."""
+
+    outcome: Outcome
+    detail: str = ""
+    error_code: str | None = None
+
+
+def _created(resource: str, resource_id: str, shown: str, outcome: Outcome = Outcome.SUCCEEDED) -> Result:
+    """A create's result; the resource's id goes on the current span, so it can be found from the trace."""
+    span = trace.get_current_span()
+    span.set_attribute("itwin.resource.type", resource)
+    span.set_attribute("itwin.resource.id", resource_id)
+    return Result(outcome, f"{resource} {shown}")

@@ -11,3 +11,4 @@ JOB_BODY = {
     "inputs": [{"id": "0e7f2f1a-7a0b-4c38-b0c5-9b5a6d1a2b3d", "description": "photos"}],
     "settings": {"quality": "Draft", "outputs": ["Cesium 3D Tiles"]},
 }
+OTHER_IMODEL = "5db42812-ebb8-4c58-98a4-2eaa99e0d8b6"

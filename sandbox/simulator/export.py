@@ -48,8 +48,13 @@ def create_connection(world: World, request: RecordedRequest) -> Response:
 
 
 def list_connections(world: World, request: RecordedRequest) -> Response:
-    """GET /export/connections?iModelId&$top&$skip: one page and ``_links`` self/prev/next."""
-    imodel_id = query_value(request.query, "iModelId")
+    """GET /export/connections?imodelId&$top&$skip: one page and ``_links`` self/prev/next.
+
+    Like seed 003's example, the links carry ``$skip`` and ``$top`` but not the iModel filter. What Export does
+    with a list that has no ``imodelId`` is not documented; the simulator answers the worst plausible thing,
+    a page of every connection of every iModel, so a client that trusts the links shows it.
+    """
+    imodel_id = query_value(request.query, "imodelId")
     top = parse_int(request.query.get("$top"), world.default_page_size)
     skip = parse_int(request.query.get("$skip"), 0)
     details = []
@@ -57,22 +62,21 @@ def list_connections(world: World, request: RecordedRequest) -> Response:
         details.append(detail("InvalidValue", "Page size is out of limits.", "$top"))
     if skip is None or skip < 0:
         details.append(detail("InvalidValue", "Provided $skip value is not valid.", "$skip"))
-    if not imodel_id:
-        details.append(detail("MissingRequiredProperty", "imodelId was not provided.", "imodelId"))
-    elif not is_guid(imodel_id):
+    if imodel_id is not None and not is_guid(imodel_id):
         details.append(detail("InvalidValue", INVALID_IMODEL, "imodelId"))
     if details:
         raise ApiError(422, "InvalidConnectionsRequest", CANNOT, details=details)
     assert top is not None
     assert skip is not None
-    assert imodel_id is not None
-    if imodel_id.lower() not in world.imodels:
+    if imodel_id is None:
+        matching = list(world.connections.values())
+    elif imodel_id.lower() not in world.imodels:
         raise ApiError(404, "ConnectionNotFound", "Requested iModelId is not available.")
-    matching = [c for c in world.connections.values() if c["iModelId"].lower() == imodel_id.lower()]
+    else:
+        matching = [c for c in world.connections.values() if c["iModelId"].lower() == imodel_id.lower()]
 
     def href(offset: int) -> dict[str, str]:
-        query = f"iModelId={imodel_id}&$skip={offset}&$top={top}"
-        return {"href": f"{world.base_url}/export/connections?{query}"}
+        return {"href": f"{world.base_url}/export/connections?$skip={offset}&$top={top}"}
 
     links = {"self": href(skip)}
     if skip > 0:

@@ -8,7 +8,7 @@ import time
 import pytest
 from app_settings import settings_for
 from opentelemetry.trace import SpanKind, StatusCode
-from samples import IMODEL, JOB_BODY, MISSING
+from samples import IMODEL, JOB_BODY, MISSING, OTHER_IMODEL
 
 from sandbox.itwin_platform import Faults
 from shared.client import ACCEPT, USER_AGENT, ITwinClient
@@ -19,6 +19,7 @@ from shared.errors import (
     NotFound,
     RateLimited,
     ServerError,
+    Throttled,
     TokenError,
     TransportError,
     Unauthorized,
@@ -211,6 +212,37 @@ def test_a_wait_longer_than_the_budget_raises_at_once_with_retry_after(simulator
     assert "429" in client_errors(captured) or "RateLimitExceeded" in client_errors(captured)
 
 
+def test_a_503_with_a_long_retry_after_raises_at_once_keeping_the_apis_wait(simulator, captured):
+    api = make_api(simulator, captured, policy=RetryPolicy(budget=1.0))
+    simulator.fail_next("DELETE", "/export/connections/", 503, headers={"Retry-After": "120"})
+    with pytest.raises(ServerError) as caught:
+        api.delete_connection(MISSING)
+    assert caught.value.retry_after == 120.0
+    assert len(simulator.api_calls()) == 1
+
+
+def test_after_a_long_429_other_calls_to_that_api_are_not_sent_and_not_slept_through(simulator, captured):
+    api = make_api(simulator, captured, policy=RetryPolicy(budget=1.0))
+    simulator.fail_next("DELETE", "/clashdetection/runs/", 429, headers={"Retry-After": "1800"})
+    with pytest.raises(RateLimited):
+        api.delete_run("first-run")
+    started = time.monotonic()
+    with pytest.raises(Throttled) as caught:
+        api.get_run("an-unrelated-run")
+    assert time.monotonic() - started < 0.5
+    assert 1790 < caught.value.retry_after <= 1800
+    assert caught.value.transient
+    assert [r.path for r in simulator.api_calls()] == ["/clashdetection/runs/first-run"]
+
+
+def test_retry_after_inf_is_a_seven_day_wait_not_a_crash(simulator, captured):
+    api = make_api(simulator, captured, policy=RetryPolicy(budget=1.0))
+    simulator.fail_next("DELETE", "/export/connections/", 429, headers={"Retry-After": "inf"})
+    with pytest.raises(RateLimited) as caught:
+        api.delete_connection(MISSING)
+    assert caught.value.retry_after == 7 * 24 * 3600
+
+
 def test_server_errors_on_idempotent_calls_back_off_and_repeat(api, simulator):
     simulator.fail_next("GET", "/export/connections/", 503, times=2)
     with pytest.raises(NotFound):
@@ -236,7 +268,7 @@ def test_a_dropped_connection_on_a_get_is_repeated(api, simulator):
     simulator.faults = Faults(drop_rate=1.0, seed=1)
     with pytest.raises(TransportError) as caught:
         api.get_connection(MISSING)
-    assert caught.value.retry_after is not None
+    assert caught.value.retry_after is None  # the API named no wait: the worker's redelivery backoff decides
     assert len(simulator.api_calls()) == RetryPolicy().max_attempts
 
 
@@ -266,6 +298,34 @@ def test_listing_follows_next_links_over_every_page(make_simulator, captured):
     created = {api.create_connection(IMODEL, f"c{i}").id for i in range(5)}
     assert {c.id for c in api.list_connections(IMODEL)} == created
     assert len([r for r in simulator.api_calls() if r.method == "GET"]) == 3
+
+
+def test_listing_puts_the_imodel_filter_back_when_a_next_link_drops_it(make_simulator, captured):
+    simulator = make_simulator(default_page_size=2)
+    api = make_api(simulator, captured)
+    mine = {api.create_connection(IMODEL, f"mine{i}").id for i in range(3)}
+    for i in range(3):
+        api.create_connection(OTHER_IMODEL, f"theirs{i}")
+
+    assert {c.id for c in api.list_connections(IMODEL)} == mine
+    lists = [r for r in simulator.api_calls() if r.method == "GET"]
+    assert len(lists) == 2
+    assert all(r.query.get("imodelId") == IMODEL for r in lists)
+
+
+def test_connections_of_another_imodel_in_a_list_answer_are_never_returned(api, simulator):
+    theirs = {"id": "VRZHoBhrnkGrAev0-_-d_xwvyrzjgaVGka5wU967Q7M", "iModelId": OTHER_IMODEL, "displayName": "30"}
+    untagged = {"id": "fc226d0d-1647-48d7-8c11-f1f74f2d9808", "displayName": "30"}
+    simulator.fail_next("GET", "/export/connections", 200, body={"connections": [theirs, untagged], "_links": {}})
+    assert api.list_connections(IMODEL) == []
+
+
+def test_a_next_link_that_repeats_stops_the_listing_with_an_error(api, simulator):
+    loop = {"connections": [], "_links": {"next": {"href": f"{simulator.url}/export/connections?$skip=0&$top=2"}}}
+    simulator.fail_next("GET", "/export/connections", 200, body=loop, times=10)
+    with pytest.raises(ITwinError, match="repeats a next link"):
+        api.list_connections(IMODEL)
+    assert len(simulator.api_calls()) == 2
 
 
 def test_clash_detection_calls_are_paced_under_six_per_second(api, simulator):

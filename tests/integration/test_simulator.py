@@ -284,17 +284,27 @@ def test_invalid_connection_create_answers_422_invalid_export_connection_request
     assert simulator.connections == {}
 
 
-def test_listing_connections_follows_links_next_over_three_pages(simulator, api):
+def test_listing_connections_pages_with_links_that_drop_the_imodel_filter_as_in_seed_003(simulator, api):
+    created = [simulator.add_connection(IMODEL, f"c{n}")["id"] for n in range(7)]
+    other = simulator.add_connection(OTHER_IMODEL, "elsewhere")["id"]
+
+    pages = follow_pages(api, f"/export/connections?imodelId={IMODEL}&$top=3", "connections")
+
+    assert [len(page["connections"]) for page in pages] == [3, 3, 2]
+    assert [c["id"] for page in pages for c in page["connections"]] == [*created, other]
+    assert "prev" not in pages[0]["_links"]
+    assert pages[1]["_links"]["prev"]["href"] == f"{simulator.url}/export/connections?$skip=0&$top=3"
+    assert pages[0]["_links"]["next"]["href"] == f"{simulator.url}/export/connections?$skip=3&$top=3"
+    assert "next" not in pages[2]["_links"]
+
+
+def test_listing_connections_with_the_filter_on_every_page_gives_only_that_imodels(simulator, api):
     created = [simulator.add_connection(IMODEL, f"c{n}")["id"] for n in range(7)]
     simulator.add_connection(OTHER_IMODEL, "elsewhere")
 
-    pages = follow_pages(api, f"/export/connections?iModelId={IMODEL}&$top=3", "connections")
+    pages = [api("GET", f"/export/connections?iModelId={IMODEL}&$top=3&$skip={skip}").json() for skip in (0, 3, 6)]
 
-    assert [len(page["connections"]) for page in pages] == [3, 3, 1]
     assert [c["id"] for page in pages for c in page["connections"]] == created
-    assert "prev" not in pages[0]["_links"]
-    assert pages[1]["_links"]["prev"]["href"].endswith("$skip=0&$top=3")
-    assert pages[1]["_links"]["self"]["href"].startswith(simulator.url + "/export/connections?")
     assert "next" not in pages[2]["_links"]
 
 

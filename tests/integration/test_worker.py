@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from app_settings import settings_for
 from opentelemetry.trace import SpanKind
-from samples import IMODEL, MISSING
+from samples import IMODEL, JOB_BODY, MISSING, OTHER_IMODEL
 
 from shared.client import ITwinClient
 from shared.outcomes import Outcome
@@ -237,3 +237,107 @@ def test_a_403_envelope_tells_the_operator_what_usually_causes_it(simulator, que
     worker.handle(message(action="delete", resource="run", id=MISSING))
     [envelope] = received(queues[POISON_QUEUE])
     assert "not a member of the iTwin" in envelope["error"]["message"]
+
+
+class RecordingSender:
+    """The real Azurite queue client, with the visibility delay of each send written down."""
+
+    def __init__(self, client):
+        self.client = client
+        self.delays: list[int | None] = []
+
+    def send_message(self, content, *, visibility_timeout=None, **kwargs):
+        self.delays.append(visibility_timeout)
+        return self.client.send_message(content, visibility_timeout=visibility_timeout, **kwargs)
+
+
+def recording_worker(simulator, queues, captured, **overrides) -> tuple[Worker, RecordingSender]:
+    worker = make_worker(simulator, queues, captured, **overrides)
+    sender = RecordingSender(queues[COMMAND_QUEUE])
+    worker.queue = CommandQueue(sender, queues[POISON_QUEUE])
+    return worker, sender
+
+
+def test_a_delete_by_imodel_never_deletes_another_imodels_connections(make_simulator, queues, captured):
+    simulator = make_simulator(default_page_size=2)
+    worker = make_worker(simulator, queues, captured)
+    mine = {simulator.add_connection(IMODEL, f"mine{i}")["id"] for i in range(3)}
+    theirs = {simulator.add_connection(OTHER_IMODEL, f"theirs{i}")["id"] for i in range(3)}
+
+    assert worker.handle(message(action="delete", resource="connection", iModelId=IMODEL)) is Outcome.FANNED_OUT
+    fanned = received(queues[COMMAND_QUEUE])
+    for delete in fanned:
+        worker.handle(json.dumps(delete))
+
+    assert {m["id"] for m in fanned} == mine
+    assert set(simulator.connections) == theirs
+
+
+def test_connections_that_cannot_be_listed_for_a_deleted_imodel_are_reported_not_already_done(worker, captured):
+    outcome = worker.handle(message(action="delete", resource="connection", iModelId=IMODEL))
+    assert outcome is Outcome.IMODEL_UNAVAILABLE
+    assert outcomes(captured) == {("delete connection", "imodel_unavailable"): 1}
+
+
+def test_the_ids_of_created_jobs_runs_and_connections_are_on_the_span_and_in_the_log(worker, captured, caplog):
+    caplog.set_level("INFO", logger="shared.worker")
+    worker.handle(message(action="create", resource="job", body=JOB_BODY))
+    worker.handle(message(action="create", resource="run", body={"testId": "t", "iModelId": IMODEL, "namedVersionId": "v"}))
+    worker.handle(message(action="create", resource="connection", body={"iModelId": IMODEL, "displayName": "n"}))
+    consumers = [s for s in captured.spans() if s.kind is SpanKind.CONSUMER]
+    created = [(s.attributes["itwin.resource.type"], s.attributes["itwin.resource.id"]) for s in consumers]
+    assert [kind for kind, _ in created] == ["job", "run", "connection"]
+    for _, resource_id in created:
+        assert resource_id in caplog.text
+
+
+def test_a_poison_envelope_stays_under_the_queue_limit_whatever_the_message_holds(worker, queues):
+    # About 60 KB of quotes: every one is escaped again when the envelope quotes the message.
+    raw = json.dumps(['"' * 100] * 580, separators=(",", ":"))
+    assert worker.handle(raw) is Outcome.DEAD_LETTERED
+    [envelope] = received(queues[POISON_QUEUE])
+    kept = envelope["message"].removesuffix("…(truncated)")
+    assert envelope["message"].endswith("…(truncated)")
+    assert raw.startswith(kept)
+    assert len(kept) > 20_000
+    assert envelope["error"]["code"] == "InvalidCommand"
+
+
+def test_a_busy_connection_is_redelivered_later_each_time(simulator, queues, captured):
+    worker, sender = recording_worker(simulator, queues, captured)
+    connection = simulator.add_connection(IMODEL, "busy")
+    simulator.set_connection_in_use(connection["id"])
+    for attempt in range(1, 8):
+        raw = message(action="delete", resource="connection", id=connection["id"], attempt=attempt)
+        assert worker.handle(raw) is Outcome.RESCHEDULED
+    assert sender.delays == sorted(sender.delays)
+    assert sender.delays[-1] >= 160
+    assert sum(sender.delays) > 5 * 60
+
+
+def test_a_503_with_retry_after_is_redelivered_after_that_wait(simulator, queues, captured):
+    worker, sender = recording_worker(simulator, queues, captured)
+    simulator.fail_next("DELETE", "/clashdetection/runs/", 503, headers={"Retry-After": "120"})
+    assert worker.handle(message(action="delete", resource="run", id=MISSING)) is Outcome.RESCHEDULED
+    assert sender.delays == [120]
+
+
+def test_after_a_long_429_the_next_message_goes_back_to_the_queue_at_once_instead_of_sleeping(
+    simulator, queues, captured
+):
+    worker, sender = recording_worker(simulator, queues, captured)
+    simulator.fail_next("DELETE", "/clashdetection/runs/", 429, headers={"Retry-After": "1800"})
+    assert worker.handle(message(action="delete", resource="run", id=MISSING)) is Outcome.RESCHEDULED
+    started = time.monotonic()
+    assert worker.handle(message(action="delete", resource="run", id="another-run")) is Outcome.RESCHEDULED
+    assert time.monotonic() - started < 1.0
+    assert sender.delays[0] == 1800
+    assert 1790 <= sender.delays[1] <= 1800
+    assert len(simulator.api_calls()) == 1
+
+
+def test_retry_after_inf_becomes_the_queues_longest_delay(simulator, queues, captured):
+    worker, sender = recording_worker(simulator, queues, captured)
+    simulator.fail_next("DELETE", "/clashdetection/runs/", 429, headers={"Retry-After": "inf"})
+    assert worker.handle(message(action="delete", resource="run", id=MISSING)) is Outcome.RESCHEDULED
+    assert sender.delays == [7 * 24 * 3600]
