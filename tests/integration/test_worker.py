@@ -282,7 +282,8 @@ def test_connections_that_cannot_be_listed_for_a_deleted_imodel_are_reported_not
 def test_the_ids_of_created_jobs_runs_and_connections_are_on_the_span_and_in_the_log(worker, captured, caplog):
     caplog.set_level("INFO", logger="shared.worker")
     worker.handle(message(action="create", resource="job", body=JOB_BODY))
-    worker.handle(message(action="create", resource="run", body={"testId": "t", "iModelId": IMODEL, "namedVersionId": "v"}))
+    run = {"testId": "t", "iModelId": IMODEL, "namedVersionId": "v"}
+    worker.handle(message(action="create", resource="run", body=run))
     worker.handle(message(action="create", resource="connection", body={"iModelId": IMODEL, "displayName": "n"}))
     consumers = [s for s in captured.spans() if s.kind is SpanKind.CONSUMER]
     created = [(s.attributes["itwin.resource.type"], s.attributes["itwin.resource.id"]) for s in consumers]
