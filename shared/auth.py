@@ -4,6 +4,8 @@ MSAL's quirks, and what this module does about each:
 - It rejects a path-less authority such as ``https://ims.bentley.com``. We hand MSAL the authority with a
   placeholder path segment and serve its discovery request from ``{authority}/.well-known/openid-configuration``.
   The issuer check still applies: MSAL accepts an issuer on the same scheme and host.
+- It raises ``ValueError`` for any discovery answer it cannot use, a 429 as much as a wrong document. We read
+  the document first (`discovery_problem` decides what is transient) and give MSAL the answer we read.
 - Its own cache never serves a token with under 300 s left, and caches nothing when the server echoes another
   scope, so short-lived tokens would mean a token request per call. We keep the current token ourselves and renew
   it before ``min(300 s, half its lifetime)`` remains; it is never used after it expires.
@@ -15,6 +17,7 @@ MSAL's quirks, and what this module does about each:
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -28,6 +31,7 @@ import msal.exceptions
 import requests
 
 from shared.errors import TokenError
+from shared.retry import parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +45,18 @@ _PERMANENT_ERRORS = frozenset(
 
 
 class _MsalHttpClient:
-    """The ``http_client`` MSAL calls: our pooled session, our timeouts, and the path-less discovery fix."""
+    """The ``http_client`` MSAL calls: our pooled session, our timeouts, and the discovery answer we already read."""
 
-    def __init__(self, session: requests.Session, timeout: tuple[float, float], rewrites: dict[str, str]):
+    def __init__(self, session: requests.Session, timeout: tuple[float, float], answers: dict[str, requests.Response]):
         self._session = session
         self._timeout = timeout
-        self._rewrites = rewrites
+        self._answers = answers
 
     def get(self, url: str, **kwargs: Any) -> requests.Response:
+        if url in self._answers:
+            return self._answers.pop(url)
         kwargs.setdefault("timeout", self._timeout)
-        return self._session.get(self._rewrites.get(url, url), **kwargs)
+        return self._session.get(url, **kwargs)
 
     def post(self, url: str, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("timeout", self._timeout)
@@ -60,13 +66,37 @@ class _MsalHttpClient:
         """MSAL may close its client; the session is shared, so it stays open."""
 
 
-def msal_authority(authority: str) -> tuple[str, dict[str, str]]:
-    """The authority to give MSAL, and the discovery URL rewrites that make a path-less one work."""
+def msal_authority(authority: str) -> tuple[str, str, str]:
+    """The authority to give MSAL, the discovery URL MSAL will ask for, and where that document really is.
+
+    They differ for a path-less authority such as ``https://ims.bentley.com``, which MSAL refuses: it gets a
+    placeholder path segment, and its discovery request is answered from the root.
+    """
     authority = authority.rstrip("/")
     if urlsplit(authority).path.strip("/"):
-        return authority, {}
+        return authority, authority + DISCOVERY_PATH, authority + DISCOVERY_PATH
     placeholder = authority + _PLACEHOLDER_SEGMENT
-    return placeholder, {placeholder + DISCOVERY_PATH: authority + DISCOVERY_PATH}
+    return placeholder, placeholder + DISCOVERY_PATH, authority + DISCOVERY_PATH
+
+
+def discovery_problem(status: int, body: bytes) -> tuple[bool, str] | None:
+    """What is wrong with a discovery answer, as ``(transient, description)``; None when it is usable.
+
+    Only a document that arrived whole and is wrong (no token endpoint) is permanent. A 429, a 4xx or 5xx, or a
+    200 that is not a JSON object is what a throttling service, a proxy or a half-deployed one answers: transient.
+    """
+    if status != 200:
+        return True, f"its discovery document answered HTTP {status}"
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        document = None
+    if not isinstance(document, dict):
+        return True, "its discovery document answered 200 with something that is not a JSON object"
+    missing = [key for key in ("issuer", "authorization_endpoint", "token_endpoint") if key not in document]
+    if missing:
+        return False, f"its discovery document has no {', '.join(missing)}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -116,28 +146,54 @@ class TokenProvider:
 
     def _application(self) -> msal.ConfidentialClientApplication:
         if self._app is None:
-            authority, rewrites = msal_authority(self._authority)
+            authority, requested, real = msal_authority(self._authority)
+            discovery = self._discover(real)
             try:
                 self._app = msal.ConfidentialClientApplication(
                     self._client_id,
                     client_credential=self._secret,
                     oidc_authority=authority,
-                    http_client=_MsalHttpClient(self._session, self._timeout, rewrites),
+                    http_client=_MsalHttpClient(self._session, self._timeout, {requested: discovery}),
                 )
             except requests.RequestException as exc:
-                raise TokenError(
-                    f"the token service at {self._authority} could not be reached ({type(exc).__name__}); retry later",
-                    transient=True,
-                    code="TokenServiceUnavailable",
-                ) from None
-            except ValueError as exc:
-                # Discovery answered but was unusable: wrong ITWIN_AUTHORITY, or an issuer on another host.
+                raise self._unreachable(type(exc).__name__) from None
+            except (ValueError, KeyError) as exc:
+                # The document arrived and was read, yet MSAL refuses it: an issuer on another host, say.
                 raise TokenError(
                     f"the token service at {self._authority} is not usable: {exc}. Check ITWIN_AUTHORITY.",
                     transient=False,
                     code="TokenServiceMisconfigured",
                 ) from None
         return self._app
+
+    def _discover(self, url: str) -> requests.Response:
+        """Read the discovery document; raises `TokenError`, permanent only when it arrived and is unusable."""
+        try:
+            response = self._session.get(url, timeout=self._timeout)
+        except requests.RequestException as exc:
+            raise self._unreachable(type(exc).__name__) from None
+        problem = discovery_problem(response.status_code, response.content)
+        if problem is None:
+            return response
+        transient, description = problem
+        if transient:
+            raise self._unreachable(
+                description, retry_after=parse_retry_after(response.headers.get("Retry-After"))
+            ) from None
+        raise TokenError(
+            f"the token service at {self._authority} is not usable: {description}. Check ITWIN_AUTHORITY.",
+            transient=False,
+            code="TokenServiceMisconfigured",
+        )
+
+    def _unreachable(self, what: str, retry_after: float | None = None) -> TokenError:
+        return TokenError(
+            f"the token service at {self._authority} could not be used ({what}); retry later. "
+            "If this lasts, check ITWIN_AUTHORITY.",
+            transient=True,
+            code="TokenServiceUnavailable",
+            retry_after=retry_after,
+        )
 
     def _fetch(self) -> _Token:
         app = self._application()

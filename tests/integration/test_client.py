@@ -377,6 +377,56 @@ def test_a_token_service_outage_is_a_transient_token_error(simulator, captured):
     assert caught.value.transient
 
 
+DISCOVERY = "/.well-known/openid-configuration"
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers"),
+    [
+        (429, None, {"Retry-After": "3"}),
+        (404, b"<html>Not Found</html>", None),
+        (200, b"<html>a proxy's page</html>", None),
+    ],
+)
+def test_a_discovery_answer_that_may_pass_is_transient_and_the_next_call_succeeds(api, simulator, status, body, headers):
+    simulator.fail_next("GET", DISCOVERY, status, body=body, headers=headers)
+    with pytest.raises(TokenError) as caught:
+        api.get_connection(MISSING)
+    assert caught.value.transient
+    assert caught.value.code == "TokenServiceUnavailable"
+    assert caught.value.retry_after == (3.0 if status == 429 else None)
+    with pytest.raises(NotFound):
+        api.get_connection(MISSING)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        pytest.param({"issuer": "https://ims.example.com"}, id="missing-endpoints"),
+        pytest.param(None, id="issuer-on-another-host"),
+    ],
+)
+def test_a_discovery_document_that_arrived_and_is_unusable_is_permanent(api, simulator, document):
+    if document is None:
+        document = {
+            "issuer": "https://ims.example.com",
+            "authorization_endpoint": f"{simulator.url}/connect/authorize",
+            "token_endpoint": f"{simulator.url}/connect/token",
+        }
+    simulator.fail_next("GET", DISCOVERY, 200, body=document)
+    with pytest.raises(TokenError) as caught:
+        api.get_connection(MISSING)
+    assert not caught.value.transient
+    assert caught.value.code == "TokenServiceMisconfigured"
+    assert "ITWIN_AUTHORITY" in str(caught.value)
+
+
+def test_discovery_is_read_once_for_msal(api, simulator):
+    with pytest.raises(NotFound):
+        api.get_connection(MISSING)
+    assert len([r for r in simulator.requests if r.path == DISCOVERY]) == 1
+
+
 def test_a_link_to_another_host_is_never_followed(api):
     with pytest.raises(ITwinError, match="outside ITWIN_API_URL"):
         api.client.call("GET", "https://evil.example.com/export/connections", operation="connections.list")
