@@ -388,7 +388,7 @@ DISCOVERY = "/.well-known/openid-configuration"
         (200, b"<html>a proxy's page</html>", None),
     ],
 )
-def test_a_discovery_answer_that_may_pass_is_transient_and_the_next_call_succeeds(api, simulator, status, body, headers):
+def test_a_discovery_answer_that_may_pass_is_transient_and_the_next_call_works(api, simulator, status, body, headers):
     simulator.fail_next("GET", DISCOVERY, status, body=body, headers=headers)
     with pytest.raises(TokenError) as caught:
         api.get_connection(MISSING)
