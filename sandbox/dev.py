@@ -20,11 +20,13 @@ import subprocess
 import sys
 import threading
 from contextlib import ExitStack, suppress
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sandbox.azurite import Azurite, app_queues
 from sandbox.host import LocalHost, load_local_settings
 from sandbox.itwin_platform import RecordedRequest, Simulator
+from shared.rules import format_enqueued
 from shared.settings import STORAGE_CONNECTION
 from shared.signature import sign
 
@@ -70,7 +72,7 @@ def _demo_curl(base: str) -> str:
     event = {
         "content": {"imodelId": DEMO_IMODEL, "userId": "dev"},
         "eventType": "iModels.iModelDeleted.v1",
-        "enqueuedDateTime": "11/22/2026 8:00:00 PM",
+        "enqueuedDateTime": format_enqueued(datetime.now(UTC)),
         "iTwinId": "4tb42812-ebb8-4c58-98a4-2eaa99e0d8b6",
         "messageId": "dev-1",
         "webhookId": "dev-webhook",

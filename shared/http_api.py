@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared.commands import Command, InvalidCommand, decode_json, parse_batch
 from shared.errors import ErrorDetail
-from shared.queues import CommandQueue
-from shared.replays import RecentDeliveries
+from shared.queues import CommandQueue, EnqueueFailed
+from shared.replays import DEFAULT_TTL, RecentDeliveries
 from shared.rules import Rule, commands_for, parse_event
 from shared.settings import SettingsError, missing_required
 from shared.signature import verify
@@ -18,6 +19,9 @@ from shared.signature import verify
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 1024 * 1024
+# A signed delivery stays valid this long: as long as an instance remembers the messageIds it accepted.
+MAX_DELIVERY_AGE = timedelta(seconds=DEFAULT_TTL)
+CLOCK_SKEW = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -43,12 +47,40 @@ def _too_large(body: bytes, declared_length: str | None) -> bool:
 
 
 def _enqueue(queue: CommandQueue, commands: list[Command]) -> None:
-    """Send each command, carrying the current trace unless the command names its own."""
+    """Send all the commands or none (`EnqueueFailed`), each carrying the current trace unless it names its own."""
     from shared.telemetry import current_traceparent  # OpenTelemetry's propagators: kept out of cold start
 
     traceparent = current_traceparent()
-    for command in commands:
-        queue.send(replace(command, traceparent=command.traceparent or traceparent).to_message())
+    queue.send_all([replace(c, traceparent=c.traceparent or traceparent).to_message() for c in commands])
+
+
+def _not_enqueued(failure: EnqueueFailed, total: int) -> Reply:
+    """503 saying exactly which commands are on the queue, so a caller retries only the others."""
+    log.error("enqueue failed: %s; left enqueued: %s", failure, failure.enqueued)
+    on_queue = "this command is on the queue: do not send it again."
+    details = [ErrorDetail("Enqueued", on_queue, f"[{i}]") for i in failure.enqueued]
+    details.append(
+        ErrorDetail(
+            "MaybeEnqueued",
+            "the queue gave no clear answer for this command: it may be on the queue.",
+            f"[{failure.failed}]",
+        )
+    )
+    if failure.enqueued:
+        message = f"The queue failed; {len(failure.enqueued)} of {total} command(s) were enqueued (see details)."
+    else:
+        message = "The queue failed; no command was enqueued, unless details say otherwise. Retry later."
+    return error_reply(503, "EnqueueFailed", message, tuple(details))
+
+
+def _stale(enqueued_at: datetime, now: datetime) -> str | None:
+    """Why a delivery enqueued at ``enqueued_at`` is refused at ``now``, or None when it is fresh enough."""
+    if enqueued_at < now - MAX_DELIVERY_AGE:
+        hours = (now - enqueued_at).total_seconds() / 3600
+        return f"enqueuedDateTime is {hours:.1f} h old; deliveries older than {MAX_DELIVERY_AGE} are refused as replays"
+    if enqueued_at > now + CLOCK_SKEW:
+        return f"enqueuedDateTime {enqueued_at.isoformat()} is in the future; check the clocks"
+    return None
 
 
 def _misconfigured(error: SettingsError) -> Reply:
@@ -67,6 +99,8 @@ def accept_commands(body: bytes, declared_length: str | None, queue: Callable[[]
         return error_reply(400, invalid.code, invalid.message, invalid.details)
     except SettingsError as error:
         return _misconfigured(error)
+    except EnqueueFailed as failure:
+        return _not_enqueued(failure, len(commands))
     return Reply(202, {"accepted": len(commands)})
 
 
@@ -78,10 +112,13 @@ def receive_webhook(
     environ: Mapping[str, str],
     queue: Callable[[], CommandQueue],
     deliveries: RecentDeliveries | None = None,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> Reply:
     """``POST /api/webhooks/itwin``: verify the signature, map the event to commands by rules, enqueue them.
 
-    With ``deliveries``, a ``messageId`` already accepted by this process is answered 202 and enqueues nothing.
+    A delivery whose signed ``enqueuedDateTime`` is older than `MAX_DELIVERY_AGE` (or ahead of ``now`` by more
+    than `CLOCK_SKEW`) is refused as a possible replay. With ``deliveries``, a ``messageId`` already accepted by
+    this process is answered 202 and enqueues nothing.
     """
     if _too_large(body, None):
         return TOO_LARGE
@@ -91,6 +128,10 @@ def receive_webhook(
         return error_reply(401, "InvalidSignature", f"Delivery refused: {reason}.")
     try:
         event = parse_event(body)
+        stale = _stale(event.enqueued_at, now())
+        if stale:
+            log.warning("webhook delivery refused: %s (messageId=%s)", stale, event.message_id)
+            return error_reply(400, "StaleDelivery", f"Delivery refused: {stale}.")
         commands = commands_for(event, rules(), environ)
     except InvalidCommand as invalid:
         log.warning("webhook event rejected: %s %s", invalid.message, [d.to_dict() for d in invalid.details])
@@ -109,6 +150,8 @@ def receive_webhook(
             deliveries.forget(event.message_id)  # the platform's resend must be accepted
         if isinstance(error, SettingsError):
             return _misconfigured(error)
+        if isinstance(error, EnqueueFailed):
+            return _not_enqueued(error, len(commands))
         raise
     log.info("webhook %s messageId=%s: %d command(s) enqueued", event.event_type, event.message_id, len(commands))
     return Reply(202, {"accepted": len(commands), "eventType": event.event_type})

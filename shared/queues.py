@@ -20,12 +20,32 @@ from shared.settings import COMMAND_QUEUE, POISON_QUEUE, STORAGE_CONNECTION, Set
 logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
 
 MAX_VISIBILITY_DELAY = 7 * 24 * 3600  # the queue service's limit
+# A batch is sent hidden for this long and shown once all of it is on the queue. Should showing fail, the
+# messages appear by themselves when this runs out: late, never lost.
+BATCH_HIDDEN_SECONDS = 30
+
+log = logging.getLogger(__name__)
 
 
 class QueueSender(Protocol):
-    """The one method of ``azure.storage.queue.QueueClient`` this module needs."""
+    """The methods of ``azure.storage.queue.QueueClient`` this module needs."""
 
     def send_message(self, content: Any, *, visibility_timeout: int | None = None, **kwargs: Any) -> Any: ...
+
+    def update_message(self, message: Any, pop_receipt: str, *, visibility_timeout: int, **kwargs: Any) -> Any: ...
+
+    def delete_message(self, message: Any, pop_receipt: str, **kwargs: Any) -> None: ...
+
+
+class EnqueueFailed(Exception):
+    """Sending a batch failed at message ``failed``, whose send got no clear answer (it may be on the queue).
+    ``enqueued`` holds the indexes of earlier messages that could not be taken back and will be processed;
+    every other message of the batch is not on the queue."""
+
+    def __init__(self, cause: Exception, failed: int, enqueued: list[int]) -> None:
+        super().__init__(f"the queue failed ({type(cause).__name__}) on message {failed}")
+        self.failed = failed
+        self.enqueued = enqueued
 
 
 def queue_service(environ: Mapping[str, str]) -> Any:
@@ -69,8 +89,43 @@ class CommandQueue:
     def send(self, message: Mapping[str, Any], delay: float = 0.0) -> None:
         """Enqueue ``message``; it becomes visible no sooner than ``delay`` seconds from now."""
         seconds = min(MAX_VISIBILITY_DELAY, math.ceil(delay)) if delay > 0 else None
-        self._commands.send_message(json.dumps(message, separators=(",", ":")), visibility_timeout=seconds)
+        self._commands.send_message(_text(message), visibility_timeout=seconds)
+
+    def send_all(self, messages: list[Mapping[str, Any]]) -> None:
+        """Enqueue every message or none; raises `EnqueueFailed` naming any that could not be taken back.
+
+        A batch goes on the queue hidden, and is shown only once all of it is there, so no worker starts on part
+        of a batch that then fails; on a failure the hidden messages are deleted again.
+        """
+        hidden = BATCH_HIDDEN_SECONDS if len(messages) > 1 else None
+        sent = []
+        try:
+            for message in messages:
+                sent.append(self._commands.send_message(_text(message), visibility_timeout=hidden))
+        except Exception as error:
+            raise EnqueueFailed(error, len(sent), self._take_back(sent)) from error
+        if hidden is None:
+            return
+        for receipt in sent:
+            try:
+                self._commands.update_message(receipt.id, receipt.pop_receipt, visibility_timeout=0)
+            except Exception as error:  # it shows by itself when the hidden time runs out
+                log.warning("message %s shows in %d s instead of now: %s", receipt.id, BATCH_HIDDEN_SECONDS, error)
+
+    def _take_back(self, sent: list[Any]) -> list[int]:
+        """Delete the hidden messages of a failed batch; the indexes of those that stayed on the queue."""
+        stayed = []
+        for index, receipt in enumerate(sent):
+            try:
+                self._commands.delete_message(receipt.id, receipt.pop_receipt)
+            except Exception:
+                stayed.append(index)
+        return stayed
 
     def dead_letter(self, envelope: str) -> None:
         """Put a poison envelope (its JSON text, see `shared.poison`) on the poison queue."""
         self._poison.send_message(envelope)
+
+
+def _text(message: Mapping[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"))

@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ class Event:
 
     event_type: str
     content: Mapping[str, Any]
+    enqueued_at: datetime
     itwin_id: str | None = None
     message_id: str | None = None
     webhook_id: str | None = None
@@ -58,13 +60,50 @@ def parse_event(raw: bytes) -> Event:
         problems.append(ErrorDetail("MissingRequiredProperty", "eventType must be a non-empty string.", "eventType"))
     if not isinstance(data.get("content", {}), dict):
         problems.append(ErrorDetail("InvalidValue", "content must be an object.", "content"))
+    enqueued_at = parse_enqueued(data.get("enqueuedDateTime"))
+    if enqueued_at is None:
+        problems.append(
+            ErrorDetail(
+                "InvalidValue",
+                'enqueuedDateTime must be the time the platform enqueued the event, e.g. "11/3/2023 8:07:01 PM".',
+                "enqueuedDateTime",
+            )
+        )
     if problems:
         raise InvalidCommand("The event is invalid.", problems, "InvalidEvent")
 
     def text(key: str) -> str | None:
         return data[key] if isinstance(data.get(key), str) else None
 
-    return Event(data["eventType"], data.get("content") or {}, text("iTwinId"), text("messageId"), text("webhookId"))
+    assert enqueued_at is not None
+    return Event(
+        data["eventType"], data.get("content") or {}, enqueued_at, text("iTwinId"), text("messageId"), text("webhookId")
+    )
+
+
+def format_enqueued(when: datetime) -> str:
+    """``when`` as the platform writes ``enqueuedDateTime`` (``"11/3/2023 8:07:01 PM"``, UTC)."""
+    when = when.astimezone(UTC)
+    return f"{when.month}/{when.day}/{when.year} {int(when.strftime('%I'))}:{when:%M:%S %p}"
+
+
+def parse_enqueued(value: Any) -> datetime | None:
+    """A delivery's ``enqueuedDateTime`` in UTC, or None when it is missing or unreadable.
+
+    The platform writes ``M/d/yyyy h:mm:ss AM|PM`` (``"11/3/2023 8:07:01 PM"``, no zone: read as UTC); ISO 8601 is
+    accepted too, in case the platform moves to it.
+    """
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    try:
+        parsed = datetime.strptime(text, "%m/%d/%Y %I:%M:%S %p")
+    except ValueError:
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def load_rules(text: str | None) -> tuple[Rule, ...]:

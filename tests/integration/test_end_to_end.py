@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 
 import azure.functions as func
 import pytest
@@ -15,6 +16,7 @@ import function_app
 from functions.worker import command_worker
 from sandbox.host import LocalHost
 from shared import runtime
+from shared.rules import format_enqueued
 from shared.settings import COMMAND_QUEUE, POISON_QUEUE
 from shared.signature import sign
 
@@ -61,7 +63,7 @@ def test_a_signed_imodel_deleted_delivery_ends_with_the_imodels_connections_gone
         {
             "content": {"imodelId": IMODEL, "userId": "u-1"},
             "eventType": "iModels.iModelDeleted.v1",
-            "enqueuedDateTime": "11/3/2023 8:07:01 PM",
+            "enqueuedDateTime": format_enqueued(datetime.now(UTC)),
             "iTwinId": "t-1",
             "messageId": "m-1",
             "webhookId": "w-1",

@@ -11,6 +11,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from sandbox.itwin_platform import Simulator
 from shared.client import ITwinClient
 from shared.http_api import MAX_REQUEST_BYTES
 from shared.resources import ITwinApi
+from shared.rules import format_enqueued
 from shared.runtime import WORKER_POLICY
 from shared.settings import COMMAND_QUEUE, POISON_QUEUE, Settings
 from shared.signature import sign
@@ -139,7 +141,13 @@ def through_the_host(
     assert post("/api/commands", b"\xff not json").status_code == 400
     assert post("/api/commands", b"[" + b" " * MAX_REQUEST_BYTES + b"]").status_code == 413
 
-    delivery = json.dumps({"eventType": "iModels.iModelDeleted.v1", "content": {"imodelId": new_id()}}).encode()
+    delivery = json.dumps(
+        {
+            "eventType": "iModels.iModelDeleted.v1",
+            "content": {"imodelId": new_id()},
+            "enqueuedDateTime": format_enqueued(datetime.now(UTC)),
+        }
+    ).encode()
     assert post("/api/webhooks/itwin", delivery).status_code == 401
     assert post("/api/webhooks/itwin", delivery, {"Signature": sign(delivery, "guess")}).status_code == 401
     assert post("/api/webhooks/itwin", delivery, {"Signature": sign(delivery, WEBHOOK_SECRET)}).status_code == 202

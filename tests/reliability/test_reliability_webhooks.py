@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -37,7 +38,7 @@ from sandbox.host import LocalHost
 from sandbox.itwin_platform import Simulator
 from shared import runtime
 from shared.http_api import receive_webhook
-from shared.rules import load_rules
+from shared.rules import format_enqueued, load_rules
 from shared.settings import COMMAND_QUEUE, POISON_QUEUE
 from shared.signature import sign
 
@@ -50,7 +51,13 @@ VERSION = "iModels.namedVersionCreated.v1"
 
 
 def event(event_type: str, message_id: str, **content: str) -> bytes:
-    body = {"eventType": event_type, "messageId": message_id, "iTwinId": new_id(), "content": content}
+    body = {
+        "eventType": event_type,
+        "messageId": message_id,
+        "iTwinId": new_id(),
+        "content": content,
+        "enqueuedDateTime": format_enqueued(datetime.now(UTC)),
+    }
     return json.dumps(body).encode()
 
 

@@ -1,6 +1,7 @@
 """The functions as the host sees them: metadata, and each user function called directly."""
 
 import json
+from datetime import UTC, datetime
 
 import azure.functions as func
 import pytest
@@ -11,6 +12,7 @@ from functions.health import health
 from functions.webhooks import itwin_webhook
 from sandbox.host import app_functions
 from shared import runtime
+from shared.rules import format_enqueued
 from shared.settings import COMMAND_QUEUE, STORAGE_CONNECTION
 from shared.signature import sign
 
@@ -98,7 +100,13 @@ def test_the_webhook_refuses_every_delivery_without_a_configured_secret():
 
 def test_the_webhook_accepts_a_signed_event_without_a_rule(monkeypatch):
     monkeypatch.setenv("ITWIN_WEBHOOK_SECRET", "w" * 32)
-    body = b'{"eventType": "changedElements.jobCompleted.v1", "content": {}}'
+    body = json.dumps(
+        {
+            "eventType": "changedElements.jobCompleted.v1",
+            "content": {},
+            "enqueuedDateTime": format_enqueued(datetime.now(UTC)),
+        }
+    ).encode()
     request = func.HttpRequest("POST", "/api/webhooks/itwin", body=body, headers={"Signature": sign(body, "w" * 32)})
     response = call(itwin_webhook, request)
     assert (response.status_code, json.loads(response.get_body())["accepted"]) == (202, 0)

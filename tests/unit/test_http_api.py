@@ -1,8 +1,11 @@
 import json
+from datetime import UTC, datetime, timedelta
+
+from samples import IMODEL
 
 from shared.http_api import MAX_REQUEST_BYTES, accept_commands, health, receive_webhook
 from shared.replays import RecentDeliveries
-from shared.rules import load_rules
+from shared.rules import format_enqueued, load_rules
 from shared.settings import SettingsError
 from shared.signature import sign
 
@@ -12,6 +15,16 @@ ENV = {"ITWIN_CLIENT_ID": "id", "ITWIN_CLIENT_SECRET": "secret-value", "AzureWeb
 
 def no_queue():
     raise AssertionError("nothing may be enqueued")
+
+
+def delivery(event_type, content=None, enqueued=None, **fields):
+    body = {
+        "eventType": event_type,
+        "content": content or {},
+        "enqueuedDateTime": format_enqueued(enqueued or datetime.now(UTC)),
+        **fields,
+    }
+    return json.dumps(body).encode()
 
 
 def rules():
@@ -38,26 +51,26 @@ def test_a_body_over_one_mib_is_413_whatever_it_holds():
 
 
 def test_a_webhook_with_a_bad_or_missing_signature_is_401():
-    body = b'{"eventType": "iModels.iModelDeleted.v1", "content": {}}'
+    body = delivery("iModels.iModelDeleted.v1")
     assert receive_webhook(body, sign(body, "x" * 32), SECRET, rules, {}, no_queue).status == 401
     assert receive_webhook(body, None, SECRET, rules, {}, no_queue).status == 401
 
 
 def test_every_delivery_is_refused_when_no_secret_is_configured():
-    body = b'{"eventType": "iModels.iModelDeleted.v1", "content": {}}'
+    body = delivery("iModels.iModelDeleted.v1")
     reply = receive_webhook(body, sign(body, ""), None, rules, {}, no_queue)
     assert reply.status == 401
     assert "no webhook secret" in reply.body["error"]["message"]
 
 
 def test_a_signed_event_without_a_rule_is_accepted_and_enqueues_nothing():
-    body = b'{"eventType": "accessControl.memberAdded.v1", "content": {}}'
+    body = delivery("accessControl.memberAdded.v1")
     reply = receive_webhook(body, sign(body, SECRET), SECRET, rules, {}, no_queue)
     assert (reply.status, reply.body["accepted"]) == (202, 0)
 
 
 def test_a_signed_event_missing_the_imodel_id_is_400_naming_it():
-    body = b'{"eventType": "iModels.iModelDeleted.v1", "content": {}}'
+    body = delivery("iModels.iModelDeleted.v1")
     reply = receive_webhook(body, sign(body, SECRET), SECRET, rules, {}, no_queue)
     assert reply.status == 400
     assert reply.body["error"]["details"][0]["target"] == "[0].iModelId"
@@ -97,15 +110,35 @@ def test_a_webhook_with_malformed_rules_is_503_naming_the_setting():
     def broken():
         raise SettingsError("ITWIN_EVENT_RULES is not valid JSON")
 
-    body = b'{"eventType": "iModels.iModelDeleted.v1", "content": {}}'
+    body = delivery("iModels.iModelDeleted.v1")
     reply = receive_webhook(body, sign(body, SECRET), SECRET, broken, {}, no_queue)
     assert (reply.status, reply.body["error"]["code"]) == (503, "ServiceMisconfigured")
 
 
 def test_a_repeated_delivery_is_answered_202_as_a_duplicate_without_touching_the_queue():
     deliveries = RecentDeliveries()
-    body = json.dumps({"eventType": "accessControl.memberAdded.v1", "messageId": "m-1", "content": {}}).encode()
+    body = delivery("accessControl.memberAdded.v1", messageId="m-1")
     first = receive_webhook(body, sign(body, SECRET), SECRET, rules, {}, no_queue, deliveries)
     again = receive_webhook(body, sign(body, SECRET), SECRET, rules, {}, no_queue, deliveries)
     assert "duplicate" not in first.body
     assert (again.status, again.body["accepted"], again.body["duplicate"]) == (202, 0, True)
+
+
+def test_a_delivery_enqueued_more_than_a_day_ago_is_refused_as_a_replay():
+    body = delivery("iModels.iModelDeleted.v1", {"imodelId": IMODEL}, datetime.now(UTC) - timedelta(hours=25))
+    reply = receive_webhook(body, sign(body, SECRET), SECRET, rules, {}, no_queue)
+    assert (reply.status, reply.body["error"]["code"]) == (400, "StaleDelivery")
+    assert "25.0 h old" in reply.body["error"]["message"]
+
+
+def test_a_delivery_from_the_future_beyond_clock_skew_is_refused():
+    body = delivery("iModels.iModelDeleted.v1", {"imodelId": IMODEL}, datetime.now(UTC) + timedelta(hours=1))
+    reply = receive_webhook(body, sign(body, SECRET), SECRET, rules, {}, no_queue)
+    assert (reply.status, reply.body["error"]["code"]) == (400, "StaleDelivery")
+
+
+def test_a_delivery_without_enqueued_date_time_is_refused_naming_the_field():
+    body = json.dumps({"eventType": "iModels.iModelDeleted.v1", "content": {"imodelId": IMODEL}}).encode()
+    reply = receive_webhook(body, sign(body, SECRET), SECRET, rules, {}, no_queue)
+    assert reply.status == 400
+    assert reply.body["error"]["details"][0]["target"] == "enqueuedDateTime"

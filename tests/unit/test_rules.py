@@ -1,17 +1,19 @@
 import json
+from datetime import UTC, datetime
 
 import pytest
 from samples import IMODEL
 
 from shared.commands import InvalidCommand
-from shared.rules import Event, commands_for, load_rules, parse_event
+from shared.rules import Event, commands_for, format_enqueued, load_rules, parse_enqueued, parse_event
 from shared.settings import SettingsError
 
 RULES = load_rules(None)
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
 def event(event_type, **content):
-    return Event(event_type, content, itwin_id="tw", message_id="msg-1", webhook_id="wh")
+    return Event(event_type, content, NOW, itwin_id="tw", message_id="msg-1", webhook_id="wh")
 
 
 def test_an_imodel_deleted_event_deletes_every_connection_of_that_imodel():
@@ -112,3 +114,24 @@ def test_a_webhook_body_that_is_not_an_event_is_rejected_with_a_code(body, code)
     with pytest.raises(InvalidCommand) as caught:
         parse_event(body)
     assert caught.value.code == code
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("11/3/2023 8:07:01 PM", datetime(2023, 11, 3, 20, 7, 1, tzinfo=UTC)),
+        ("1/1/2024 12:00:00 AM", datetime(2024, 1, 1, 0, 0, 0, tzinfo=UTC)),
+        ("2023-11-03T20:07:01Z", datetime(2023, 11, 3, 20, 7, 1, tzinfo=UTC)),
+        ("2023-11-03T21:07:01+01:00", datetime(2023, 11, 3, 20, 7, 1, tzinfo=UTC)),
+        ("yesterday", None),
+        (None, None),
+        (1699042021, None),
+    ],
+)
+def test_enqueued_date_time_is_read_in_the_platforms_format_or_iso_8601(text, expected):
+    assert parse_enqueued(text) == expected
+
+
+def test_the_platforms_date_format_round_trips():
+    assert format_enqueued(datetime(2023, 11, 3, 20, 7, 1, tzinfo=UTC)) == "11/3/2023 8:07:01 PM"
+    assert parse_enqueued(format_enqueued(NOW)) == NOW
