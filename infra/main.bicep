@@ -91,6 +91,9 @@ param itwinRateLimits string = ''
 @maxValue(100)
 param itwinMaxAttempts int = 8
 
+@description('ITWIN_MAX_COMMAND_AGE: how long a command may keep waiting on rate limits or a busy connection before it is dead-lettered, e.g. 24h, 90m, 2d.')
+param itwinMaxCommandAge string = '24h'
+
 // The queue names the code uses (shared/settings.py COMMAND_QUEUE and POISON_QUEUE).
 var commandQueueName = 'itwin-commands'
 var poisonQueueName = 'itwin-commands-poison'
@@ -178,6 +181,7 @@ var appSettings = {
   ITWIN_EVENT_RULES: itwinEventRules
   ITWIN_RATE_LIMITS: itwinRateLimits
   ITWIN_MAX_ATTEMPTS: string(itwinMaxAttempts)
+  ITWIN_MAX_COMMAND_AGE: itwinMaxCommandAge
 }
 
 module functionApp 'modules/function-app.bicep' = {

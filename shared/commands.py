@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from shared.errors import ErrorDetail
@@ -17,6 +18,7 @@ from shared.errors import ErrorDetail
 MAX_BODY_BYTES = 48 * 1024
 MAX_BATCH = 100
 MAX_ATTEMPT = 1000
+MAX_WAITS = 100_000
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _URL_SAFE_43 = re.compile(r"^[A-Za-z0-9_-]{43}$")
@@ -37,12 +39,28 @@ _SHAPES: dict[tuple[str, str], str] = {
 }
 ACTIONS = sorted({a for a, _ in _SHAPES})
 RESOURCES = sorted({r for _, r in _SHAPES})
-_TOP_LEVEL = {"action", "resource", "id", "iModelId", "body", "correlationId", "traceparent", "attempt"}
+_TOP_LEVEL = {
+    "action",
+    "resource",
+    "id",
+    "iModelId",
+    "body",
+    "correlationId",
+    "traceparent",
+    "attempt",
+    "waits",
+    "firstEnqueued",
+}
 
 
 @dataclass(frozen=True)
 class Command:
-    """A validated command. ``attempt`` counts deliveries of this command, kept across reschedules."""
+    """A validated command.
+
+    ``attempt`` counts the deliveries that failed or may fail again (5xx, no answer); ``waits`` counts those that
+    only had to wait (429, a busy connection), which `ITWIN_MAX_COMMAND_AGE` bounds instead, measured from
+    ``first_enqueued`` (UTC). All three are kept across reschedules.
+    """
 
     action: str
     resource: str
@@ -52,6 +70,8 @@ class Command:
     correlation_id: str | None = None
     traceparent: str | None = None
     attempt: int = 1
+    waits: int = 0
+    first_enqueued: datetime | None = None
 
     @property
     def kind(self) -> str:
@@ -71,10 +91,33 @@ class Command:
         message.update({k: v for k, v in optional.items() if v is not None})
         if self.attempt > 1:
             message["attempt"] = self.attempt
+        if self.waits:
+            message["waits"] = self.waits
+        if self.first_enqueued is not None:
+            message["firstEnqueued"] = format_instant(self.first_enqueued)
         return message
 
-    def next_attempt(self) -> Command:
-        return replace(self, attempt=self.attempt + 1)
+    @property
+    def deliveries(self) -> int:
+        """Deliveries so far, this one included."""
+        return self.attempt + self.waits
+
+    def enqueued(self, now: datetime) -> Command:
+        """This command stamped with its first-enqueued time, unless it has one."""
+        return self if self.first_enqueued else replace(self, first_enqueued=now)
+
+    def next_attempt(self, now: datetime | None = None) -> Command:
+        """The copy to reschedule after a failure that counts as an attempt."""
+        again = replace(self, attempt=self.attempt + 1)
+        return again.enqueued(now) if now else again
+
+    def after_wait(self, now: datetime) -> Command:
+        """The copy to reschedule after a wait (429, busy): the attempt count is left as it is."""
+        return replace(self, waits=self.waits + 1).enqueued(now)
+
+    def age(self, now: datetime) -> float:
+        """Seconds since the command was first enqueued (0 when nobody stamped it yet)."""
+        return max(0.0, (now - self.first_enqueued).total_seconds()) if self.first_enqueued else 0.0
 
 
 class InvalidCommand(ValueError):
@@ -97,6 +140,22 @@ class InvalidCommand(ValueError):
             "target": None,
             "details": [d.to_dict() for d in self.details],
         }
+
+
+def format_instant(when: datetime) -> str:
+    """A UTC instant as ISO 8601 with a ``Z``, to the millisecond."""
+    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_instant(value: Any) -> datetime | None:
+    """An ISO 8601 instant with a zone, in UTC; None when ``value`` is not one."""
+    if not isinstance(value, str) or len(value) > 40:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed.astimezone(UTC) if parsed.tzinfo else None
 
 
 def is_guid(value: Any) -> bool:
@@ -148,6 +207,14 @@ def _attempt(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ATTEMPT
 
 
+def _waits(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_WAITS
+
+
+def _instant(value: Any) -> bool:
+    return parse_instant(value) is not None
+
+
 def _is_object(value: Any) -> bool:
     return isinstance(value, dict)
 
@@ -176,7 +243,14 @@ def _check_body(c: _Checker, body: Mapping[str, Any], resource: str) -> None:
     if resource == "connection":
         c.only(body, {"iModelId", "displayName", "authenticationType"}, "body.")
         c.require(body, "iModelId", "body.iModelId", is_guid, "an iModel id (a GUID)")
-        c.require(body, "displayName", "body.displayName", _text(255), "a non-empty string of up to 255 characters")
+        c.require(
+            body,
+            "displayName",
+            "body.displayName",
+            _text(255),
+            "a non-empty string of up to 255 characters (the worker finds an existing connection by iModel and name, "
+            "so that a repeated create makes no second connection)",
+        )
         c.optional(body, "authenticationType", "body.authenticationType", _one_of("User", "Service"), "User or Service")
     elif resource == "job":
         c.only(body, {"type", "name", "workspaceId", "inputs", "settings", "costEstimationParameters"}, "body.")
@@ -220,6 +294,8 @@ def validate(data: Any, prefix: str = "") -> Command:
     c.optional(data, "correlationId", "correlationId", _matches(CORRELATION_ID), "1-128 printable characters")
     c.optional(data, "traceparent", "traceparent", _matches(_TRACEPARENT), "a W3C traceparent")
     c.optional(data, "attempt", "attempt", _attempt, f"a whole number from 1 to {MAX_ATTEMPT}")
+    c.optional(data, "waits", "waits", _waits, f"a whole number from 0 to {MAX_WAITS}")
+    c.optional(data, "firstEnqueued", "firstEnqueued", _instant, "an ISO 8601 time with a zone")
     shape = _SHAPES.get((action, resource)) if action and resource else None
     if action and resource and shape is None:
         c.add("InvalidValue", "action", f"{action} is not an action on a {resource}.")
@@ -248,6 +324,8 @@ def validate(data: Any, prefix: str = "") -> Command:
         correlation_id=data.get("correlationId"),
         traceparent=data.get("traceparent"),
         attempt=data.get("attempt", 1),
+        waits=data.get("waits", 0),
+        first_enqueued=parse_instant(data.get("firstEnqueued")),
     )
 
 

@@ -47,11 +47,13 @@ def _too_large(body: bytes, declared_length: str | None) -> bool:
 
 
 def _enqueue(queue: CommandQueue, commands: list[Command]) -> None:
-    """Send all the commands or none (`EnqueueFailed`), each carrying the current trace unless it names its own."""
+    """Send all the commands or none (`EnqueueFailed`), each stamped with the time it was first enqueued and
+    carrying the current trace unless it names its own."""
     from shared.telemetry import current_traceparent  # OpenTelemetry's propagators: kept out of cold start
 
     traceparent = current_traceparent()
-    queue.send_all([replace(c, traceparent=c.traceparent or traceparent).to_message() for c in commands])
+    now = datetime.now(UTC)
+    queue.send_all([replace(c, traceparent=c.traceparent or traceparent).enqueued(now).to_message() for c in commands])
 
 
 def _not_enqueued(failure: EnqueueFailed, total: int) -> Reply:

@@ -5,7 +5,16 @@ from __future__ import annotations
 from enum import StrEnum
 
 from shared.commands import Command
-from shared.errors import ITwinError, NotFound, ServerError, TransportError, is_transient
+from shared.errors import (
+    Conflict,
+    ITwinError,
+    NotFound,
+    RateLimited,
+    ServerError,
+    Throttled,
+    TransportError,
+    is_transient,
+)
 
 
 class Outcome(StrEnum):
@@ -17,6 +26,10 @@ class Outcome(StrEnum):
     DEAD_LETTERED = "dead_lettered"
     FANNED_OUT = "fanned_out"
     IMODEL_UNAVAILABLE = "imodel_unavailable"
+
+
+# The outcomes after which nothing more happens to a command (a fan-out's children have their own).
+FINAL_OUTCOMES = frozenset({Outcome.SUCCEEDED, Outcome.ALREADY_DONE, Outcome.DEAD_LETTERED, Outcome.IMODEL_UNAVAILABLE})
 
 
 def create_outcome_unknown(error: ITwinError, command: Command) -> bool:
@@ -31,12 +44,26 @@ def create_outcome_unknown(error: ITwinError, command: Command) -> bool:
     return isinstance(error, TransportError) or (isinstance(error, ServerError) and not refused)
 
 
-def classify_failure(error: ITwinError, command: Command, max_attempts: int) -> Outcome:
-    """The outcome for a command whose API call raised ``error`` on delivery ``command.attempt``."""
+def is_wait(error: ITwinError) -> bool:
+    """The call was refused only for now and nothing happened: a 429, a call held back by this process's pacing,
+    or a connection busy with an export run. Waiting is not failing: it uses up no attempt."""
+    return isinstance(error, RateLimited | Throttled) or (isinstance(error, Conflict) and error.transient)
+
+
+def classify_failure(
+    error: ITwinError, command: Command, max_attempts: int, *, age: float = 0.0, max_age: float = float("inf")
+) -> Outcome:
+    """The outcome for a command whose API call raised ``error`` on delivery ``command.attempt``.
+
+    A wait is rescheduled until the command is ``max_age`` seconds old (``age``); any other transient failure
+    until ``max_attempts`` attempts.
+    """
     if isinstance(error, NotFound) and command.action == "delete":
         return Outcome.ALREADY_DONE
     if create_outcome_unknown(error, command):
         return Outcome.DEAD_LETTERED
+    if is_wait(error):
+        return Outcome.RESCHEDULED if age < max_age else Outcome.DEAD_LETTERED
     if is_transient(error):
         return Outcome.RESCHEDULED if command.attempt < max_attempts else Outcome.DEAD_LETTERED
     return Outcome.DEAD_LETTERED

@@ -1,8 +1,9 @@
 """Webhook deliveries this process has accepted, by ``messageId``, so that a replay enqueues nothing again.
 
-The platform resends a delivery it thinks failed, and a captured delivery can be replayed (the signature covers no
-timestamp). Within one instance a repeated ``messageId`` is answered 202 without enqueueing. Across instances the
-commands themselves are what keeps a replay harmless: deletes and connection creates are idempotent.
+The platform resends a delivery it thinks failed, and a captured delivery can be replayed. Deliveries older than the
+TTL are refused by their signed ``enqueuedDateTime`` (`shared.http_api`); within it, one instance answers a repeated
+``messageId`` 202 without enqueueing. Across instances the commands themselves are what keeps a replay harmless:
+deletes and connection creates are idempotent.
 """
 
 from __future__ import annotations

@@ -70,7 +70,13 @@ def worker() -> Worker:
     from shared.worker import Worker
 
     client = ITwinClient(settings(), policy=WORKER_POLICY)
-    return Worker(ITwinApi(client), command_queue(), default_telemetry(), max_attempts=settings().max_attempts)
+    return Worker(
+        ITwinApi(client),
+        command_queue(),
+        default_telemetry(),
+        max_attempts=settings().max_attempts,
+        max_age=settings().max_command_age,
+    )
 
 
 def reset() -> None:

@@ -19,6 +19,8 @@ DEFAULT_AUTHORITY = "https://ims.bentley.com"
 DEFAULT_SCOPE = "itwin-platform"
 DEFAULT_API_URL = "https://api.bentley.com"
 DEFAULT_MAX_ATTEMPTS = 8
+DEFAULT_MAX_COMMAND_AGE = "24h"
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 DEFAULT_RATE_LIMITS = {"clashdetection": 6.0}
 
 
@@ -67,6 +69,12 @@ SETTINGS: tuple[Setting, ...] = (
         "ITWIN_MAX_ATTEMPTS",
         "Attempts per queue message before it is dead-lettered.",
         str(DEFAULT_MAX_ATTEMPTS),
+    ),
+    Setting(
+        "ITWIN_MAX_COMMAND_AGE",
+        "How long a command may keep waiting on rate limits or a busy connection (those waits use up no attempt) "
+        "before it is dead-lettered, e.g. 24h, 90m, 2d.",
+        DEFAULT_MAX_COMMAND_AGE,
     ),
     Setting(
         STORAGE_CONNECTION,
@@ -131,6 +139,20 @@ def parse_rate_limits(text: str | None) -> dict[str, float]:
     return limits
 
 
+def parse_duration(name: str, text: str) -> float:
+    """``"24h"``, ``"90m"``, ``"2d"``, ``"3600s"`` or plain seconds, as seconds from 1 minute to 30 days."""
+    value = text.strip().lower()
+    unit = _DURATION_UNITS.get(value[-1:])
+    number = value[:-1] if unit else value
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        seconds = -1.0
+    if not 60 <= seconds <= 30 * 86400:
+        raise SettingsError(f"{name} must be a duration from 1m to 30d such as 24h, 90m or 2d; got {text!r}")
+    return seconds
+
+
 @dataclass(frozen=True)
 class Settings:
     """The validated settings the iTwin client and the functions use."""
@@ -145,6 +167,7 @@ class Settings:
     clash_test_ids: tuple[str, ...] = ()
     event_rules: str | None = None
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    max_command_age: float = 24 * 3600.0
     rate_limits: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
 
     @classmethod
@@ -174,5 +197,8 @@ class Settings:
             clash_test_ids=clash_ids,
             event_rules=get("ITWIN_EVENT_RULES"),
             max_attempts=int(raw_attempts),
+            max_command_age=parse_duration(
+                "ITWIN_MAX_COMMAND_AGE", get("ITWIN_MAX_COMMAND_AGE") or DEFAULT_MAX_COMMAND_AGE
+            ),
             rate_limits=parse_rate_limits(get("ITWIN_RATE_LIMITS")),
         )

@@ -16,7 +16,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from shared.commands import Command, InvalidCommand, decode_json, validate
 from shared.errors import ITwinError, NotFound, Unprocessable
-from shared.outcomes import Outcome, classify_failure, create_outcome_unknown, describe_unknown_create
+from shared.outcomes import Outcome, classify_failure, create_outcome_unknown, describe_unknown_create, is_wait
 from shared.poison import encode_envelope
 from shared.queues import CommandQueue
 from shared.resources import Connection, ITwinApi
@@ -40,6 +40,7 @@ class Worker:
         telemetry: Telemetry,
         *,
         max_attempts: int,
+        max_age: float = 24 * 3600.0,
         backoff: RedeliveryBackoff | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
@@ -47,6 +48,7 @@ class Worker:
         self.queue = queue
         self.telemetry = telemetry
         self.max_attempts = max_attempts
+        self.max_age = max_age
         self.backoff = backoff or RedeliveryBackoff()
         self._now = now
         self._create_locks = tuple(threading.Lock() for _ in range(64))
@@ -89,15 +91,23 @@ class Worker:
         try:
             return self._execute(command)
         except ITwinError as error:
-            outcome = classify_failure(error, command, self.max_attempts)
+            now = datetime.fromtimestamp(self._now(), UTC)
+            age = command.age(now)
+            outcome = classify_failure(error, command, self.max_attempts, age=age, max_age=self.max_age)
             if outcome is Outcome.RESCHEDULED:
-                delay = error.retry_after if error.retry_after is not None else self.backoff.delay(command.attempt)
-                self.queue.send(command.next_attempt().to_message(), delay=delay)
+                again = command.after_wait(now) if is_wait(error) else command.next_attempt(now)
+                delay = error.retry_after if error.retry_after is not None else self.backoff.delay(command.deliveries)
+                self.queue.send(again.to_message(), delay=delay)
                 return Result(outcome, f"{error}; back in {delay:.1f} s")
             if outcome is Outcome.DEAD_LETTERED:
                 details = error.to_dict()
                 if create_outcome_unknown(error, command):
                     details.update(code="CreateOutcomeUnknown", message=describe_unknown_create(command))
+                elif is_wait(error):
+                    details["message"] = (
+                        f"{error.message} (waited {age / 3600:.1f} h on rate limits or a busy resource since it was "
+                        f"first enqueued, {command.waits} time(s); ITWIN_MAX_COMMAND_AGE is {self.max_age / 3600:g} h)"
+                    )
                 elif error.transient:
                     details["message"] = f"{error.message} (gave up after {command.attempt} attempts)"
                 self._dead_letter(command.to_message(), details, attempts=command.attempt)

@@ -26,7 +26,9 @@ def make_worker(simulator, queues, captured, max_attempts=8, **overrides) -> Wor
     settings = Settings.from_env({**settings_for(simulator), **overrides})
     client = ITwinClient(settings, telemetry=captured.telemetry, policy=WORKER_POLICY, timeout=(2.0, 2.0))
     queue = CommandQueue(queues[COMMAND_QUEUE], queues[POISON_QUEUE])
-    return Worker(ITwinApi(client), queue, captured.telemetry, max_attempts=max_attempts)
+    return Worker(
+        ITwinApi(client), queue, captured.telemetry, max_attempts=max_attempts, max_age=settings.max_command_age
+    )
 
 
 @pytest.fixture
@@ -125,7 +127,7 @@ def test_a_rate_limited_command_is_rescheduled_no_sooner_than_retry_after(worker
     while not (again := received(queues[COMMAND_QUEUE])):
         time.sleep(0.1)
     assert time.monotonic() - started >= 2.0
-    assert again[0]["attempt"] == 2
+    assert (again[0]["waits"], again[0].get("attempt", 1)) == (1, 1)  # a wait uses up no attempt
     assert worker.handle(json.dumps(again[0])) is Outcome.SUCCEEDED
     assert outcomes(captured) == {("delete connection", "rescheduled"): 1, ("delete connection", "succeeded"): 1}
 
@@ -138,16 +140,31 @@ def rescheduled_copy(queues) -> dict:
     return copy
 
 
-def test_a_connection_in_use_is_rescheduled(worker, simulator, queues):
+def test_a_connection_in_use_is_rescheduled_as_a_wait(worker, simulator, queues):
     connection = simulator.add_connection(IMODEL, "busy")
     simulator.set_connection_in_use(connection["id"])
     assert worker.handle(message(action="delete", resource="connection", id=connection["id"])) is Outcome.RESCHEDULED
-    assert rescheduled_copy(queues) == {
-        "action": "delete",
-        "resource": "connection",
-        "id": connection["id"],
-        "attempt": 2,
-    }
+    copy = rescheduled_copy(queues)
+    first_enqueued = copy.pop("firstEnqueued")
+    assert copy == {"action": "delete", "resource": "connection", "id": connection["id"], "waits": 1}
+    assert first_enqueued.endswith("Z")
+
+
+def test_waits_never_use_up_attempts(simulator, queues, captured):
+    worker = make_worker(simulator, queues, captured, max_attempts=3)
+    simulator.fail_next("DELETE", "/clashdetection/runs/", 429, headers={"Retry-After": "1"})
+    assert worker.handle(message(action="delete", resource="run", id=MISSING, attempt=3)) is Outcome.RESCHEDULED
+    assert received(queues[POISON_QUEUE]) == []
+
+
+def test_a_command_that_waited_longer_than_its_maximum_age_is_dead_lettered_saying_so(simulator, queues, captured):
+    worker = make_worker(simulator, queues, captured, ITWIN_MAX_COMMAND_AGE="1h")
+    simulator.fail_next("DELETE", "/clashdetection/runs/", 429, headers={"Retry-After": "1"})
+    old = message(action="delete", resource="run", id=MISSING, waits=40, firstEnqueued="2020-01-01T00:00:00Z")
+    assert worker.handle(old) is Outcome.DEAD_LETTERED
+    [envelope] = received(queues[POISON_QUEUE])
+    assert "on rate limits or a busy resource" in envelope["error"]["message"]
+    assert "40 time(s); ITWIN_MAX_COMMAND_AGE is 1 h" in envelope["error"]["message"]
 
 
 def test_a_token_service_outage_is_rescheduled(worker, simulator, queues):

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from app_settings import settings_for
@@ -19,6 +20,7 @@ from shared import runtime
 from shared.client import ITwinClient
 from shared.queues import CommandQueue
 from shared.resources import ITwinApi
+from shared.retry import RedeliveryBackoff
 from shared.settings import STORAGE_CONNECTION
 from shared.telemetry import Telemetry
 from shared.worker import Worker
@@ -86,17 +88,30 @@ def install_environment(monkeypatch: Any, environ: Mapping[str, str]) -> None:
     runtime.reset()
 
 
+# Redelivery steps from 0.25-0.5 s up to 2-4 s instead of production's 2.5-5 s up to 15-30 min, so the suite's
+# rescheduled commands come back within its minutes; the growth itself is the same (tests/unit/test_retry.py).
+FAST_REDELIVERY = RedeliveryBackoff(base=0.5, cap=4.0)
+
+
 def install_worker(
     monkeypatch: Any, telemetry: Telemetry, read_timeout: float | None = None, connect_timeout: float = 3.05
 ) -> Worker:
-    """Build the worker as `shared.runtime.worker` does, but with ``telemetry`` (and optionally a shorter read
-    timeout), and make the app's queue function use it. Everything else (settings, queue, client, API) is real."""
+    """Build the worker as `shared.runtime.worker` does, but with ``telemetry``, `FAST_REDELIVERY` (and optionally
+    a shorter read timeout), and make the app's queue function use it. Everything else (settings, queue, client,
+    API) is real."""
     settings = runtime.settings()
     options: dict[str, Any] = {"telemetry": telemetry, "policy": runtime.WORKER_POLICY}
     if read_timeout is not None:
         options["timeout"] = (connect_timeout, read_timeout)
     client = ITwinClient(settings, **options)
-    worker = Worker(ITwinApi(client), runtime.command_queue(), telemetry, max_attempts=settings.max_attempts)
+    worker = Worker(
+        ITwinApi(client),
+        runtime.command_queue(),
+        telemetry,
+        max_attempts=settings.max_attempts,
+        max_age=settings.max_command_age,
+        backoff=FAST_REDELIVERY,
+    )
 
     def get() -> Worker:
         return worker
@@ -112,8 +127,16 @@ class RecordingSender:
 
     sent: list[tuple[str, int | None]] = field(default_factory=list)
 
-    def send_message(self, content: Any, *, visibility_timeout: int | None = None, **kwargs: Any) -> None:
+    def send_message(self, content: Any, *, visibility_timeout: int | None = None, **kwargs: Any) -> Any:
         self.sent.append((content, visibility_timeout))
+        return SimpleNamespace(id=len(self.sent) - 1, pop_receipt="receipt")
+
+    def update_message(self, message: int, pop_receipt: str, *, visibility_timeout: int, **kwargs: Any) -> None:
+        """Showing a hidden batch message: it is recorded as visible now."""
+        self.sent[message] = (self.sent[message][0], visibility_timeout or None)
+
+    def delete_message(self, message: int, pop_receipt: str, **kwargs: Any) -> None:
+        raise AssertionError("a recorded send never fails, so nothing is taken back")
 
 
 class RecordingQueue(CommandQueue):

@@ -45,7 +45,7 @@ from sandbox.host import LocalHost
 from sandbox.itwin_platform import Faults, RecordedRequest, Simulator
 from shared.client import ITwinClient
 from shared.commands import MAX_BATCH
-from shared.outcomes import Outcome
+from shared.outcomes import FINAL_OUTCOMES, Outcome
 from shared.resources import ITwinApi
 from shared.runtime import WORKER_POLICY
 from shared.settings import COMMAND_QUEUE, DEFAULT_MAX_ATTEMPTS, POISON_QUEUE, Settings
@@ -67,7 +67,7 @@ FAULTS = Faults(
     stall_seconds=STALL_SECONDS,
     seed=20240611,
 )
-FINAL = ("succeeded", "already_done", "dead_lettered")
+FINAL = tuple(sorted(FINAL_OUTCOMES))
 DEADLINE = 1800.0 if SOAK else 300.0
 
 
@@ -331,7 +331,7 @@ def test_no_connection_is_created_twice(fault_run: FaultRun) -> None:
 def resource_key(request: RecordedRequest) -> tuple[str, str]:
     """What one command's calls have in common: the iModel, job name or test id of a create, else the path."""
     if request.path == "/export/connections" and request.method == "GET":
-        return "imodel", request.query.get("iModelId", "").lower()
+        return "imodel", (request.query.get("imodelId") or "").lower()
     if request.method == "POST":
         body = request.json()
         if request.path == "/export/connections":

@@ -41,6 +41,7 @@ from reliability_kit import (
 
 from sandbox.azurite import Azurite
 from sandbox.itwin_platform import Faults, Simulator
+from shared.outcomes import FINAL_OUTCOMES
 from shared.settings import COMMAND_QUEUE, POISON_QUEUE
 
 pytestmark = pytest.mark.integration
@@ -49,7 +50,7 @@ COMMANDS = size(ci=80, soak=400)
 LEASE_SECONDS = 2
 LATENCY = 0.4  # every API call takes this long, so that many are in flight when the host dies
 OUTCOME = re.compile(r"command='(?P<kind>[^']+)' outcome=(?P<outcome>\w+) correlationId=(?P<key>\S+)")
-FINAL = ("succeeded", "already_done", "dead_lettered")
+FINAL = tuple(sorted(FINAL_OUTCOMES))
 
 
 class HostProcess:

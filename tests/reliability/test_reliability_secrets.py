@@ -38,6 +38,7 @@ from sandbox.host import LocalHost
 from sandbox.itwin_platform import Simulator
 from shared.client import ITwinClient
 from shared.http_api import MAX_REQUEST_BYTES
+from shared.outcomes import FINAL_OUTCOMES
 from shared.resources import ITwinApi
 from shared.rules import format_enqueued
 from shared.runtime import WORKER_POLICY
@@ -51,7 +52,7 @@ CLIENT_SECRET = "known-client-secret-7Qz4Wd"
 WRONG_CLIENT_SECRET = "known-wrong-client-secret-Hk2Lp9"
 WEBHOOK_SECRET = "known-webhook-secret-Vb8Ns3"
 MAX_ATTEMPTS = 2
-FINAL = ("succeeded", "already_done", "dead_lettered")
+FINAL = tuple(sorted(FINAL_OUTCOMES))
 
 
 @dataclass
@@ -71,7 +72,7 @@ def worker_commands(simulator: Simulator) -> dict[str, dict[str, Any]]:
     """One command per path through the worker, each on its own resource so that scripted answers stay apart."""
     connection = simulator.add_connection(new_id(), "gone soon")["id"]
     busy = simulator.add_connection(new_id(), "busy")["id"]
-    simulator.set_connection_in_use(busy)
+    simulator.set_connection_in_use(busy, seconds=3)  # a wait, not a failure: it ends, and so does the command
     imodel = new_id()
     for name in ("a", "b"):
         simulator.add_connection(imodel, name)

@@ -38,6 +38,7 @@ from sandbox.host import LocalHost
 from sandbox.itwin_platform import Simulator
 from shared import runtime
 from shared.http_api import receive_webhook
+from shared.outcomes import FINAL_OUTCOMES
 from shared.rules import format_enqueued, load_rules
 from shared.settings import COMMAND_QUEUE, POISON_QUEUE
 from shared.signature import sign
@@ -88,7 +89,7 @@ class App:
 
         def done() -> list[str] | None:
             outcomes = self.outcomes(correlation_id)
-            final = [o for o in outcomes if o in ("succeeded", "already_done", "dead_lettered")]
+            final = [o for o in outcomes if o in FINAL_OUTCOMES]
             idle = self.host.in_flight == 0 and queue_length(self.queues[COMMAND_QUEUE]) == 0
             return outcomes if len(final) >= finals and idle else None
 
@@ -151,7 +152,7 @@ def test_tampered_wrongly_signed_and_unsigned_deliveries_are_refused_and_enqueue
     # ... and once a good delivery has gone through behind them, it is the only thing that was ever processed.
     marker = event(DELETED, "evt-marker", imodelId=new_id())
     assert app.deliver(marker, sign(marker, SECRET)).status_code == 202
-    assert app.settle("evt-marker", finals=1) == ["already_done"]
+    assert app.settle("evt-marker", finals=1) == ["imodel_unavailable"]
     consumed = {s.attributes["itwin.correlation_id"] for s in app.captured.spans() if s.kind is SpanKind.CONSUMER}
     assert consumed == {"evt-marker"}
     assert [r.method for r in app.simulator.api_calls()] == ["GET"]

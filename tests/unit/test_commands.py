@@ -1,4 +1,5 @@
 import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from samples import IMODEL, JOB, JOB_BODY
@@ -120,3 +121,30 @@ def test_the_next_attempt_keeps_everything_but_the_count():
     assert again.attempt == 2
     assert again.to_message() == {**VALID[3], "attempt": 2}
     assert isinstance(again, Command)
+
+
+def test_waits_and_the_first_enqueued_time_travel_with_the_command():
+    now = datetime(2026, 11, 23, 8, 0, 0, 123000, tzinfo=UTC)
+    waited = validate(VALID[3]).after_wait(now).after_wait(now + timedelta(hours=1))
+    assert (waited.attempt, waited.waits, waited.first_enqueued) == (1, 2, now)
+    message = waited.to_message()
+    assert message["firstEnqueued"] == "2026-11-23T08:00:00.123Z"
+    assert validate(message) == waited
+    assert waited.age(now + timedelta(hours=3)) == 3 * 3600
+    assert waited.next_attempt().deliveries == 4
+
+
+@pytest.mark.parametrize(
+    ("fields", "target"),
+    [
+        ({"waits": -1}, "waits"),
+        ({"waits": 1.5}, "waits"),
+        ({"firstEnqueued": "yesterday"}, "firstEnqueued"),
+        ({"firstEnqueued": "2026-11-23T08:00:00"}, "firstEnqueued"),
+        ({"firstEnqueued": 1700000000}, "firstEnqueued"),
+    ],
+)
+def test_bad_waits_or_first_enqueued_times_are_refused_naming_the_field(fields, target):
+    with pytest.raises(InvalidCommand) as caught:
+        validate({"action": "delete", "resource": "run", "id": "r", **fields})
+    assert [(d.code, d.target) for d in caught.value.details] == [("InvalidValue", target)]

@@ -18,6 +18,7 @@ def test_defaults_match_production():
     assert settings.api_url == DEFAULT_API_URL == "https://api.bentley.com"
     assert settings.scope == "itwin-platform"
     assert settings.max_attempts == 8
+    assert settings.max_command_age == 24 * 3600
     assert settings.clash_test_ids == ()
 
 
@@ -37,6 +38,10 @@ def test_missing_required_settings_are_named_together():
         ("ITWIN_RATE_LIMITS", "export"),
         ("ITWIN_RATE_LIMITS", "export=fast"),
         ("ITWIN_RATE_LIMITS", "export=0"),
+        ("ITWIN_MAX_COMMAND_AGE", "forever"),
+        ("ITWIN_MAX_COMMAND_AGE", "10s"),
+        ("ITWIN_MAX_COMMAND_AGE", "31d"),
+        ("ITWIN_MAX_COMMAND_AGE", "h"),
     ],
 )
 def test_a_malformed_setting_is_an_error_naming_it(name, value):
@@ -77,3 +82,10 @@ def test_rate_limits_add_to_the_documented_clash_detection_limit():
     assert Settings.from_env(REQUIRED).rate_limits == {"clashdetection": 6.0}
     limits = Settings.from_env({**REQUIRED, "ITWIN_RATE_LIMITS": "export=8, clashdetection=3"}).rate_limits
     assert limits == {"clashdetection": 3.0, "export": 8.0}
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("24h", 86400), ("90m", 5400), ("2d", 172800), ("3600", 3600), ("1.5h", 5400)]
+)
+def test_the_maximum_command_age_is_a_duration_with_a_unit(text, seconds):
+    assert Settings.from_env({**REQUIRED, "ITWIN_MAX_COMMAND_AGE": text}).max_command_age == seconds
