@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-AZURITE := node_modules/.bin/azurite-queue
+AZURITE := node_modules/.bin/azurite
 
 .PHONY: test lint pytest infra-check dev bench soak clean
 

@@ -1,7 +1,8 @@
-"""Azurite's queue service (Microsoft's Storage emulator) as a subprocess, for tests and local runs.
+"""Azurite (Microsoft's Storage emulator) as a subprocess, for tests and local runs: its queue and table services.
 
-    with Azurite() as azurite:              # port 0: Azurite picks a free port and prints it
+    with Azurite() as azurite:              # port 0: Azurite picks free ports and prints them
         QueueClient.from_connection_string(azurite.connection_string, "q")
+        TableClient.from_connection_string(azurite.connection_string, "t")
 
 Azurite comes from npm (``package.json`` pins 3.35.0; 3.36+ need a newer Node than this machine's 20):
 ``make test`` or ``npm ci`` installs it into ``node_modules``. ``--skipApiVersionCheck`` is needed because
@@ -37,7 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 ACCOUNT_NAME = "devstoreaccount1"
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
-_LISTENING = re.compile(r"Queue service successfully listens on https?://[^\s:]+:(\d+)")
+_LISTENING = re.compile(r"Azurite (Queue|Table) service is successfully listening at https?://[^\s:]+:(\d+)")
 
 
 class AzuriteError(RuntimeError):
@@ -45,22 +46,25 @@ class AzuriteError(RuntimeError):
 
 
 class AzuriteNotInstalled(AzuriteError):
-    """node_modules/.bin/azurite-queue is missing."""
+    """node_modules/.bin/azurite is missing."""
 
 
-def connection_string(port: int, host: str = "127.0.0.1") -> str:
-    """The development-account connection string for an Azurite queue service on ``host:port``."""
+def connection_string(port: int, host: str = "127.0.0.1", table_port: int | None = None) -> str:
+    """The development-account connection string for Azurite's queue service on ``host:port`` (and its table
+    service on ``table_port``)."""
+    tables = f"TableEndpoint=http://{host}:{table_port}/{ACCOUNT_NAME};" if table_port else ""
     return (
         f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT_NAME};AccountKey={ACCOUNT_KEY};"
-        f"QueueEndpoint=http://{host}:{port}/{ACCOUNT_NAME};"
+        f"QueueEndpoint=http://{host}:{port}/{ACCOUNT_NAME};{tables}"
     )
 
 
 class Azurite:
-    """Azurite's queue service in a child process; a context manager (``start()`` / ``stop()`` also work).
+    """Azurite's queue and table services in a child process; a context manager (``start()`` / ``stop()`` also work).
 
-    ``port=0`` lets Azurite pick a free port, parsed from what it prints. ``start()`` returns once the port accepts
-    connections (about half a second).
+    ``port=0`` lets Azurite pick free ports, parsed from what it prints (the table service always takes a free one).
+    ``start()`` returns once both ports accept connections (about a second). Its blob service runs too, on a free
+    port, unused: the all-in-one ``azurite`` is the one that prints the ports it took.
     """
 
     def __init__(
@@ -79,13 +83,14 @@ class Azurite:
         self.extra_args = tuple(extra_args)
         self.process: subprocess.Popen[str] | None = None
         self._port: int | None = None
+        self._table_port: int | None = None
         self._output: collections.deque[str] = collections.deque(maxlen=200)
         self._listening = threading.Event()
         self._reader: threading.Thread | None = None
 
     @property
     def binary(self) -> Path:
-        return self.root / "node_modules" / ".bin" / "azurite-queue"
+        return self.root / "node_modules" / ".bin" / "azurite"
 
     @property
     def port(self) -> int:
@@ -94,12 +99,18 @@ class Azurite:
         return self._port
 
     @property
+    def table_port(self) -> int:
+        if self._table_port is None:
+            raise AzuriteError("Azurite is not running: call start() or use it as a context manager")
+        return self._table_port
+
+    @property
     def queue_endpoint(self) -> str:
         return f"http://{self.host}:{self.port}/{ACCOUNT_NAME}"
 
     @property
     def connection_string(self) -> str:
-        return connection_string(self.port, self.host)
+        return connection_string(self.port, self.host, self.table_port)
 
     @property
     def output(self) -> str:
@@ -119,6 +130,14 @@ class Azurite:
             self.host,
             "--queuePort",
             str(self.requested_port),
+            "--tableHost",
+            self.host,
+            "--tablePort",
+            "0",
+            "--blobHost",
+            self.host,
+            "--blobPort",
+            "0",
             "--inMemoryPersistence",
             "--skipApiVersionCheck",
             "--disableTelemetry",
@@ -150,8 +169,11 @@ class Azurite:
             line = line.rstrip("\n")
             self._output.append(line)
             match = _LISTENING.search(line)
-            if match and self._port is None:
-                self._port = int(match.group(1))
+            if match and match.group(1) == "Queue":
+                self._port = int(match.group(2))
+            elif match:
+                self._table_port = int(match.group(2))
+            if self._port is not None and self._table_port is not None:
                 self._listening.set()
 
     def _wait_until_ready(self) -> None:
@@ -162,16 +184,17 @@ class Azurite:
                 self._fail(f"Azurite exited with code {self.process.returncode} before listening")
             if time.monotonic() > deadline:
                 self._fail(f"Azurite did not report a listening port within {self.startup_timeout} s")
-        while True:
-            try:
-                with socket.create_connection((self.host, self.port), timeout=1):
-                    return
-            except OSError:
-                if self.process.poll() is not None:
-                    self._fail(f"Azurite exited with code {self.process.returncode}")
-                if time.monotonic() > deadline:
-                    self._fail(f"Azurite's port {self.port} does not accept connections")
-                time.sleep(0.02)
+        for port in (self.port, self.table_port):
+            while True:
+                try:
+                    with socket.create_connection((self.host, port), timeout=1):
+                        break
+                except OSError:
+                    if self.process.poll() is not None:
+                        self._fail(f"Azurite exited with code {self.process.returncode}")
+                    if time.monotonic() > deadline:
+                        self._fail(f"Azurite's port {port} does not accept connections")
+                    time.sleep(0.02)
 
     def _fail(self, message: str) -> None:
         if self._reader is not None:
@@ -194,6 +217,7 @@ class Azurite:
         if process.stdout is not None:
             process.stdout.close()
         self._port = None
+        self._table_port = None
         self._listening.clear()
 
     def __enter__(self) -> Azurite:

@@ -99,6 +99,7 @@ class ITwinClient:
         operation: str,
         body: Mapping[str, Any] | None = None,
         params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
         budget: float | None = None,
     ) -> requests.Response:
         """Send ``method path`` (a path under ITWIN_API_URL, or a link the API returned) until it succeeds.
@@ -120,7 +121,7 @@ class ITwinClient:
             self._pace(api, operation, deadline)
             token = self.tokens.token(stale=stale)
             stale = None
-            response, error = self._attempt(method, url, params, data, token, operation)
+            response, error = self._attempt(method, url, params, data, token, operation, headers)
             if error is None:
                 return response
             if isinstance(error, Unauthorized) and not refreshed:
@@ -167,6 +168,7 @@ class ITwinClient:
         data: bytes | None,
         token: str,
         operation: str,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> tuple[requests.Response | None, ITwinError | None]:
         target = urlsplit(url)
         port = target.port or (443 if target.scheme == "https" else 80)
@@ -175,7 +177,7 @@ class ITwinClient:
             "server.address": target.hostname,
             "server.port": port,
         }
-        headers = {"Accept": ACCEPT, "User-Agent": USER_AGENT}
+        headers = {"Accept": ACCEPT, "User-Agent": USER_AGENT, **(extra_headers or {})}
         if data is not None:
             headers["Content-Type"] = "application/json"
         with self.telemetry.tracer.start_as_current_span(

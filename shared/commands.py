@@ -21,7 +21,9 @@ MAX_ATTEMPT = 1000
 MAX_WAITS = 100_000
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_URL_SAFE_43 = re.compile(r"^[A-Za-z0-9_-]{43}$")
+_OPAQUE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_COMMAND_ID = re.compile(r"^[0-9]{8}-[A-Za-z0-9][A-Za-z0-9.-]{0,99}$")
+_IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{1,200}$")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _TRACEPARENT = re.compile(r"^(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
 CORRELATION_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
@@ -50,6 +52,9 @@ _TOP_LEVEL = {
     "attempt",
     "waits",
     "firstEnqueued",
+    "commandId",
+    "idempotencyKey",
+    "projectId",
 }
 
 
@@ -72,6 +77,9 @@ class Command:
     attempt: int = 1
     waits: int = 0
     first_enqueued: datetime | None = None
+    command_id: str | None = None
+    idempotency_key: str | None = field(default=None, compare=False)
+    project_id: str | None = None
 
     @property
     def kind(self) -> str:
@@ -87,6 +95,9 @@ class Command:
             "body": self.body,
             "correlationId": self.correlation_id,
             "traceparent": self.traceparent,
+            "commandId": self.command_id,
+            "idempotencyKey": self.idempotency_key,
+            "projectId": self.project_id,
         }
         message.update({k: v for k, v in optional.items() if v is not None})
         if self.attempt > 1:
@@ -219,8 +230,8 @@ def _is_object(value: Any) -> bool:
     return isinstance(value, dict)
 
 
-def _connection_id(value: Any) -> bool:
-    return is_guid(value) or (isinstance(value, str) and bool(_URL_SAFE_43.match(value)))
+def _opaque_id(value: Any) -> bool:
+    return isinstance(value, str) and bool(_OPAQUE_ID.match(value))
 
 
 def _safe_id(value: Any) -> bool:
@@ -275,10 +286,12 @@ def _check_body(c: _Checker, body: Mapping[str, Any], resource: str) -> None:
         c.optional(body, "inPlace", "body.inPlace", lambda v: isinstance(v, bool), "true or false")
 
 
+# Ids the platform assigns are opaque (the seeds show GUIDs and 43-character URL-safe ids for the same resource):
+# any URL-safe id passes here and the API's 404/422 decides. Only fields a seed calls a GUID are checked as one.
 _ID_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "connection": (_connection_id, "a connection id (a GUID or a 43-character URL-safe id)"),
+    "connection": (_opaque_id, "a connection id (1-128 letters, digits, '-' or '_')"),
     "job": (is_guid, "a job id (a GUID)"),
-    "run": (_safe_id, "a run id"),
+    "run": (_opaque_id, "a run id (1-128 letters, digits, '-' or '_')"),
 }
 
 
@@ -296,6 +309,12 @@ def validate(data: Any, prefix: str = "") -> Command:
     c.optional(data, "attempt", "attempt", _attempt, f"a whole number from 1 to {MAX_ATTEMPT}")
     c.optional(data, "waits", "waits", _waits, f"a whole number from 0 to {MAX_WAITS}")
     c.optional(data, "firstEnqueued", "firstEnqueued", _instant, "an ISO 8601 time with a zone")
+    c.optional(data, "commandId", "commandId", _matches(_COMMAND_ID), "a command id such as 20261123-c0a1b2...")
+    c.optional(data, "idempotencyKey", "idempotencyKey", _matches(_IDEMPOTENCY_KEY), "1-200 printable characters")
+    if "projectId" in data and (action, resource) != ("create", "run"):
+        c.add("UnknownProperty", "projectId", "projectId belongs only to a create run command.")
+    else:
+        c.optional(data, "projectId", "projectId", is_guid, "the run's project (iTwin) id, a GUID")
     shape = _SHAPES.get((action, resource)) if action and resource else None
     if action and resource and shape is None:
         c.add("InvalidValue", "action", f"{action} is not an action on a {resource}.")
@@ -326,6 +345,9 @@ def validate(data: Any, prefix: str = "") -> Command:
         attempt=data.get("attempt", 1),
         waits=data.get("waits", 0),
         first_enqueued=parse_instant(data.get("firstEnqueued")),
+        command_id=data.get("commandId"),
+        idempotency_key=data.get("idempotencyKey"),
+        project_id=data.get("projectId"),
     )
 
 

@@ -1,9 +1,5 @@
-"""The command queue and its poison queue, reached through the same ``AzureWebJobsStorage`` setting as the host.
-
-Both forms of that setting work: a connection string (Azurite locally, or a storage key), and the identity-based
-form Azure uses with a managed identity (``AzureWebJobsStorage__queueServiceUri`` or ``__accountName``, with
-``__credential=managedidentity`` and ``__clientId`` for a user-assigned identity). Messages are plain UTF-8 JSON,
-matching ``messageEncoding: none`` in host.json.
+"""The command queue and its poison queue, reached through the same ``AzureWebJobsStorage`` setting as the host
+(either form, see `shared.storage`). Messages are plain UTF-8 JSON, matching ``messageEncoding: none`` in host.json.
 """
 
 from __future__ import annotations
@@ -14,7 +10,8 @@ import math
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from shared.settings import COMMAND_QUEUE, POISON_QUEUE, STORAGE_CONNECTION, SettingsError
+from shared.settings import COMMAND_QUEUE, POISON_QUEUE
+from shared.storage import connection_string, endpoint_and_credential
 
 # The Storage SDK logs every request and response at INFO; our own log lines say what happened to each message.
 logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
@@ -52,25 +49,10 @@ def queue_service(environ: Mapping[str, str]) -> Any:
     """A ``QueueServiceClient`` for ``AzureWebJobsStorage`` in either form; raises `SettingsError` if unset."""
     from azure.storage.queue import QueueServiceClient  # imported on first use: keeps cold start short
 
-    connection_string = environ.get(STORAGE_CONNECTION, "").strip()
-    if connection_string:
-        return QueueServiceClient.from_connection_string(connection_string)
-    prefix = STORAGE_CONNECTION + "__"
-    options = {key[len(prefix) :].lower(): value.strip() for key, value in environ.items() if key.startswith(prefix)}
-    url = options.get("queueserviceuri")
-    if not url and options.get("accountname"):
-        url = f"https://{options['accountname']}.queue.core.windows.net"
-    if not url:
-        raise SettingsError(
-            f"{STORAGE_CONNECTION} is not set: give a connection string, or {prefix}queueServiceUri "
-            f"(or {prefix}accountName) for a managed identity"
-        )
-    from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
-
-    if options.get("credential", "").lower() == "managedidentity":
-        credential = ManagedIdentityCredential(client_id=options.get("clientid") or None)
-    else:
-        credential = DefaultAzureCredential()
+    text = connection_string(environ)
+    if text:
+        return QueueServiceClient.from_connection_string(text)
+    url, credential = endpoint_and_credential(environ, "queue")
     return QueueServiceClient(account_url=url, credential=credential)
 
 

@@ -39,6 +39,10 @@ def _object(response: requests.Response, key: str, operation: str) -> dict[str, 
     return value
 
 
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
 def _id(value: str) -> str:
     return quote(value, safe="")
 
@@ -103,14 +107,21 @@ class Run:
     status: str | None = None
     display_name: str | None = None
     href: str | None = None
+    test_id: str | None = None
+    imodel_id: str | None = None
+    named_version_id: str | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Run:
+        test_href = _href(data.get("_links"), "test")
         return cls(
             id=data["id"],
             status=data.get("status"),
             display_name=data.get("displayName"),
             href=_href(data.get("_links"), "run"),
+            test_id=_text(data.get("testId")) or (test_href.rstrip("/").rsplit("/", 1)[-1] if test_href else None),
+            imodel_id=_text(data.get("iModelId")),
+            named_version_id=_text(data.get("namedVersionId")),
         )
 
 
@@ -120,7 +131,14 @@ class ITwinApi:
     def __init__(self, client: ITwinClient) -> None:
         self.client = client
 
-    def _pages(self, path: str, params: dict[str, str], key: str, operation: str) -> Iterator[dict[str, Any]]:
+    def _pages(
+        self,
+        path: str,
+        params: dict[str, str],
+        key: str,
+        operation: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> Iterator[dict[str, Any]]:
         """Every item of a paged list, following ``_links.next.href`` until it is absent.
 
         A link is not trusted to keep the filter: seed 003's own ``next`` link drops ``imodelId``, so any of
@@ -130,7 +148,8 @@ class ITwinApi:
         url, seen = path, set()
         for _ in range(MAX_PAGES):
             query = _with_params(url, params)
-            payload = _json(self.client.call("GET", url, operation=operation, params=query), operation)
+            response = self.client.call("GET", url, operation=operation, params=query, headers=headers)
+            payload = _json(response, operation)
             items = payload.get(key) if isinstance(payload, dict) else None
             if not isinstance(items, list):
                 raise ITwinError(f"the API answered {operation} without a {key!r} list")
@@ -208,8 +227,21 @@ class ITwinApi:
         return Run.from_json(_object(response, "run", "runs.get"))
 
     def list_runs(self, project_id: str) -> list[Run]:
-        pages = self._pages("/clashdetection/runs", {"projectId": project_id}, "runs", "runs.list")
+        """The project's runs, each with its test (``Prefer: return=representation`` asks for the whole run)."""
+        prefer = {"Prefer": "return=representation"}
+        pages = self._pages("/clashdetection/runs", {"projectId": project_id}, "runs", "runs.list", prefer)
         return [Run.from_json(item) for item in pages]
+
+    def find_runs(self, project_id: str, test_id: str, imodel_id: str, named_version_id: str) -> list[Run]:
+        """The project's runs of ``test_id`` that can be of that iModel and named version (fields the list leaves
+        out do not rule a run out)."""
+        return [
+            run
+            for run in self.list_runs(project_id)
+            if run.test_id == test_id
+            and run.imodel_id in (None, imodel_id)
+            and run.named_version_id in (None, named_version_id)
+        ]
 
     def delete_run(self, run_id: str) -> None:
         self.client.call("DELETE", f"/clashdetection/runs/{_id(run_id)}", operation="runs.delete")

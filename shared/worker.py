@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,6 +20,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from shared.commands import Command, InvalidCommand, decode_json, validate
 from shared.errors import ITwinError, NotFound, Unprocessable
+from shared.ledger import Ledger, LedgerConflict, Record, Resource, child_ids
+from shared.ledger import Status as LedgerStatus
 from shared.outcomes import Outcome, classify_failure, create_outcome_unknown, describe_unknown_create, is_wait
 from shared.poison import encode_envelope
 from shared.queues import CommandQueue
@@ -26,6 +32,8 @@ from shared.telemetry import Telemetry, current_traceparent
 
 log = logging.getLogger(__name__)
 
+# How soon a delivery that found another one's fresh claim on a create looks again.
+CLAIM_RECHECK_SECONDS = 10
 # A submitted job moves on from "active" by itself; any of these means the submit happened.
 SUBMITTED_STATES = {"active", "success", "failed"}
 
@@ -42,6 +50,8 @@ class Worker:
         max_attempts: int,
         max_age: float = 24 * 3600.0,
         backoff: RedeliveryBackoff | None = None,
+        ledger: Ledger | None = None,
+        owner: str | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
         self.api = api
@@ -50,6 +60,8 @@ class Worker:
         self.max_attempts = max_attempts
         self.max_age = max_age
         self.backoff = backoff or RedeliveryBackoff()
+        self.ledger = ledger
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._now = now
         self._create_locks = tuple(threading.Lock() for _ in range(64))
 
@@ -89,31 +101,110 @@ class Worker:
             return self._record(kind, result, command.correlation_id if command else None)
 
     def _run(self, command: Command) -> Result:
+        if self.ledger is None or command.command_id is None:
+            return self._attempt(command, recorded=False)
+        if command.action == "create":
+            return self._create_once(command, command.command_id)
+        record = self.ledger.get(command.command_id)
+        if record is not None and record.final:
+            return _repeat(record)
+        return self._finish(command, self._attempt(command, recorded=True), etag=record.etag if record else None)
+
+    def _create_once(self, command: Command, command_id: str) -> Result:
+        """A create happens once across instances: the delivery that claims the command makes the API call.
+
+        Another delivery finds the claim: the result when there is one; a wait while the claim is fresh; or, when
+        the holder gave up with the outcome unknown or died, a look-up through the API before anything is repeated.
+        """
+        assert self.ledger is not None
+        now = self._clock()
+        claim = self.ledger.claim(command_id, self.owner, now)
+        if claim.ours:
+            return self._finish(command, self._attempt(command, recorded=True))
+        record = claim.record
+        if record is not None and record.final:
+            return _repeat(record)
+        if not claim.stale(now) or not self.ledger.take_over(command_id, claim, self.owner, now):
+            self.queue.send(command.after_wait(now).to_message(), delay=CLAIM_RECHECK_SECONDS)
+            return Result(Outcome.RESCHEDULED, f"another delivery holds this create; back in {CLAIM_RECHECK_SECONDS} s")
+        died = (
+            record is None or record.updated is None or claim.claimed_at is None or record.updated <= claim.claimed_at
+        )
+        if (died or record.uncertain) and not _can_look_up(command):
+            error = ITwinError(
+                f"an earlier delivery began this {command.resource} create at {claim.claimed_at} and recorded no "
+                f"result (its process ended), and the API cannot list {command.resource}s to tell whether it was "
+                f"made. {describe_unknown_create(command)}",
+                code="CreateOutcomeUnknown",
+            )
+            return self._finish(command, self._dead_letter_error(command, error))
+        return self._finish(command, self._attempt(command, recorded=True, look_up=died or record.uncertain))
+
+    def _look_up(self, command: Command) -> Resource | None:
+        """The run an earlier create of ``command`` made, if the API can find it; None when it made none.
+
+        Connection creates need no look-up here: they always list the iModel's connections before creating.
+        """
+        body = command.body or {}
+        if command.resource != "run" or not command.project_id:
+            return None
+        runs = self.api.find_runs(command.project_id, body["testId"], body["iModelId"], body["namedVersionId"])
+        if len(runs) > 1:
+            raise ITwinError(
+                f"the run create got no clear answer, and the project has {len(runs)} runs of test "
+                f"{body['testId']} that could be it ({', '.join(r.id for r in runs)}); it was not repeated. "
+                "Check which one this command made, or delete the extra ones and resend it.",
+                code="CreateOutcomeUnknown",
+            )
+        return Resource("run", runs[0].id, runs[0].href) if runs else None
+
+    def _finish(self, command: Command, result: Result, etag: str | None = None) -> Result:
+        """Record the delivery's result in the command's row (conditional: see `Ledger.finish`)."""
+        assert self.ledger is not None
+        assert command.command_id is not None
+        self.ledger.finish(
+            command.command_id,
+            LedgerStatus(result.outcome.value),
+            self._clock(),
+            attempts=command.attempt,
+            waits=command.waits,
+            etag=etag,
+            resource=result.resource,
+            error=result.error,
+            children=result.children,
+            uncertain=result.uncertain,
+        )
+        return result
+
+    def _clock(self) -> datetime:
+        return datetime.fromtimestamp(self._now(), UTC)
+
+    def _attempt(self, command: Command, *, recorded: bool, look_up: bool = False) -> Result:
+        """Carry the command out once (after looking up what an earlier create made, with ``look_up``); a failure
+        is rescheduled or dead-lettered here."""
+        looked = False
         try:
+            found = self._look_up(command) if look_up else None
+            looked = True
+            if found is not None:
+                return _created(found.type, found.id, f"{found.id} (found: made earlier)", Outcome.ALREADY_DONE, found)
             return self._execute(command)
         except ITwinError as error:
-            now = datetime.fromtimestamp(self._now(), UTC)
+            now = self._clock()
             age = command.age(now)
             outcome = classify_failure(error, command, self.max_attempts, age=age, max_age=self.max_age)
+            lookable = recorded and create_outcome_unknown(error, command) and _can_look_up(command)
+            uncertain = lookable or (look_up and not looked)
+            if lookable:
+                outcome = Outcome.RESCHEDULED if command.attempt < self.max_attempts else Outcome.DEAD_LETTERED
             if outcome is Outcome.RESCHEDULED:
                 again = command.after_wait(now) if is_wait(error) else command.next_attempt(now)
                 delay = error.retry_after if error.retry_after is not None else self.backoff.delay(command.deliveries)
                 self.queue.send(again.to_message(), delay=delay)
-                return Result(outcome, f"{error}; back in {delay:.1f} s")
+                return Result(outcome, f"{error}; back in {delay:.1f} s", error=error.to_dict(), uncertain=uncertain)
             if outcome is Outcome.DEAD_LETTERED:
-                details = error.to_dict()
-                if create_outcome_unknown(error, command):
-                    details.update(code="CreateOutcomeUnknown", message=describe_unknown_create(command))
-                elif is_wait(error):
-                    details["message"] = (
-                        f"{error.message} (waited {age / 3600:.1f} h on rate limits or a busy resource since it was "
-                        f"first enqueued, {command.waits} time(s); ITWIN_MAX_COMMAND_AGE is {self.max_age / 3600:g} h)"
-                    )
-                elif error.transient:
-                    details["message"] = f"{error.message} (gave up after {command.attempt} attempts)"
-                self._dead_letter(command.to_message(), details, attempts=command.attempt)
-                return Result(outcome, str(error), details.get("code") or str(error.status or type(error).__name__))
-            return Result(outcome, str(error))
+                return self._dead_letter_error(command, error, age)
+            return Result(outcome, str(error), error=error.to_dict())
 
     def _execute(self, command: Command) -> Result:
         api = self.api
@@ -126,7 +217,9 @@ class Worker:
                 api.delete_connection(command.id or "")
             case "create", "job":
                 job = api.create_job(command.body or {})
-                return _created("job", job.id, f"{job.id} (state {job.state}; submit it with a submit job command)")
+                href = f"{api.client.api_url}/contextcapture/jobs/{job.id}"
+                shown = f"{job.id} (state {job.state}; submit it with a submit job command)"
+                return _created("job", job.id, shown, found=Resource("job", job.id, href))
             case "submit", "job":
                 return Result(self._change_job(api.submit_job, command.id or "", SUBMITTED_STATES))
             case "cancel", "job":
@@ -135,7 +228,7 @@ class Worker:
                 api.delete_job(command.id or "")
             case "create", "run":
                 run = api.create_run(command.body or {})
-                return _created("run", run.id, run.href or run.id)
+                return _created("run", run.id, run.href or run.id, found=Resource("run", run.id, run.href))
             case "delete", "run":
                 api.delete_run(command.id or "")
         return Result(Outcome.SUCCEEDED)
@@ -185,12 +278,43 @@ class Worker:
         if not connections:
             return Result(Outcome.ALREADY_DONE)
         traceparent = current_traceparent()
-        for connection in connections:
-            delete = Command(
-                "delete", "connection", id=connection.id, correlation_id=command.correlation_id, traceparent=traceparent
+        recorded = self.ledger is not None and command.command_id is not None
+        ids = child_ids(command.command_id, len(connections)) if recorded else [None] * len(connections)
+        deletes = [
+            Command(
+                "delete",
+                "connection",
+                id=connection.id,
+                correlation_id=command.correlation_id,
+                traceparent=traceparent,
+                command_id=child_id,
+                first_enqueued=self._clock(),
             )
+            for connection, child_id in zip(connections, ids, strict=True)
+        ]
+        if recorded:
+            # LedgerConflict: an earlier delivery of this fan-out recorded them; deleting twice is harmless.
+            with contextlib.suppress(LedgerConflict):
+                self.ledger.record([(d.command_id, d.to_message()) for d in deletes], self._clock())
+        for delete in deletes:
             self.queue.send(delete.to_message())
-        return Result(Outcome.FANNED_OUT, f"{len(connections)} delete(s) enqueued")
+        return Result(Outcome.FANNED_OUT, f"{len(connections)} delete(s) enqueued", children=tuple(i for i in ids if i))
+
+    def _dead_letter_error(self, command: Command, error: ITwinError, age: float = 0.0) -> Result:
+        """Dead-letter ``command`` for ``error``, with a message that says why and what to do."""
+        details = error.to_dict()
+        if create_outcome_unknown(error, command):
+            details.update(code="CreateOutcomeUnknown", message=describe_unknown_create(command))
+        elif is_wait(error):
+            details["message"] = (
+                f"{error.message} (waited {age / 3600:.1f} h on rate limits or a busy resource since it was "
+                f"first enqueued, {command.waits} time(s); ITWIN_MAX_COMMAND_AGE is {self.max_age / 3600:g} h)"
+            )
+        elif error.transient:
+            details["message"] = f"{error.message} (gave up after {command.attempt} attempts)"
+        self._dead_letter(command.to_message(), details, attempts=command.attempt)
+        code = details.get("code") or str(error.status or type(error).__name__)
+        return Result(Outcome.DEAD_LETTERED, str(error), code, error=details)
 
     def _dead_letter(self, message: Any, error: dict[str, Any], *, attempts: int) -> None:
         """``message`` is the original as decoded JSON, or its text when it was not JSON."""
@@ -216,16 +340,36 @@ class Worker:
 
 @dataclass(frozen=True)
 class Result:
-    """What one delivery came to: the outcome, a line for the log, and for dead letters the error code."""
+    """What one delivery came to: the outcome, a line for the log, for dead letters the error code; and for the
+    ledger the resource a create made, the error in the iTwin shape, a fan-out's children, and whether a create
+    may have been carried out without an answer."""
 
     outcome: Outcome
     detail: str = ""
     error_code: str | None = None
+    resource: Resource | None = None
+    error: Mapping[str, Any] | None = None
+    children: tuple[str, ...] = ()
+    uncertain: bool = False
 
 
-def _created(resource: str, resource_id: str, shown: str, outcome: Outcome = Outcome.SUCCEEDED) -> Result:
+def _repeat(record: Record) -> Result:
+    """A delivery of a command the ledger shows as finished: nothing is called again."""
+    shown = f" {record.resource.type} {record.resource.id}" if record.resource else ""
+    return Result(Outcome.ALREADY_DONE, f"already {record.status.value}{shown} (ledger)", resource=record.resource)
+
+
+def _can_look_up(command: Command) -> bool:
+    """Whether the API can find what a create of ``command`` made: connections by iModel and name, Clash
+    Detection runs by project, test and named version. ContextCapture v1 has no job list."""
+    return command.resource == "connection" or (command.resource == "run" and command.project_id is not None)
+
+
+def _created(
+    resource: str, resource_id: str, shown: str, outcome: Outcome = Outcome.SUCCEEDED, found: Resource | None = None
+) -> Result:
     """A create's result; the resource's id goes on the current span, so it can be found from the trace."""
     span = trace.get_current_span()
     span.set_attribute("itwin.resource.type", resource)
     span.set_attribute("itwin.resource.id", resource_id)
-    return Result(outcome, f"{resource} {shown}")
+    return Result(outcome, f"{resource} {shown}", resource=found or Resource(resource, resource_id))

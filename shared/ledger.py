@@ -1,0 +1,402 @@
+"""The command ledger: one row per command in Azure Table Storage (table `LEDGER_TABLE`, the app's own storage
+account), so that anyone can ask what became of a command, and a create happens once across all instances.
+
+Ids and partitions. A command id is ``<day>-<key>``: ``day`` (``yyyymmdd``, UTC) is the row's PartitionKey and
+``key`` its RowKey, so a lookup by id is one point read and a whole day is dropped at once when it leaves the
+retention period. Keys: ``c<uuid>`` for a command posted without an idempotency key; ``k<hash of the key>`` with
+one; ``w<hash of the delivery's messageId>-<n>`` for the n-th command of a webhook delivery, on the day the platform
+enqueued it, so every instance derives the same id from a replay; ``<parent key>.<n>`` for a fan-out's children.
+
+Rows. The command's row holds the command (JSON), its status, attempts and waits, timestamps, the resource a create
+made (type, id, href), the last error in the iTwin error shape, and a fan-out's children. Before a create, the
+worker inserts a second row, the claim (RowKey ``<key>~claim``: who, since when): the insert succeeds for exactly one
+delivery, on any instance, which then owns the create. Every write is conditional: inserts only if absent (the
+accepted batch is one transaction, all or none), updates only if the row is unchanged since it was read (ETag), or,
+for the owner of a claim, only if the row still exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+LEDGER_TABLE = "itwincommands"
+CLAIM_SUFFIX = "~claim"
+# A claim younger than this may belong to an invocation still running (host.json functionTimeout is 5 minutes).
+CLAIM_TTL = timedelta(minutes=5, seconds=30)
+_MAX_ERROR_BYTES = 30_000
+
+
+class Status(StrEnum):
+    """What became of a command, as `GET /api/commands/{id}` says it."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    ALREADY_DONE = "already_done"
+    RESCHEDULED = "rescheduled"
+    FANNED_OUT = "fanned_out"
+    DEAD_LETTERED = "dead_lettered"
+    IMODEL_UNAVAILABLE = "imodel_unavailable"
+
+
+FINAL_STATUSES = frozenset(
+    {Status.SUCCEEDED, Status.ALREADY_DONE, Status.FANNED_OUT, Status.DEAD_LETTERED, Status.IMODEL_UNAVAILABLE}
+)
+
+
+class LedgerConflict(Exception):
+    """Some rows of a batch exist already; ``existing`` maps their ids to what the ledger holds."""
+
+    def __init__(self, existing: Mapping[str, Record]) -> None:
+        super().__init__(f"{len(existing)} command(s) are in the ledger already")
+        self.existing = dict(existing)
+
+
+@dataclass(frozen=True)
+class Resource:
+    """What a create made."""
+
+    type: str
+    id: str
+    href: str | None = None
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"type": self.type, "id": self.id, "href": self.href}
+
+
+@dataclass(frozen=True)
+class Record:
+    """A command's row, as read."""
+
+    id: str
+    command: Mapping[str, Any]
+    status: Status
+    attempts: int = 0
+    waits: int = 0
+    created: datetime | None = None
+    updated: datetime | None = None
+    resource: Resource | None = None
+    error: Mapping[str, Any] | None = None
+    children: tuple[str, ...] = ()
+    uncertain: bool = False  # a create may have been carried out without an answer
+    etag: str | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    def to_dict(self) -> dict[str, Any]:
+        """The answer of ``GET /api/commands/{id}``."""
+        return {
+            "id": self.id,
+            "status": self.status.value,
+            "command": dict(self.command),
+            "attempts": self.attempts,
+            "waits": self.waits,
+            "created": _iso(self.created),
+            "updated": _iso(self.updated),
+            "resource": self.resource.to_dict() if self.resource else None,
+            "error": dict(self.error) if self.error else None,
+            "children": list(self.children),
+        }
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The result of trying to claim a create: ``ours``, or the row and claim someone else holds."""
+
+    ours: bool
+    record: Record | None = None
+    owner: str | None = None
+    claimed_at: datetime | None = None
+    etag: str | None = None
+
+    def stale(self, now: datetime) -> bool:
+        """True when the holder recorded a result after claiming, or its invocation must have ended."""
+        if self.claimed_at is None:
+            return True
+        finished = (
+            self.record is not None and self.record.updated is not None and self.record.updated >= self.claimed_at
+        )
+        return finished or now - self.claimed_at > CLAIM_TTL
+
+
+def day_of(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y%m%d")
+
+
+def split_id(command_id: str) -> tuple[str, str]:
+    """``(PartitionKey, RowKey)`` of a command id; raises `ValueError` for a string that is not one."""
+    day, sep, key = command_id.partition("-")
+    if not (sep and len(day) == 8 and day.isdigit() and key and key.replace("-", "").replace(".", "").isalnum()):
+        raise ValueError(f"{command_id!r} is not a command id")
+    return day, key
+
+
+def new_id(now: datetime) -> str:
+    return f"{day_of(now)}-c{uuid.uuid4().hex}"
+
+
+def idempotency_row_key(key: str) -> str:
+    return "k" + hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
+def delivery_ids(message_id: str, enqueued_at: datetime, count: int) -> list[str]:
+    """The ids of the ``count`` commands of a webhook delivery: the same on every instance for every resend."""
+    digest = hashlib.sha256(message_id.encode()).hexdigest()[:32]
+    return [f"{day_of(enqueued_at)}-w{digest}-{n}" for n in range(count)]
+
+
+def child_ids(parent_id: str, count: int) -> list[str]:
+    return [f"{parent_id}.{n}" for n in range(count)]
+
+
+def _iso(when: datetime | None) -> str | None:
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z") if when else None
+
+
+def _error_json(error: Mapping[str, Any] | None) -> str | None:
+    if not error:
+        return None
+    text = json.dumps(error, separators=(",", ":"))
+    if len(text.encode()) > _MAX_ERROR_BYTES:
+        text = json.dumps({**error, "details": [], "message": str(error.get("message", ""))[:2000]})
+    return text
+
+
+class Ledger:
+    """Reads and writes command rows through an ``azure.data.tables.TableClient`` (Azurite locally)."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str]) -> Ledger:
+        from azure.data.tables import TableServiceClient  # imported on first use: keeps cold start short
+
+        from shared.storage import connection_string, endpoint_and_credential
+
+        text = connection_string(environ)
+        if text:
+            service = TableServiceClient.from_connection_string(text)
+        else:
+            url, credential = endpoint_and_credential(environ, "table")
+            service = TableServiceClient(endpoint=url, credential=credential)
+        return cls(service.get_table_client(LEDGER_TABLE))
+
+    # -- acceptance ---------------------------------------------------------------------------------------------
+    def record(self, rows: Iterable[tuple[str, Mapping[str, Any]]], now: datetime) -> None:
+        """Insert a queued row per ``(id, command message)``, all or none, in one transaction per day.
+
+        Raises `LedgerConflict` with what the ledger holds when any of the ids is there already.
+        """
+        from azure.data.tables import TableTransactionError
+
+        batch = [self._new_entity(command_id, message, now) for command_id, message in rows]
+        for day in sorted({e["PartitionKey"] for e in batch}):
+            operations = [("create", e) for e in batch if e["PartitionKey"] == day]
+            for start in range(0, len(operations), 100):
+                try:
+                    self.table.submit_transaction(operations[start : start + 100])
+                except TableTransactionError as error:
+                    if error.error_code != "EntityAlreadyExists":
+                        raise
+                    ids = [f"{e['PartitionKey']}-{e['RowKey']}" for _, e in operations[start : start + 100]]
+                    raise LedgerConflict({i: r for i in ids if (r := self.get(i)) is not None}) from None
+
+    def forget(self, command_ids: Iterable[str]) -> None:
+        """Delete rows recorded for commands that were then not enqueued."""
+        for command_id in command_ids:
+            day, key = split_id(command_id)
+            self.table.delete_entity(day, key)
+
+    @staticmethod
+    def _new_entity(command_id: str, message: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+        day, key = split_id(command_id)
+        return {
+            "PartitionKey": day,
+            "RowKey": key,
+            "command": json.dumps(message, separators=(",", ":")).encode(),
+            "status": Status.QUEUED.value,
+            "attempts": 0,
+            "waits": 0,
+            "created": now,
+            "updated": now,
+        }
+
+    # -- reading ------------------------------------------------------------------------------------------------
+    def get(self, command_id: str) -> Record | None:
+        """The command's row, or None when there is none (unknown, or past the retention period)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        day, key = split_id(command_id)
+        try:
+            return _record(command_id, self.table.get_entity(day, key))
+        except ResourceNotFoundError:
+            return None
+
+    def status(self, command_id: str) -> Record | None:
+        """The row with a held claim shown as ``running``: one range query over the row and its claim."""
+        rows = self._with_claim(command_id)
+        record = rows.get("row")
+        claim = rows.get("claim")
+        if (
+            record
+            and claim
+            and not record.final
+            and not Claim(False, record, claimed_at=claim["claimedAt"]).stale(datetime.now(UTC))
+        ):
+            return replace(record, status=Status.RUNNING)
+        return record
+
+    def _with_claim(self, command_id: str) -> dict[str, Any]:
+        day, key = split_id(command_id)
+        found: dict[str, Any] = {}
+        query = "PartitionKey eq @day and ( RowKey eq @key or RowKey eq @claim )"  # spaces: the SDK splits on them
+        for entity in self.table.query_entities(
+            query, parameters={"day": day, "key": key, "claim": key + CLAIM_SUFFIX}
+        ):
+            if entity["RowKey"] == key:
+                found["row"] = _record(command_id, entity)
+            else:
+                found["claim"] = entity
+        return found
+
+    # -- the worker ---------------------------------------------------------------------------------------------
+    def claim(self, command_id: str, owner: str, now: datetime) -> Claim:
+        """Claim a create (insert-if-absent); when someone holds it, what the row and the claim say."""
+        from azure.core.exceptions import ResourceExistsError
+
+        day, key = split_id(command_id)
+        try:
+            self.table.create_entity(
+                {"PartitionKey": day, "RowKey": key + CLAIM_SUFFIX, "owner": owner, "claimedAt": now}
+            )
+            return Claim(ours=True)
+        except ResourceExistsError:
+            pass
+        rows = self._with_claim(command_id)
+        held = rows.get("claim")
+        if held is None:  # released between the insert and the read: try once more next delivery
+            return Claim(ours=False, record=rows.get("row"), claimed_at=now)
+        return Claim(
+            ours=False,
+            record=rows.get("row"),
+            owner=held.get("owner"),
+            claimed_at=held.get("claimedAt"),
+            etag=held.metadata.get("etag"),
+        )
+
+    def take_over(self, command_id: str, claim: Claim, owner: str, now: datetime) -> bool:
+        """Take a stale claim over, if nobody else did first (If-Match on the claim's ETag)."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import HttpResponseError
+        from azure.data.tables import UpdateMode
+
+        day, key = split_id(command_id)
+        entity = {"PartitionKey": day, "RowKey": key + CLAIM_SUFFIX, "owner": owner, "claimedAt": now}
+        try:
+            self.table.update_entity(
+                entity, mode=UpdateMode.REPLACE, etag=claim.etag, match_condition=MatchConditions.IfNotModified
+            )
+        except HttpResponseError as error:
+            if error.status_code in (404, 412):
+                return False
+            raise
+        return True
+
+    def finish(
+        self,
+        command_id: str,
+        status: Status,
+        now: datetime,
+        *,
+        attempts: int,
+        waits: int,
+        etag: str | None = None,
+        resource: Resource | None = None,
+        error: Mapping[str, Any] | None = None,
+        children: Iterable[str] = (),
+        uncertain: bool = False,
+    ) -> bool:
+        """Write a delivery's result to the row: only if it is unchanged since read (``etag``), or, without one
+        (the caller owns the claim), only if it exists. False when someone else changed it first."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import HttpResponseError
+        from azure.data.tables import UpdateMode
+
+        day, key = split_id(command_id)
+        entity: dict[str, Any] = {
+            "PartitionKey": day,
+            "RowKey": key,
+            "status": status.value,
+            "attempts": attempts,
+            "waits": waits,
+            "updated": now,
+            "uncertain": uncertain,
+        }
+        if resource:
+            entity.update(resourceType=resource.type, resourceId=resource.id, resourceHref=resource.href or "")
+        error_text = _error_json(error)
+        if error_text:
+            entity["error"] = error_text
+        children = list(children)
+        if children:
+            entity["children"] = json.dumps(children)
+        try:  # If-Match: the ETag read, or "*" (the row must still exist)
+            self.table.update_entity(
+                entity, mode=UpdateMode.MERGE, etag=etag or "*", match_condition=MatchConditions.IfNotModified
+            )
+        except HttpResponseError as failure:
+            if failure.status_code in (404, 412):
+                return False
+            raise
+        return True
+
+    # -- retention ----------------------------------------------------------------------------------------------
+    def drop_days_before(self, oldest_kept: datetime, lookback_days: int = 30) -> int:
+        """Delete every row of the days before ``oldest_kept``'s, looking back ``lookback_days`` days; the count.
+
+        Each day is one partition: it is read by its PartitionKey alone and deleted 100 rows per transaction.
+        """
+        dropped = 0
+        for back in range(1, lookback_days + 1):
+            day = day_of(oldest_kept - timedelta(days=back))
+            keys = [
+                e["RowKey"]
+                for e in self.table.query_entities("PartitionKey eq @day", parameters={"day": day}, select=["RowKey"])
+            ]
+            for start in range(0, len(keys), 100):
+                self.table.submit_transaction(
+                    [("delete", {"PartitionKey": day, "RowKey": k}) for k in keys[start : start + 100]]
+                )
+            dropped += len(keys)
+        return dropped
+
+
+def _record(command_id: str, entity: Mapping[str, Any]) -> Record:
+    resource = None
+    if entity.get("resourceId"):
+        resource = Resource(entity["resourceType"], entity["resourceId"], entity.get("resourceHref") or None)
+    raw_command = entity.get("command") or b"{}"
+    return Record(
+        id=command_id,
+        command=json.loads(raw_command),
+        status=Status(entity.get("status", Status.QUEUED.value)),
+        attempts=int(entity.get("attempts") or 0),
+        waits=int(entity.get("waits") or 0),
+        created=entity.get("created"),
+        updated=entity.get("updated"),
+        resource=resource,
+        error=json.loads(entity["error"]) if entity.get("error") else None,
+        children=tuple(json.loads(entity["children"])) if entity.get("children") else (),
+        uncertain=bool(entity.get("uncertain")),
+        etag=getattr(entity, "metadata", {}).get("etag"),
+    )
