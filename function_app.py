@@ -2,8 +2,8 @@
 
 import azure.functions as func
 
-from functions import commands, health, webhooks, worker
+from functions import commands, health, retention, webhooks, worker
 
 app = func.FunctionApp()
-for blueprint in (commands.bp, webhooks.bp, health.bp, worker.bp):
+for blueprint in (commands.bp, webhooks.bp, health.bp, worker.bp, retention.bp):
     app.register_functions(blueprint)

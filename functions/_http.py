@@ -8,4 +8,6 @@ from shared.http_api import Reply
 
 
 def respond(reply: Reply) -> func.HttpResponse:
-    return func.HttpResponse(json.dumps(reply.body), status_code=reply.status, mimetype="application/json")
+    return func.HttpResponse(
+        json.dumps(reply.body), status_code=reply.status, mimetype="application/json", headers=dict(reply.headers)
+    )

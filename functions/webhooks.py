@@ -22,5 +22,6 @@ def itwin_webhook(req: func.HttpRequest) -> func.HttpResponse:
         os.environ,
         runtime.command_queue,
         runtime.recent_deliveries(),
+        ledger=runtime.ledger,
     )
     return respond(reply)

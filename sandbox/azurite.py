@@ -230,14 +230,19 @@ class Azurite:
 
 
 def app_queues(connection_string: str) -> dict[str, Any]:
-    """The app's command and poison queues on this account (their names are fixed): created, or emptied if they exist.
+    """The app's command and poison queues on this account (their names are fixed): created, or emptied if they exist;
+    and the command ledger's table, created when missing (as the Bicep template creates it in Azure).
 
     Returns ``azure.storage.queue.QueueClient`` objects by queue name.
     """
     from azure.core.exceptions import ResourceExistsError
+    from azure.data.tables import TableServiceClient
     from azure.storage.queue import QueueServiceClient
 
+    from shared.ledger import LEDGER_TABLE
     from shared.settings import COMMAND_QUEUE, POISON_QUEUE
+
+    TableServiceClient.from_connection_string(connection_string).create_table_if_not_exists(LEDGER_TABLE)
 
     service = QueueServiceClient.from_connection_string(connection_string)
     clients = {name: service.get_queue_client(name) for name in (COMMAND_QUEUE, POISON_QUEUE)}

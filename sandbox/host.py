@@ -1,4 +1,4 @@
-"""A small local Azure Functions host: runs a v2-model ``func.FunctionApp``'s HTTP and queue triggers.
+"""A small local Azure Functions host: runs a v2-model ``func.FunctionApp``'s HTTP, queue and timer triggers.
 
 Azure Functions Core Tools (``func start``) cannot be installed on these machines, so this module plays its part for
 local runs and integration tests:
@@ -35,6 +35,9 @@ What it does, like the Functions host:
   reached ``maxDequeueCount`` the original content goes to ``<queue>-poison`` (created when missing) instead.
 - A parameter named ``context`` gets a :class:`func.Context`. A queue trigger parameter annotated ``str`` or ``bytes``
   gets the body; otherwise an ``azure.functions.queue.QueueMessage``. ``async def`` functions work.
+
+- Timer triggers (`sandbox.timers`): six-field NCRONTAB schedules in UTC, ``runOnStartup``; ``run_timer(name)``
+  invokes one at once.
 
 Not supported: other trigger types (such functions are skipped with a warning, see ``LocalHost.skipped``), input
 and output bindings other than the HTTP ``$return`` (construction fails), function keys, the admin API.
@@ -74,7 +77,10 @@ import azure.functions as func
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.functions.decorators.utils import StringifyEnumJsonEncoder
 from azure.functions.queue import QueueMessage
+from azure.functions.timer import TimerRequest
 from azure.storage.queue import LinearRetry, QueueClient
+
+from sandbox.timers import Schedule, TimerRunner
 
 __all__ = [
     "HostSettings",
@@ -325,6 +331,16 @@ class QueueFunction:
         return f"{self.queue_name}-poison"
 
 
+@dataclass(frozen=True)
+class TimerFunction:
+    name: str
+    schedule: Schedule
+    run_on_startup: bool
+    binding_name: str
+    user_function: Callable[..., Any] = field(repr=False)
+    wants_context: bool = False
+
+
 class _Context(func.Context):
     def __init__(self, invocation_id: str, function_name: str, function_directory: str) -> None:
         self._invocation_id = invocation_id
@@ -388,9 +404,10 @@ def _check_parameters(name: str, fn: Callable[..., Any], binding_name: str) -> b
 
 def _index(
     functions: Iterable[func.Function], settings: HostSettings, environ: Mapping[str, str]
-) -> tuple[list[HttpFunction], list[QueueFunction], list[str]]:
+) -> tuple[list[HttpFunction], list[QueueFunction], list[TimerFunction], list[str]]:
     http: list[HttpFunction] = []
     queue: list[QueueFunction] = []
+    timers: list[TimerFunction] = []
     skipped: list[str] = []
     for fn in functions:
         name = fn.get_function_name() or fn.get_user_function().__name__
@@ -398,7 +415,7 @@ def _index(
         kind = trigger.get("type")
         user_function = fn.get_user_function()
         binding_name = trigger["name"]
-        if kind not in ("httpTrigger", "queueTrigger"):
+        if kind not in ("httpTrigger", "queueTrigger", "timerTrigger"):
             log.warning("function %s: %s triggers are not supported by the local host; skipped", name, kind)
             skipped.append(name)
             continue
@@ -407,10 +424,22 @@ def _index(
                 continue
             raise ValueError(
                 f"function {name}: binding {binding['name']!r} ({binding.get('type')}) is not supported by the "
-                "local host, which runs HTTP and queue triggers only"
+                "local host, which runs HTTP, queue and timer triggers only"
             )
         wants_context = _check_parameters(name, user_function, binding_name)
-        if kind == "httpTrigger":
+        if kind == "timerTrigger":
+            schedule = _resolve_app_settings(str(trigger["schedule"]), environ)
+            timers.append(
+                TimerFunction(
+                    name=name,
+                    schedule=Schedule.parse(schedule),
+                    run_on_startup=bool(trigger.get("runOnStartup")),
+                    binding_name=binding_name,
+                    user_function=user_function,
+                    wants_context=wants_context,
+                )
+            )
+        elif kind == "httpTrigger":
             route = trigger.get("route") or name
             methods = trigger.get("methods")
             http.append(
@@ -443,7 +472,7 @@ def _index(
                     wants_context=wants_context,
                 )
             )
-    return http, queue, skipped
+    return http, queue, timers, skipped
 
 
 def _call(user_function: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
@@ -825,11 +854,15 @@ class LocalHost:
         self.requested_port = port
         self.bind = bind
         self.lease_seconds = int(lease_seconds)
-        http, queue, skipped = _index(app_functions(app), self.settings, self.environ)
+        http, queue, timers, skipped = _index(app_functions(app), self.settings, self.environ)
         self.http_functions: list[HttpFunction] = http
         self.queue_functions: list[QueueFunction] = queue
+        self.timer_functions: list[TimerFunction] = timers
         self.skipped: list[str] = skipped
-        self.functions: dict[str, HttpFunction | QueueFunction] = {f.name: f for f in [*http, *queue]}
+        self.functions: dict[str, HttpFunction | QueueFunction | TimerFunction] = {
+            f.name: f for f in [*http, *queue, *timers]
+        }
+        self._timers: list[TimerRunner] = []
         self.invocations: collections.Counter[tuple[str, str]] = collections.Counter()
         self._counter_lock = threading.Lock()
         self._server: _HttpServer | None = None
@@ -854,11 +887,21 @@ class LocalHost:
             poller = _QueuePoller(self, function, conns[function.name])
             self._pollers.append(poller)
             poller.start()
+        for timer in self.timer_functions:
+            runner = TimerRunner(
+                timer.name,
+                timer.schedule,
+                lambda past_due, timer=timer: self.run_timer(timer.name, past_due=past_due),
+                run_on_startup=timer.run_on_startup,
+            )
+            self._timers.append(runner)
+            runner.start()
         log.info(
-            "Host started on %s: %d HTTP function(s), %d queue function(s)",
+            "Host started on %s: %d HTTP function(s), %d queue function(s), %d timer function(s)",
             self.url,
             len(self.http_functions),
             len(self.queue_functions),
+            len(self.timer_functions),
         )
         return self
 
@@ -873,6 +916,8 @@ class LocalHost:
         self._server.shutdown()
         self._server.server_close()
         self._server_thread.join()
+        for runner in self._timers:
+            runner.stop()
         for poller in self._pollers:
             poller.stop_polling.set()
         for poller in self._pollers:
@@ -925,6 +970,25 @@ class LocalHost:
     def _count(self, function_name: str, outcome: str) -> None:
         with self._counter_lock:
             self.invocations[(function_name, outcome)] += 1
+
+    def run_timer(self, name: str, *, past_due: bool = False) -> None:
+        """Invoke a timer function now, as its schedule would (tests call this rather than wait for 03:17)."""
+        function = self.functions[name]
+        if not isinstance(function, TimerFunction):
+            raise ValueError(f"{name} is not a timer function")
+        invocation_id = str(uuid.uuid4())
+        kwargs: dict[str, Any] = {function.binding_name: TimerRequest(past_due=past_due)}
+        if function.wants_context:
+            kwargs["context"] = _Context(invocation_id, function.name, str(Path.cwd()))
+        log.info("Executing '%s' (Reason='Timer fired', Id=%s)", function.name, invocation_id)
+        try:
+            _call(function.user_function, kwargs)
+        except Exception:
+            log.exception("Executed '%s' (Failed, Id=%s)", function.name, invocation_id)
+            self._count(function.name, "failed")
+            return
+        log.info("Executed '%s' (Succeeded, Id=%s)", function.name, invocation_id)
+        self._count(function.name, "succeeded")
 
     # HTTP dispatch
 

@@ -10,6 +10,8 @@ from typing import Any
 
 from shared.commands import Command, InvalidCommand, decode_json, parse_batch
 from shared.errors import ErrorDetail
+from shared.intake import Accepted, IdempotencyKeyReused, accept
+from shared.ledger import Ledger, delivery_ids, split_id
 from shared.queues import CommandQueue, EnqueueFailed
 from shared.replays import DEFAULT_TTL, RecentDeliveries
 from shared.rules import Rule, commands_for, parse_event
@@ -26,10 +28,11 @@ CLOCK_SKEW = timedelta(minutes=5)
 
 @dataclass(frozen=True)
 class Reply:
-    """An HTTP answer: status and JSON body."""
+    """An HTTP answer: status, JSON body and extra headers."""
 
     status: int
     body: Mapping[str, Any] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 def error_reply(status: int, code: str, message: str, details: tuple[ErrorDetail, ...] = ()) -> Reply:
@@ -46,14 +49,24 @@ def _too_large(body: bytes, declared_length: str | None) -> bool:
     return max(declared, len(body)) > MAX_REQUEST_BYTES
 
 
-def _enqueue(queue: CommandQueue, commands: list[Command]) -> None:
-    """Send all the commands or none (`EnqueueFailed`), each stamped with the time it was first enqueued and
-    carrying the current trace unless it names its own."""
+def _accept(
+    commands: list[Command], queue: CommandQueue, ledger: Ledger | None, ids: list[str] | None = None
+) -> Accepted:
+    """Record and enqueue all the commands or none, each carrying the current trace unless it names its own."""
     from shared.telemetry import current_traceparent  # OpenTelemetry's propagators: kept out of cold start
 
     traceparent = current_traceparent()
-    now = datetime.now(UTC)
-    queue.send_all([replace(c, traceparent=c.traceparent or traceparent).enqueued(now).to_message() for c in commands])
+    traced = [replace(c, traceparent=c.traceparent or traceparent) for c in commands]
+    return accept(traced, queue, ledger, datetime.now(UTC), ids=ids, retention_days=_retention_days())
+
+
+def _retention_days() -> int:
+    from shared.runtime import settings
+
+    try:
+        return settings().ledger_retention_days
+    except SettingsError:
+        return 7
 
 
 def _not_enqueued(failure: EnqueueFailed, total: int) -> Reply:
@@ -90,20 +103,101 @@ def _misconfigured(error: SettingsError) -> Reply:
     return error_reply(503, "ServiceMisconfigured", f"{error}. See GET /api/health.")
 
 
-def accept_commands(body: bytes, declared_length: str | None, queue: Callable[[], CommandQueue]) -> Reply:
-    """``POST /api/commands``: validate one command or up to 100, then enqueue all of them or none."""
+def accept_commands(
+    body: bytes,
+    declared_length: str | None,
+    queue: Callable[[], CommandQueue],
+    ledger: Callable[[], Ledger | None] = lambda: None,
+    *,
+    idempotency_key: str | None = None,
+    status_url: Callable[[str], str] = lambda command_id: f"/api/commands/{command_id}",
+) -> Reply:
+    """``POST /api/commands``: validate one command or up to 100, then record and enqueue all of them or none.
+
+    202 names each command's id and status URL (``Location`` too, for one command). ``idempotency_key`` is the
+    ``Idempotency-Key`` header, for a single command.
+    """
     if _too_large(body, declared_length):
         return TOO_LARGE
     try:
-        commands = parse_batch(decode_json(body))
-        _enqueue(queue(), commands)
+        commands = _keyed(parse_batch(decode_json(body)), idempotency_key)
+        accepted = _accept(commands, queue(), ledger())
     except InvalidCommand as invalid:
         return error_reply(400, invalid.code, invalid.message, invalid.details)
     except SettingsError as error:
         return _misconfigured(error)
     except EnqueueFailed as failure:
         return _not_enqueued(failure, len(commands))
-    return Reply(202, {"accepted": len(commands)})
+    except IdempotencyKeyReused as reused:
+        return error_reply(
+            409,
+            "IdempotencyKeyReused",
+            f"The idempotency key of command {reused.index} was used for a different command ({reused.existing}) "
+            "within the retention period. Use a new key for a new command.",
+            (ErrorDetail("IdempotencyKeyReused", str(reused), f"[{reused.index}].idempotencyKey"),),
+        )
+    listed = [
+        {"id": command_id, "status": status_url(command_id), **({} if fresh else {"duplicate": True})}
+        for command_id, fresh in zip(accepted.ids, accepted.enqueued, strict=True)
+    ]
+    headers = {"Location": listed[0]["status"]} if len(listed) == 1 else {}
+    return Reply(202, {"accepted": sum(accepted.enqueued), "commands": listed}, headers)
+
+
+def _keyed(commands: list[Command], header: str | None) -> list[Command]:
+    """The commands with the ``Idempotency-Key`` header applied; raises `InvalidCommand` for what cannot be."""
+    problems = []
+    if any(c.command_id for c in commands):
+        problems.append(
+            ErrorDetail("InvalidValue", "commandId is assigned by the service; use idempotencyKey.", "commandId")
+        )
+    if header is not None:
+        key = header.strip()
+        if len(commands) != 1:
+            problems.append(
+                ErrorDetail(
+                    "InvalidValue",
+                    "the Idempotency-Key header is for one command; give idempotencyKey on each command of a batch.",
+                    "Idempotency-Key",
+                )
+            )
+        elif not key or len(key) > 200 or not key.isprintable() or (commands[0].idempotency_key not in (None, key)):
+            problems.append(
+                ErrorDetail(
+                    "InvalidValue",
+                    "Idempotency-Key must be 1-200 printable characters, and equal the "
+                    "command's idempotencyKey when both are given.",
+                    "Idempotency-Key",
+                )
+            )
+        else:
+            commands = [replace(commands[0], idempotency_key=key)]
+    keys = [c.idempotency_key for c in commands if c.idempotency_key]
+    if len(keys) != len(set(keys)):
+        problems.append(ErrorDetail("InvalidValue", "two commands of the batch have the same idempotencyKey.", None))
+    if problems:
+        raise InvalidCommand("The request is invalid.", problems)
+    return commands
+
+
+def command_status(command_id: str, ledger: Callable[[], Ledger]) -> Reply:
+    """``GET /api/commands/{id}``: the command's row, or 404 ``CommandNotFound``."""
+    try:
+        split_id(command_id)
+    except ValueError:
+        return error_reply(404, "CommandNotFound", f"{command_id!r} is not a command id.")
+    try:
+        record = ledger().status(command_id)
+    except SettingsError as error:
+        return _misconfigured(error)
+    if record is None:
+        return error_reply(
+            404,
+            "CommandNotFound",
+            f"No command {command_id}: it was never accepted, or it is older than the ledger keeps "
+            "(ITWIN_LEDGER_RETENTION).",
+        )
+    return Reply(200, record.to_dict())
 
 
 def receive_webhook(
@@ -115,12 +209,14 @@ def receive_webhook(
     queue: Callable[[], CommandQueue],
     deliveries: RecentDeliveries | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ledger: Callable[[], Ledger | None] = lambda: None,
 ) -> Reply:
     """``POST /api/webhooks/itwin``: verify the signature, map the event to commands by rules, enqueue them.
 
     A delivery whose signed ``enqueuedDateTime`` is older than `MAX_DELIVERY_AGE` (or ahead of ``now`` by more
-    than `CLOCK_SKEW`) is refused as a possible replay. With ``deliveries``, a ``messageId`` already accepted by
-    this process is answered 202 and enqueues nothing.
+    than `CLOCK_SKEW`) is refused as a possible replay. Within that window a repeat of a ``messageId`` is answered
+    202 ``duplicate`` and enqueues nothing: by ``deliveries`` (this process's memory, a fast path) or, on any
+    instance, by the ledger, which holds the ids derived from the ``messageId``.
     """
     if _too_large(body, None):
         return TOO_LARGE
@@ -144,9 +240,9 @@ def receive_webhook(
     if tracked and not deliveries.first_time(event.message_id):
         log.info("webhook %s messageId=%s: a repeat, nothing enqueued", event.event_type, event.message_id)
         return Reply(202, {"accepted": 0, "eventType": event.event_type, "duplicate": True})
+    ids = delivery_ids(event.message_id, event.enqueued_at, len(commands)) if event.message_id else None
     try:
-        if commands:
-            _enqueue(queue(), commands)
+        accepted = _accept(commands, queue(), ledger(), ids) if commands else Accepted([], [])
     except Exception as error:
         if tracked:
             deliveries.forget(event.message_id)  # the platform's resend must be accepted
@@ -154,9 +250,15 @@ def receive_webhook(
             return _misconfigured(error)
         if isinstance(error, EnqueueFailed):
             return _not_enqueued(error, len(commands))
+        if isinstance(error, IdempotencyKeyReused):  # the rules changed since this messageId was first accepted
+            return Reply(202, {"accepted": 0, "eventType": event.event_type, "duplicate": True})
         raise
-    log.info("webhook %s messageId=%s: %d command(s) enqueued", event.event_type, event.message_id, len(commands))
-    return Reply(202, {"accepted": len(commands), "eventType": event.event_type})
+    count = sum(accepted.enqueued)
+    if commands and count == 0:
+        log.info("webhook %s messageId=%s: a repeat (ledger), nothing enqueued", event.event_type, event.message_id)
+        return Reply(202, {"accepted": 0, "eventType": event.event_type, "duplicate": True, "commands": accepted.ids})
+    log.info("webhook %s messageId=%s: %d command(s) enqueued", event.event_type, event.message_id, count)
+    return Reply(202, {"accepted": count, "eventType": event.event_type, "commands": accepted.ids})
 
 
 def health(environ: Mapping[str, str], rules: Callable[[], tuple[Rule, ...]]) -> Reply:

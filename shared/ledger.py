@@ -242,6 +242,13 @@ class Ledger:
         except ResourceNotFoundError:
             return None
 
+    def find_key(self, row_key: str, oldest_day: str) -> Record | None:
+        """The row with ``row_key`` on any day from ``oldest_day`` on (an idempotency key's earlier use)."""
+        query = "PartitionKey ge @oldest and RowKey eq @key"
+        for entity in self.table.query_entities(query, parameters={"oldest": oldest_day, "key": row_key}):
+            return _record(f"{entity['PartitionKey']}-{row_key}", entity)
+        return None
+
     def status(self, command_id: str) -> Record | None:
         """The row with a held claim shown as ``running``: one range query over the row and its claim."""
         rows = self._with_claim(command_id)

@@ -18,6 +18,7 @@ from shared.rules import Rule, load_rules
 from shared.settings import Settings
 
 if TYPE_CHECKING:
+    from shared.ledger import Ledger
     from shared.worker import Worker
 
 T = TypeVar("T")
@@ -63,6 +64,13 @@ def recent_deliveries() -> RecentDeliveries:
 
 
 @_once
+def ledger() -> Ledger:
+    from shared.ledger import Ledger
+
+    return Ledger.from_environment(os.environ)
+
+
+@_once
 def worker() -> Worker:
     from shared.client import ITwinClient
     from shared.resources import ITwinApi
@@ -76,10 +84,11 @@ def worker() -> Worker:
         default_telemetry(),
         max_attempts=settings().max_attempts,
         max_age=settings().max_command_age,
+        ledger=ledger(),
     )
 
 
 def reset() -> None:
     """Forget every built object (tests and the local host call this after changing the environment)."""
-    for get in (settings, command_queue, event_rules, recent_deliveries, worker):
+    for get in (settings, command_queue, event_rules, recent_deliveries, ledger, worker):
         get.reset()  # type: ignore[attr-defined]

@@ -20,6 +20,7 @@ DEFAULT_SCOPE = "itwin-platform"
 DEFAULT_API_URL = "https://api.bentley.com"
 DEFAULT_MAX_ATTEMPTS = 8
 DEFAULT_MAX_COMMAND_AGE = "24h"
+DEFAULT_LEDGER_RETENTION = "7d"
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 DEFAULT_RATE_LIMITS = {"clashdetection": 6.0}
 
@@ -75,6 +76,12 @@ SETTINGS: tuple[Setting, ...] = (
         "How long a command may keep waiting on rate limits or a busy connection (those waits use up no attempt) "
         "before it is dead-lettered, e.g. 24h, 90m, 2d.",
         DEFAULT_MAX_COMMAND_AGE,
+    ),
+    Setting(
+        "ITWIN_LEDGER_RETENTION",
+        "How long the command ledger keeps a command's row (and an idempotency key stays taken), in whole days, "
+        "e.g. 7d; older days are dropped by the daily ledger_retention function.",
+        DEFAULT_LEDGER_RETENTION,
     ),
     Setting(
         STORAGE_CONNECTION,
@@ -153,6 +160,14 @@ def parse_duration(name: str, text: str) -> float:
     return seconds
 
 
+def parse_days(name: str, text: str) -> int:
+    """``"7d"`` or ``"7"`` as whole days from 1 to 30."""
+    value = text.strip().lower().removesuffix("d")
+    if not value.isdigit() or not 1 <= int(value) <= 30:
+        raise SettingsError(f"{name} must be whole days from 1d to 30d such as 7d; got {text!r}")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class Settings:
     """The validated settings the iTwin client and the functions use."""
@@ -168,6 +183,7 @@ class Settings:
     event_rules: str | None = None
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     max_command_age: float = 24 * 3600.0
+    ledger_retention_days: int = 7
     rate_limits: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
 
     @classmethod
@@ -199,6 +215,9 @@ class Settings:
             max_attempts=int(raw_attempts),
             max_command_age=parse_duration(
                 "ITWIN_MAX_COMMAND_AGE", get("ITWIN_MAX_COMMAND_AGE") or DEFAULT_MAX_COMMAND_AGE
+            ),
+            ledger_retention_days=parse_days(
+                "ITWIN_LEDGER_RETENTION", get("ITWIN_LEDGER_RETENTION") or DEFAULT_LEDGER_RETENTION
             ),
             rate_limits=parse_rate_limits(get("ITWIN_RATE_LIMITS")),
         )

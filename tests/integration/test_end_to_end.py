@@ -24,10 +24,11 @@ SECRET = "an-end-to-end-webhook-secret-0123456789"
 
 
 def wait_until(condition, timeout=15.0):
+    """What ``condition`` returns once it is truthy, or False after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if condition():
-            return True
+        if result := condition():
+            return result
         time.sleep(0.05)
     return False
 
@@ -101,11 +102,32 @@ def test_a_429_with_retry_after_2_is_rescheduled_and_succeeds_no_sooner_than_2_s
     connection = simulator.add_connection(IMODEL, "nightly")
     simulator.fail_next("DELETE", "/export/connections/", 429, headers={"Retry-After": "2"})
     command = {"action": "delete", "resource": "connection", "id": connection["id"]}
-    assert requests.post(api(stack, "commands"), json=command).json() == {"accepted": 1}
+    assert requests.post(api(stack, "commands"), json=command).json()["accepted"] == 1
     assert wait_until(lambda: connection["id"] not in simulator.connections)
     refused, deleted = [r for r in simulator.api_calls() if r.method == "DELETE"]
     assert (refused.status, deleted.status) == (429, 204)
     assert deleted.started - refused.started >= 2.0
+
+
+def test_a_posted_command_has_a_status_url_that_follows_it_to_its_result(stack, simulator):
+    simulator.add_imodel(IMODEL)
+    command = {"action": "create", "resource": "connection", "body": {"iModelId": IMODEL, "displayName": "nightly"}}
+    response = requests.post(api(stack, "commands"), json=command)
+    assert response.status_code == 202
+    [listed] = response.json()["commands"]
+    assert response.headers["Location"] == listed["status"]
+
+    def finished():
+        status = requests.get(listed["status"]).json()
+        return status if status["status"] == "succeeded" else None
+
+    status = wait_until(finished)
+    [connection] = simulator.connections.values()
+    assert status["resource"] == {"type": "connection", "id": connection["id"], "href": None}
+    assert status["command"]["body"] == command["body"]
+    assert (status["attempts"], status["id"]) == (1, listed["id"])
+    missing = requests.get(api(stack, "commands/20261123-cnothere"))
+    assert (missing.status_code, missing.json()["error"]["code"]) == (404, "CommandNotFound")
 
 
 def test_the_command_endpoint_enqueues_all_or_nothing(stack, queues):

@@ -37,12 +37,20 @@ def http_trigger(fn):
     return trigger.route, [str(m.value) for m in trigger.methods], str(trigger.auth_level.value)
 
 
-def test_the_app_registers_the_four_functions(registered):
-    assert set(registered) == {"commands", "itwin_webhook", "health", "command_worker"}
+def test_the_app_registers_its_six_functions(registered):
+    assert set(registered) == {
+        "commands",
+        "command_status",
+        "itwin_webhook",
+        "health",
+        "command_worker",
+        "ledger_retention",
+    }
 
 
 def test_http_routes_methods_and_auth_levels(registered):
     assert http_trigger(registered["commands"]) == ("commands", ["POST"], "function")
+    assert http_trigger(registered["command_status"]) == ("commands/{id}", ["GET"], "function")
     assert http_trigger(registered["itwin_webhook"]) == ("webhooks/itwin", ["POST"], "anonymous")
     assert http_trigger(registered["health"]) == ("health", ["GET"], "anonymous")
 
@@ -51,6 +59,11 @@ def test_the_worker_is_triggered_by_the_command_queue(registered):
     trigger = registered["command_worker"].get_trigger()
     assert trigger.get_dict_repr()["type"] == "queueTrigger"
     assert (trigger.queue_name, trigger.connection) == (COMMAND_QUEUE, STORAGE_CONNECTION)
+
+
+def test_the_ledger_retention_runs_daily_on_a_timer(registered):
+    trigger = registered["ledger_retention"].get_trigger().get_dict_repr()
+    assert (trigger["type"], trigger["schedule"]) == ("timerTrigger", "0 17 3 * * *")
 
 
 def test_host_json_settings_the_worker_relies_on():
