@@ -1,0 +1,305 @@
+"""The command ledger on Azurite's table service, with workers on the simulator: status, idempotency, and one
+effect per command whichever delivery, on whichever instance, gets there."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from app_settings import settings_for
+from azure.core.exceptions import AzureError
+from samples import IMODEL, JOB_BODY
+
+from shared.client import ITwinClient
+from shared.commands import validate
+from shared.http_api import accept_commands, command_status, receive_webhook
+from shared.ledger import CLAIM_SUFFIX, Ledger, Status, day_of, new_id, split_id
+from shared.outcomes import Outcome
+from shared.queues import CommandQueue
+from shared.replays import RecentDeliveries
+from shared.resources import ITwinApi
+from shared.retention import drop_expired
+from shared.rules import format_enqueued, load_rules
+from shared.runtime import WORKER_POLICY
+from shared.settings import COMMAND_QUEUE, POISON_QUEUE, Settings
+from shared.signature import sign
+from shared.worker import Worker
+
+pytestmark = pytest.mark.integration
+
+SECRET = "w" * 32
+TEST_ID = "clash-test-1"
+VERSION = "version-7"
+
+
+@pytest.fixture
+def ledger(azurite, queues):
+    ledger = Ledger.from_environment({"AzureWebJobsStorage": azurite.connection_string})
+    yield ledger
+    for entity in list(ledger.table.list_entities(select=["PartitionKey", "RowKey"])):
+        ledger.table.delete_entity(entity["PartitionKey"], entity["RowKey"])
+
+
+def queue_of(queues) -> CommandQueue:
+    return CommandQueue(queues[COMMAND_QUEUE], queues[POISON_QUEUE])
+
+
+def instance(simulator, queues, captured, ledger, name, read_timeout=2.0) -> Worker:
+    """A worker as one instance has it: its own client, token cache and pacer; the shared queue and ledger."""
+    settings = Settings.from_env(settings_for(simulator))
+    client = ITwinClient(settings, telemetry=captured.telemetry, policy=WORKER_POLICY, timeout=(2.0, read_timeout))
+    return Worker(ITwinApi(client), queue_of(queues), captured.telemetry, max_attempts=8, ledger=ledger, owner=name)
+
+
+def received(queue_client) -> list[str]:
+    return [m.content for m in queue_client.receive_messages(messages_per_page=32, visibility_timeout=1)]
+
+
+def post(queues, ledger, body, **options):
+    return accept_commands(json.dumps(body).encode(), None, lambda: queue_of(queues), lambda: ledger, **options)
+
+
+def run_command(simulator, project=True) -> dict:
+    simulator.add_imodel(IMODEL, simulator.itwin_id)
+    command = {
+        "action": "create",
+        "resource": "run",
+        "body": {"testId": TEST_ID, "iModelId": IMODEL, "namedVersionId": VERSION},
+    }
+    return {**command, "projectId": simulator.itwin_id} if project else command
+
+
+def test_accepted_commands_get_ids_and_queued_rows_in_one_transaction(queues, ledger):
+    reply = post(queues, ledger, [{"action": "delete", "resource": "run", "id": f"r{i}"} for i in range(3)])
+    assert (reply.status, reply.body["accepted"]) == (202, 3)
+    ids = [c["id"] for c in reply.body["commands"]]
+    assert [c["status"] for c in reply.body["commands"]] == [f"/api/commands/{i}" for i in ids]
+    assert "Location" not in reply.headers
+    assert [ledger.get(i).status for i in ids] == [Status.QUEUED] * 3
+    assert sorted(json.loads(m)["commandId"] for m in received(queues[COMMAND_QUEUE])) == sorted(ids)
+
+
+def test_the_same_idempotency_key_returns_the_first_commands_id_and_enqueues_nothing(queues, ledger):
+    command = {"action": "delete", "resource": "run", "id": "r1", "idempotencyKey": "order-42"}
+    first = post(queues, ledger, command)
+    again = post(queues, ledger, command)
+    assert again.body["commands"][0]["id"] == first.body["commands"][0]["id"]
+    assert (again.body["accepted"], again.body["commands"][0]["duplicate"]) == (0, True)
+    assert len(received(queues[COMMAND_QUEUE])) == 1
+
+
+def test_the_idempotency_key_header_works_for_one_command_and_a_different_command_is_409(queues, ledger):
+    first = post(queues, ledger, {"action": "delete", "resource": "run", "id": "r1"}, idempotency_key="k-1")
+    assert first.headers["Location"] == first.body["commands"][0]["status"]
+    reused = post(queues, ledger, {"action": "delete", "resource": "run", "id": "r2"}, idempotency_key="k-1")
+    assert (reused.status, reused.body["error"]["code"]) == (409, "IdempotencyKeyReused")
+    batch = post(queues, ledger, [{"action": "delete", "resource": "run", "id": "r3"}] * 2, idempotency_key="k-2")
+    assert batch.status == 400
+
+
+def test_a_key_used_on_an_earlier_day_is_still_found_within_the_retention_period(queues, ledger):
+    earlier = datetime.now(UTC) - timedelta(days=3)
+    command = {"action": "delete", "resource": "run", "id": "r1", "idempotencyKey": "from-monday"}
+    key_id = f"{day_of(earlier)}-k" + __import__("hashlib").sha256(b"from-monday").hexdigest()[:40]
+    ledger.record([(key_id, validate(command).to_message())], earlier)
+    reply = post(queues, ledger, command)
+    assert reply.body["commands"][0] == {"id": key_id, "status": f"/api/commands/{key_id}", "duplicate": True}
+
+
+def test_a_webhook_replay_reaching_another_instance_is_refused_by_the_ledger(queues, ledger, simulator):
+    body = json.dumps(
+        {
+            "eventType": "iModels.iModelDeleted.v1",
+            "content": {"imodelId": IMODEL},
+            "enqueuedDateTime": format_enqueued(datetime.now(UTC)),
+            "messageId": "delivery-1",
+        }
+    ).encode()
+
+    def deliver():  # each call is a fresh instance: nothing remembered in the process
+        return receive_webhook(
+            body,
+            sign(body, SECRET),
+            SECRET,
+            lambda: load_rules(None),
+            {},
+            lambda: queue_of(queues),
+            RecentDeliveries(),
+            ledger=lambda: ledger,
+        )
+
+    first, replay = deliver(), deliver()
+    assert (first.body["accepted"], replay.body["accepted"], replay.body["duplicate"]) == (1, 0, True)
+    assert replay.body["commands"] == first.body["commands"]
+    assert len(received(queues[COMMAND_QUEUE])) == 1
+
+
+def test_the_same_create_delivered_to_two_instances_at_once_makes_one_run(simulator, queues, captured, ledger):
+    reply = post(queues, ledger, run_command(simulator))
+    [message] = received(queues[COMMAND_QUEUE])
+    workers = [instance(simulator, queues, captured, ledger, f"instance-{n}") for n in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = list(pool.map(lambda w: w.handle(message), workers))
+    # The loser found the claim: it waits and looks again; its next delivery finds the result.
+    if Outcome.RESCHEDULED in outcomes:
+        time.sleep(0.2)
+        [again] = received_after(queues, 12)
+        outcomes.remove(Outcome.RESCHEDULED)
+        outcomes.append(workers[0].handle(again))
+    assert sorted(outcomes) == sorted([Outcome.SUCCEEDED, Outcome.ALREADY_DONE])
+    [run] = simulator.runs.values()
+    status = command_status(reply.body["commands"][0]["id"], lambda: ledger)
+    assert status.body["status"] == "succeeded"
+    assert status.body["resource"]["id"] == run["id"]
+    assert len([r for r in simulator.api_calls() if r.method == "POST"]) == 1
+
+
+def received_after(queues, seconds) -> list[str]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if found := received(queues[COMMAND_QUEUE]):
+            return found
+        time.sleep(0.2)
+    return []
+
+
+def test_a_later_delivery_of_a_finished_create_calls_nothing_and_answers_the_same_resource(
+    simulator, queues, captured, ledger
+):
+    post(queues, ledger, run_command(simulator))
+    [message] = received(queues[COMMAND_QUEUE])
+    first = instance(simulator, queues, captured, ledger, "a")
+    assert first.handle(message) is Outcome.SUCCEEDED
+    calls = len(simulator.api_calls())
+    assert instance(simulator, queues, captured, ledger, "b").handle(message) is Outcome.ALREADY_DONE
+    assert len(simulator.api_calls()) == calls
+    assert len(simulator.runs) == 1
+
+
+def test_a_run_create_whose_answer_was_lost_is_looked_up_not_repeated(simulator, queues, captured, ledger):
+    reply = post(queues, ledger, run_command(simulator))
+    [message] = received(queues[COMMAND_QUEUE])
+    simulator.stall_next("POST", "/clashdetection/runs", 3.0)  # carried out, answered after the client gave up
+    worker = instance(simulator, queues, captured, ledger, "a", read_timeout=1.0)
+    assert worker.handle(message) is Outcome.RESCHEDULED
+    command_id = reply.body["commands"][0]["id"]
+    assert ledger.get(command_id).uncertain
+    time.sleep(2.5)
+    [again] = received_after(queues, 40)
+    assert instance(simulator, queues, captured, ledger, "b").handle(again) is Outcome.ALREADY_DONE
+    [run] = simulator.runs.values()
+    assert ledger.get(command_id).resource.id == run["id"]
+    assert len([r for r in simulator.api_calls() if r.method == "POST"]) == 1
+    assert received(queues[POISON_QUEUE]) == []
+
+
+def abandoned(ledger, command) -> str:
+    """A command accepted ten minutes ago whose create was claimed by an instance that then died."""
+    accepted = datetime.now(UTC) - timedelta(minutes=10)
+    command_id = new_id(accepted)
+    ledger.record([(command_id, {**validate(command).to_message(), "commandId": command_id})], accepted)
+    day, key = split_id(command_id)
+    claim = {
+        "PartitionKey": day,
+        "RowKey": key + CLAIM_SUFFIX,
+        "owner": "dead",
+        "claimedAt": accepted + timedelta(seconds=1),
+    }
+    ledger.table.create_entity(claim)
+    return command_id
+
+
+def test_a_create_whose_holder_died_is_looked_up_and_made_when_it_was_not(simulator, queues, captured, ledger):
+    command = run_command(simulator)
+    command_id = abandoned(ledger, command)
+    message = json.dumps({**command, "commandId": command_id})
+    assert instance(simulator, queues, captured, ledger, "b").handle(message) is Outcome.SUCCEEDED
+    assert [r.method for r in simulator.api_calls()] == ["GET", "POST"]  # looked, found none, created
+    assert len(simulator.runs) == 1
+
+
+def test_a_create_whose_holder_died_after_making_it_is_found_not_repeated(simulator, queues, captured, ledger):
+    command = run_command(simulator)
+    made = simulator.add_run(test_id=TEST_ID, imodel_id=IMODEL, named_version_id=VERSION)
+    command_id = abandoned(ledger, command)
+    assert instance(simulator, queues, captured, ledger, "b").handle(
+        json.dumps({**command, "commandId": command_id})
+    ) is (Outcome.ALREADY_DONE)
+    assert [r.method for r in simulator.api_calls()] == ["GET"]
+    assert ledger.get(command_id).resource.id == made["id"]
+
+
+def test_a_job_create_whose_holder_died_is_dead_lettered_saying_why_it_cannot_be_looked_up(
+    simulator, queues, captured, ledger
+):
+    command = {"action": "create", "resource": "job", "body": JOB_BODY}
+    command_id = abandoned(ledger, command)
+    outcome = instance(simulator, queues, captured, ledger, "b").handle(
+        json.dumps({**command, "commandId": command_id})
+    )
+    assert outcome is Outcome.DEAD_LETTERED
+    [envelope] = [json.loads(m) for m in received(queues[POISON_QUEUE])]
+    assert envelope["error"]["code"] == "CreateOutcomeUnknown"
+    assert "cannot list jobs" in envelope["error"]["message"]
+    assert simulator.jobs == {}
+    assert ledger.get(command_id).status is Status.DEAD_LETTERED
+
+
+def test_a_fresh_claim_held_elsewhere_shows_as_running_and_makes_the_other_delivery_wait(
+    simulator, queues, captured, ledger
+):
+    reply = post(queues, ledger, run_command(simulator))
+    [message] = received(queues[COMMAND_QUEUE])
+    command_id = reply.body["commands"][0]["id"]
+    ledger.claim(command_id, "busy-instance", datetime.now(UTC))
+    assert command_status(command_id, lambda: ledger).body["status"] == "running"
+    assert instance(simulator, queues, captured, ledger, "b").handle(message) is Outcome.RESCHEDULED
+    assert simulator.api_calls() == []
+
+
+def test_a_fan_out_records_its_children_and_each_child_its_own_result(simulator, queues, captured, ledger):
+    ids = {simulator.add_connection(IMODEL, f"c{i}")["id"] for i in range(2)}
+    reply = post(queues, ledger, {"action": "delete", "resource": "connection", "iModelId": IMODEL})
+    parent = reply.body["commands"][0]["id"]
+    worker = instance(simulator, queues, captured, ledger, "a")
+    [message] = received(queues[COMMAND_QUEUE])
+    assert worker.handle(message) is Outcome.FANNED_OUT
+    children = received(queues[COMMAND_QUEUE])
+    for child in children:
+        assert worker.handle(child) is Outcome.SUCCEEDED
+    status = command_status(parent, lambda: ledger).body
+    assert (status["status"], len(status["children"])) == ("fanned_out", 2)
+    assert {ledger.get(c).status for c in status["children"]} == {Status.SUCCEEDED}
+    assert simulator.connections == {}
+    assert len(ids) == 2
+
+
+def test_retention_drops_whole_days_past_the_period_and_keeps_the_rest(ledger):
+    now = datetime.now(UTC)
+    old, recent = new_id(now - timedelta(days=9)), new_id(now - timedelta(days=2))
+    ledger.record([(old, {"action": "delete", "resource": "run", "id": "a"})], now - timedelta(days=9))
+    ledger.record([(recent, {"action": "delete", "resource": "run", "id": "b"})], now - timedelta(days=2))
+    assert drop_expired(ledger, retention_days=7, now=now) == 1
+    assert (ledger.get(old), ledger.get(recent).id) == (None, recent)
+
+
+def test_when_storage_is_down_the_worker_fails_the_invocation_and_changes_nothing(simulator, queues, captured):
+    unreachable = Ledger.from_environment(
+        {
+            "AzureWebJobsStorage": "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+            "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
+            "TableEndpoint=http://127.0.0.1:9/devstoreaccount1;"
+        }
+    )
+    unreachable.table._client._client._config.retry_policy.total_retries = 0
+    worker = instance(simulator, queues, captured, unreachable, "a")
+    command = validate(run_command(simulator))
+    message = json.dumps({**command.to_message(), "commandId": new_id(datetime.now(UTC))})
+    with pytest.raises(AzureError, match=r"(?i)connect|refused"):
+        worker.handle(message)
+    assert simulator.runs == {}
+    assert received(queues[POISON_QUEUE]) == []
+    assert received(queues[COMMAND_QUEUE]) == []
