@@ -94,9 +94,14 @@ param itwinMaxAttempts int = 8
 @description('ITWIN_MAX_COMMAND_AGE: how long a command may keep waiting on rate limits or a busy connection before it is dead-lettered, e.g. 24h, 90m, 2d.')
 param itwinMaxCommandAge string = '24h'
 
+@description('ITWIN_LEDGER_RETENTION: how long the command ledger keeps each command (and an idempotency key stays taken), in whole days, e.g. 7d.')
+param itwinLedgerRetention string = '7d'
+
 // The queue names the code uses (shared/settings.py COMMAND_QUEUE and POISON_QUEUE).
 var commandQueueName = 'itwin-commands'
 var poisonQueueName = 'itwin-commands-poison'
+// The command ledger's table (shared/ledger.py LEDGER_TABLE).
+var ledgerTableName = 'itwincommands'
 
 var resourceToken = toLower(uniqueString(subscription().id, resourceGroup().id, environmentName, location))
 var allTags = union(tags, {
@@ -133,6 +138,7 @@ module storage 'modules/storage.bicep' = {
     deploymentContainerName: 'app-package'
     commandQueueName: commandQueueName
     poisonQueueName: poisonQueueName
+    ledgerTableName: ledgerTableName
   }
 }
 
@@ -163,6 +169,7 @@ var appSettings = {
   AzureWebJobsStorage__accountName: storage.outputs.name
   AzureWebJobsStorage__blobServiceUri: storage.outputs.blobEndpoint
   AzureWebJobsStorage__queueServiceUri: storage.outputs.queueEndpoint
+  AzureWebJobsStorage__tableServiceUri: storage.outputs.tableEndpoint
   AzureWebJobsStorage__credential: 'managedidentity'
   AzureWebJobsStorage__clientId: identity.outputs.clientId
   // OpenTelemetry export to Application Insights, authenticated as the identity (local auth is off).
@@ -182,6 +189,7 @@ var appSettings = {
   ITWIN_RATE_LIMITS: itwinRateLimits
   ITWIN_MAX_ATTEMPTS: string(itwinMaxAttempts)
   ITWIN_MAX_COMMAND_AGE: itwinMaxCommandAge
+  ITWIN_LEDGER_RETENTION: itwinLedgerRetention
 }
 
 module functionApp 'modules/function-app.bicep' = {
@@ -213,6 +221,7 @@ output FUNCTION_APP_HOST_NAME string = functionApp.outputs.defaultHostName
 output ITWIN_WEBHOOK_URL string = 'https://${functionApp.outputs.defaultHostName}/api/webhooks/itwin'
 output COMMAND_QUEUE string = storage.outputs.commandQueueName
 output POISON_QUEUE string = storage.outputs.poisonQueueName
+output LEDGER_TABLE string = storage.outputs.ledgerTableName
 output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsName

@@ -314,7 +314,8 @@ def validate(data: Any, prefix: str = "") -> Command:
     if "projectId" in data and (action, resource) != ("create", "run"):
         c.add("UnknownProperty", "projectId", "projectId belongs only to a create run command.")
     else:
-        c.optional(data, "projectId", "projectId", is_guid, "the run's project (iTwin) id, a GUID")
+        # null is absent: the default rule fills projectId from an event's iTwinId, which an event may lack
+        c.optional(data, "projectId", "projectId", lambda v: v is None or is_guid(v), "the run's project (iTwin) id")
     shape = _SHAPES.get((action, resource)) if action and resource else None
     if action and resource and shape is None:
         c.add("InvalidValue", "action", f"{action} is not an action on a {resource}.")

@@ -11,7 +11,7 @@ from typing import Any
 from shared.commands import Command, InvalidCommand, decode_json, parse_batch
 from shared.errors import ErrorDetail
 from shared.intake import Accepted, IdempotencyKeyReused, accept
-from shared.ledger import Ledger, delivery_ids, split_id
+from shared.ledger import DEFAULT_CLAIM_TTL, Ledger, delivery_ids, split_id
 from shared.queues import CommandQueue, EnqueueFailed
 from shared.replays import DEFAULT_TTL, RecentDeliveries
 from shared.rules import Rule, commands_for, parse_event
@@ -180,14 +180,14 @@ def _keyed(commands: list[Command], header: str | None) -> list[Command]:
     return commands
 
 
-def command_status(command_id: str, ledger: Callable[[], Ledger]) -> Reply:
+def command_status(command_id: str, ledger: Callable[[], Ledger], claim_ttl: timedelta = DEFAULT_CLAIM_TTL) -> Reply:
     """``GET /api/commands/{id}``: the command's row, or 404 ``CommandNotFound``."""
     try:
         split_id(command_id)
     except ValueError:
         return error_reply(404, "CommandNotFound", f"{command_id!r} is not a command id.")
     try:
-        record = ledger().status(command_id)
+        record = ledger().status(command_id, claim_ttl)
     except SettingsError as error:
         return _misconfigured(error)
     if record is None:

@@ -28,8 +28,9 @@ from typing import Any
 
 LEDGER_TABLE = "itwincommands"
 CLAIM_SUFFIX = "~claim"
-# A claim younger than this may belong to an invocation still running (host.json functionTimeout is 5 minutes).
-CLAIM_TTL = timedelta(minutes=5, seconds=30)
+# A claim is held for the function timeout (no invocation runs longer) plus this, for clocks that disagree.
+CLAIM_MARGIN = timedelta(seconds=30)
+DEFAULT_CLAIM_TTL = timedelta(minutes=5) + CLAIM_MARGIN  # host.json's functionTimeout is 5 minutes
 _MAX_ERROR_BYTES = 30_000
 
 
@@ -118,14 +119,13 @@ class Claim:
     claimed_at: datetime | None = None
     etag: str | None = None
 
-    def stale(self, now: datetime) -> bool:
-        """True when the holder recorded a result after claiming, or its invocation must have ended."""
+    def stale(self, now: datetime, ttl: timedelta) -> bool:
+        """True when the holder recorded a result after claiming, or its invocation must have ended (``ttl``)."""
         if self.claimed_at is None:
             return True
-        finished = (
-            self.record is not None and self.record.updated is not None and self.record.updated >= self.claimed_at
-        )
-        return finished or now - self.claimed_at > CLAIM_TTL
+        record = self.record
+        finished = record is not None and record.updated is not None and record.updated > self.claimed_at
+        return finished or now - self.claimed_at > ttl
 
 
 def day_of(when: datetime) -> str:
@@ -249,19 +249,14 @@ class Ledger:
             return _record(f"{entity['PartitionKey']}-{row_key}", entity)
         return None
 
-    def status(self, command_id: str) -> Record | None:
-        """The row with a held claim shown as ``running``: one range query over the row and its claim."""
+    def status(self, command_id: str, claim_ttl: timedelta) -> Record | None:
+        """The row, shown as ``running`` while a claim on it is held: one query over the row and its claim."""
         rows = self._with_claim(command_id)
-        record = rows.get("row")
-        claim = rows.get("claim")
-        if (
-            record
-            and claim
-            and not record.final
-            and not Claim(False, record, claimed_at=claim["claimedAt"]).stale(datetime.now(UTC))
-        ):
-            return replace(record, status=Status.RUNNING)
-        return record
+        record, claim = rows.get("row"), rows.get("claim")
+        if record is None or record.final or claim is None:
+            return record
+        held = not Claim(False, record, claimed_at=claim["claimedAt"]).stale(datetime.now(UTC), claim_ttl)
+        return replace(record, status=Status.RUNNING) if held else record
 
     def _with_claim(self, command_id: str) -> dict[str, Any]:
         day, key = split_id(command_id)

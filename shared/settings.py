@@ -6,6 +6,7 @@ and the Bicep app settings are all checked against it by the tests.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -85,8 +86,8 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         STORAGE_CONNECTION,
-        "Storage for the queues: a connection string, or identity-based "
-        "AzureWebJobsStorage__queueServiceUri / __accountName (+ __credential, __clientId).",
+        "Storage for the queues and the command ledger: a connection string, or identity-based "
+        "AzureWebJobsStorage__queueServiceUri and __tableServiceUri, or __accountName (+ __credential, __clientId).",
         required=True,
         secret=True,
     ),
@@ -158,6 +159,29 @@ def parse_duration(name: str, text: str) -> float:
     if not 60 <= seconds <= 30 * 86400:
         raise SettingsError(f"{name} must be a duration from 1m to 30d such as 24h, 90m or 2d; got {text!r}")
     return seconds
+
+
+# When neither host.json nor an app setting says: the Functions host's own default on Flex Consumption.
+DEFAULT_FUNCTION_TIMEOUT = 30 * 60.0
+
+
+def function_timeout(environ: Mapping[str, str], host_json: str | os.PathLike[str]) -> float:
+    """Seconds an invocation may run: the ``AzureFunctionsJobHost__functionTimeout`` app setting (which overrides
+    host.json in Azure), else host.json's ``functionTimeout`` (``hh:mm:ss``)."""
+    text = environ.get("AzureFunctionsJobHost__functionTimeout", "").strip()
+    if not text:
+        try:
+            with open(host_json, encoding="utf-8") as file:
+                text = str(json.load(file).get("functionTimeout") or "")
+        except (OSError, ValueError):
+            text = ""
+    parts = text.split(":")
+    try:
+        hours, minutes, seconds = (float(part) for part in parts) if len(parts) == 3 else (0.0, 0.0, 0.0)
+    except ValueError:
+        hours = minutes = seconds = 0.0
+    total = hours * 3600 + minutes * 60 + seconds
+    return total if total > 0 else DEFAULT_FUNCTION_TIMEOUT
 
 
 def parse_days(name: str, text: str) -> int:

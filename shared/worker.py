@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from opentelemetry import trace
@@ -20,7 +20,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from shared.commands import Command, InvalidCommand, decode_json, validate
 from shared.errors import ITwinError, NotFound, Unprocessable
-from shared.ledger import Ledger, LedgerConflict, Record, Resource, child_ids
+from shared.ledger import DEFAULT_CLAIM_TTL, Ledger, LedgerConflict, Record, Resource, child_ids
 from shared.ledger import Status as LedgerStatus
 from shared.outcomes import Outcome, classify_failure, create_outcome_unknown, describe_unknown_create, is_wait
 from shared.poison import encode_envelope
@@ -52,6 +52,7 @@ class Worker:
         backoff: RedeliveryBackoff | None = None,
         ledger: Ledger | None = None,
         owner: str | None = None,
+        claim_ttl: timedelta = DEFAULT_CLAIM_TTL,
         now: Callable[[], float] = time.time,
     ) -> None:
         self.api = api
@@ -61,6 +62,7 @@ class Worker:
         self.max_age = max_age
         self.backoff = backoff or RedeliveryBackoff()
         self.ledger = ledger
+        self.claim_ttl = claim_ttl
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._now = now
         self._create_locks = tuple(threading.Lock() for _ in range(64))
@@ -124,7 +126,7 @@ class Worker:
         record = claim.record
         if record is not None and record.final:
             return _repeat(record)
-        if not claim.stale(now) or not self.ledger.take_over(command_id, claim, self.owner, now):
+        if not claim.stale(now, self.claim_ttl) or not self.ledger.take_over(command_id, claim, self.owner, now):
             self.queue.send(command.after_wait(now).to_message(), delay=CLAIM_RECHECK_SECONDS)
             return Result(Outcome.RESCHEDULED, f"another delivery holds this create; back in {CLAIM_RECHECK_SECONDS} s")
         died = (

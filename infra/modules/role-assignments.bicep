@@ -6,6 +6,8 @@
 // - Storage Queue Data Contributor on the storage account: the queue trigger, plus the app's own
 //   rescheduling (update message visibility) and dead-lettering (send to the poison queue, delete the
 //   original). The narrower Reader / Message Processor roles cannot update or send, so they would not work.
+// - Storage Table Data Contributor on the storage account: the command ledger's rows (insert, read, update,
+//   delete by day). The Reader role cannot write, so it would not work.
 // - Monitoring Metrics Publisher on Application Insights: telemetry ingestion with Entra auth
 //   (local auth is disabled there).
 // - Key Vault Secrets User on the vault: reading the two secrets behind the Key Vault references.
@@ -26,6 +28,7 @@ param keyVaultName string
 var roleIds = {
   'Storage Blob Data Owner': 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
   'Storage Queue Data Contributor': '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
+  'Storage Table Data Contributor': '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
   'Monitoring Metrics Publisher': '3913510d-42f4-4e42-8a64-420c390055eb'
   'Key Vault Secrets User': '4633458b-17de-408a-b874-0445c86b69e6'
 }
@@ -61,6 +64,17 @@ resource storageQueueDataContributor 'Microsoft.Authorization/roleAssignments@20
     principalId: principalId
     principalType: 'ServicePrincipal'
     description: 'Queue trigger, rescheduling (visibility updates) and dead-lettering of iTwin commands.'
+  }
+}
+
+resource storageTableDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storage.id, principalId, roleIds['Storage Table Data Contributor'])
+  scope: storage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds['Storage Table Data Contributor'])
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    description: 'The command ledger: one row per command, its status and result.'
   }
 }
 

@@ -1,5 +1,5 @@
 // The storage account behind AzureWebJobsStorage: host state (blobs), the Flex Consumption deployment
-// container, and the two queues the app uses. Shared keys are disabled, so every client, the Functions host
+// container, the two queues the app uses, and the command ledger's table. Shared keys are disabled, so every client, the Functions host
 // and the app's own queue client alike, authenticates with the managed identity.
 
 @description('Name of the storage account (3-24 lower-case letters and digits, globally unique).')
@@ -32,6 +32,9 @@ param commandQueueName string
 
 @description('Queue that dead-lettered commands are moved to.')
 param poisonQueueName string
+
+@description('Table of the command ledger (one row per command: status, result, idempotency).')
+param ledgerTableName string
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   name: name
@@ -91,10 +94,22 @@ resource poisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@202
   name: poisonQueueName
 }
 
+resource tableService 'Microsoft.Storage/storageAccounts/tableServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+}
+
+resource ledgerTable 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-01' = {
+  parent: tableService
+  name: ledgerTableName
+}
+
 output id string = storage.id
 output name string = storage.name
 output blobEndpoint string = storage.properties.primaryEndpoints.blob
 output queueEndpoint string = storage.properties.primaryEndpoints.queue
+output tableEndpoint string = storage.properties.primaryEndpoints.table
+output ledgerTableName string = ledgerTable.name
 output deploymentContainerName string = deploymentContainer.name
 output commandQueueName string = commandQueue.name
 output poisonQueueName string = poisonQueue.name

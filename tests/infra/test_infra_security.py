@@ -26,6 +26,7 @@ from pycep import BicepParser
 BUILT_IN_ROLES = {
     "Storage Blob Data Owner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
     "Storage Queue Data Contributor": "974c5e8b-45b9-4653-ba55-5f855dd0fb88",
+    "Storage Table Data Contributor": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
     "Monitoring Metrics Publisher": "3913510d-42f4-4e42-8a64-420c390055eb",
     "Key Vault Secrets User": "4633458b-17de-408a-b874-0445c86b69e6",
 }
@@ -34,6 +35,7 @@ BUILT_IN_ROLES = {
 EXPECTED_GRANTS = {
     ("Storage Blob Data Owner", "storage"),
     ("Storage Queue Data Contributor", "storage"),
+    ("Storage Table Data Contributor", "storage"),
     ("Monitoring Metrics Publisher", "appInsights"),
     ("Key Vault Secrets User", "vault"),
 }

@@ -184,6 +184,20 @@ def test_queue_names_in_bicep_are_the_codes(main_template, module_template):
     assert queues == {"commandQueueName", "poisonQueueName"}
 
 
+def test_the_ledger_table_the_template_creates_is_the_one_the_code_uses(main_template, module_template):
+    from shared.ledger import LEDGER_TABLE
+
+    tables = {
+        resource["config"]["name"]
+        for resource in module_template("storage")["resources"].values()
+        if resource["type"] == "Microsoft.Storage/storageAccounts/tableServices/tables"
+    }
+    assert main_template["variables"]["ledgerTableName"]["value"] == LEDGER_TABLE
+    assert main_template["modules"]["storage"]["config"]["params"]["ledgerTableName"] == "ledgerTableName"
+    assert tables == {"ledgerTableName"}
+    assert set(module_output_references(main_template["outputs"]["LEDGER_TABLE"])) == {("storage", "ledgerTableName")}
+
+
 def test_outputs_give_host_webhook_url_and_queue_names(main_template):
     outputs = main_template["outputs"]
 
@@ -216,6 +230,7 @@ DEPLOYED_VALUES = {
     ("storage", "name"): "stexample",
     ("storage", "queueEndpoint"): "https://stexample.queue.core.windows.net/",
     ("storage", "blobEndpoint"): "https://stexample.blob.core.windows.net/",
+    ("storage", "tableEndpoint"): "https://stexample.table.core.windows.net/",
     ("identity", "clientId"): "11111111-2222-3333-4444-555555555555",
 }
 
@@ -235,6 +250,7 @@ def test_the_codes_queue_client_works_with_exactly_the_deployed_storage_settings
     # GIVEN only the identity-based settings main.bicep deploys (no connection string, no key)
     import azure.identity
 
+    from shared.ledger import LEDGER_TABLE, Ledger
     from shared.queues import queue_service
     from shared.settings import storage_configured
 
@@ -257,7 +273,11 @@ def test_the_codes_queue_client_works_with_exactly_the_deployed_storage_settings
     assert storage_configured(environ)
     assert service.url.startswith("https://stexample.queue.core.windows.net")
     assert service.get_queue_client(COMMAND_QUEUE).queue_name == COMMAND_QUEUE
-    assert created == [DEPLOYED_VALUES[("identity", "clientId")]]
+    # ... and so does the ledger's table client
+    ledger = Ledger.from_environment(environ)
+    assert ledger.table.url.startswith("https://stexample.table.core.windows.net")
+    assert ledger.table.table_name == LEDGER_TABLE
+    assert created == [DEPLOYED_VALUES[("identity", "clientId")]] * 2
 
 
 def test_webhook_url_output_is_the_route_the_code_serves(main_template):

@@ -10,10 +10,11 @@ from shared.settings import SettingsError
 
 RULES = load_rules(None)
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+ITWIN = "1db84556-49ba-41fd-8500-3657784c7752"
 
 
 def event(event_type, **content):
-    return Event(event_type, content, NOW, itwin_id="tw", message_id="msg-1", webhook_id="wh")
+    return Event(event_type, content, NOW, itwin_id=ITWIN, message_id="msg-1", webhook_id="wh")
 
 
 def test_an_imodel_deleted_event_deletes_every_connection_of_that_imodel():
@@ -41,6 +42,13 @@ def test_a_named_version_creates_one_clash_run_per_configured_test():
         {"testId": "t1", "iModelId": IMODEL, "namedVersionId": "nv-7"},
         {"testId": "t2", "iModelId": IMODEL, "namedVersionId": "nv-7"},
     ]
+    assert [c.project_id for c in commands] == [ITWIN, ITWIN]  # so that a lost create can be looked up
+
+
+def test_a_named_version_event_without_an_itwin_id_makes_runs_without_a_project():
+    version = Event("iModels.namedVersionCreated.v1", {"imodelId": IMODEL, "versionId": "nv-7"}, NOW)
+    [command] = commands_for(version, RULES, {"ITWIN_CLASH_TEST_IDS": "t1"})
+    assert command.project_id is None
 
 
 def test_an_event_type_without_a_rule_produces_nothing():
