@@ -13,7 +13,7 @@ from shared.queues import CommandQueue
 from shared.replays import RecentDeliveries
 from shared.rules import Rule, commands_for, parse_event
 from shared.settings import SettingsError, missing_required
-from shared.signature import verify
+from shared.signature import WebhookSecrets, verify
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +73,15 @@ def accept_commands(body: bytes, declared_length: str | None, queue: Callable[[]
 def receive_webhook(
     body: bytes,
     signature: str | None,
-    secret: str | None,
+    secret: str | WebhookSecrets | None,
     rules: Callable[[], tuple[Rule, ...]],
     environ: Mapping[str, str],
     queue: Callable[[], CommandQueue],
     deliveries: RecentDeliveries | None = None,
 ) -> Reply:
     """``POST /api/webhooks/itwin``: verify the signature, map the event to commands by rules, enqueue them.
+
+    ``secret`` is the webhook secret, or `WebhookSecrets` (the current and, during a change-over, the previous one).
 
     With ``deliveries``, a ``messageId`` already accepted by this process is answered 202 and enqueues nothing.
     """
