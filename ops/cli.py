@@ -31,6 +31,9 @@ class Context:
         self.environ = environ
         self.settings_file = LocalSettingsFile(args.settings)
         self.settings_file.load_into(environ)
+        # The CA bundle a settings file names goes with the endpoints it names (make dev's simulator), so it wins
+        # over one set for the whole machine.
+        self.ca_bundle = self.settings_file.values().get("REQUESTS_CA_BUNDLE") or None
         if not _storage_set(environ) and environ.get("AZURE_STORAGE_ACCOUNT_NAME"):
             # What `azd env get-values` gives, for the identity-based form of AzureWebJobsStorage.
             environ["AzureWebJobsStorage__accountName"] = environ["AZURE_STORAGE_ACCOUNT_NAME"]
@@ -62,7 +65,7 @@ class Context:
                 settings = Settings.from_env(environ)
             except SettingsError as error:
                 raise UsageError(f"{error}: set them in the environment or in {self.settings_file.path}") from None
-            self._api = PlatformApi.from_settings(settings)
+            self._api = PlatformApi.from_settings(settings, self.ca_bundle)
         return self._api
 
     def callback_url(self) -> str:
@@ -203,7 +206,8 @@ def poison_replay(context: Context) -> int:
         output.line(f"dry run: {len(chosen)} dead letter(s); nothing is changed")
         replayer.plan(chosen, letters)
         return 0
-    report = replayer.run(chosen, letters)
+    selection, now = _selection(args), datetime.now(UTC)
+    report = replayer.run(chosen, letters, None if selection.ids else lambda letter: selection.passes(letter, now))
     summary = f"replayed {len(report.replayed)}"
     if report.settled:
         summary += f", settled {len(report.settled)} an earlier run had sent"
@@ -215,10 +219,9 @@ def poison_replay(context: Context) -> int:
         summary += f", skipped {len(report.taken)} another run took"
     output.line(summary + ".")
     if report.missing:
-        ids = ", ".join(letter.id[:8] for letter in report.missing)
         raise NeedsAttention(
-            f"{len(report.missing)} chosen dead letter(s) stayed held by another run ({ids}); "
-            "run the replay again once it has finished or its lease has run out"
+            f"{report.missing} dead letter(s) stayed held by another run; run the replay again once it has "
+            "finished or its lease has run out"
         )
     return EXIT_ATTENTION if report.needs_attention else 0
 
@@ -336,18 +339,13 @@ def webhook_list(context: Context) -> int:
     rows = []
     for webhook in webhooks:
         scope = f"iTwin {webhook.scope_id}" if webhook.scope == "iTwin" else str(webhook.scope)
-        app = "  <- this app" if normal_url(webhook.callback_url) == mine else ""
-        rows.append(
-            [
-                webhook.id,
-                "active" if webhook.active else "inactive",
-                scope,
-                ", ".join(webhook.event_types),
-                webhook.callback_url + app,
-            ]
-        )
-    for line in table(["ID", "STATE", "SCOPE", "EVENT TYPES", "CALLBACK"], rows, output.width):
+        app = "*" if normal_url(webhook.callback_url) == mine else ""
+        state = "active" if webhook.active else "inactive"
+        rows.append([app, webhook.id, state, scope, webhook.callback_url, ", ".join(webhook.event_types)])
+    for line in table(["", "ID", "STATE", "SCOPE", "CALLBACK", "EVENT TYPES"], rows, output.width):
         output.line(line)
+    if any(row[0] for row in rows):
+        output.line("\n* sends to this app's webhook URL")
     return 0
 
 
@@ -380,7 +378,9 @@ def webhook_rotate(context: Context) -> int:
     args = context.args
     url = context.callback_url()
     webhook = _subscription(context).one(url)
-    rotation = Rotation(context.api(), context.store(), Probe(url, new_session(url)), context.output, wait=args.wait)
+    session = new_session(url)
+    session.verify = context.ca_bundle or session.verify
+    rotation = Rotation(context.api(), context.store(), Probe(url, session), context.output, wait=args.wait)
     if args.finish:
         rotation.finish(webhook, force=args.force)
     else:

@@ -259,7 +259,8 @@ class Selection:
         """True when nothing was said: commands that change the queue refuse to guess."""
         return not (self.ids or self.everything or self.code or self.command or self.older_than or self.newer_than)
 
-    def _passes_filters(self, letter: DeadLetter, now: datetime) -> bool:
+    def passes(self, letter: DeadLetter, now: datetime) -> bool:
+        """True when ``letter`` passes the filters (ids aside)."""
         if self.code and letter.code.lower() != self.code.lower():
             return False
         if self.command:
@@ -275,7 +276,7 @@ class Selection:
     def choose(self, letters: Iterable[DeadLetter], now: datetime) -> list[DeadLetter]:
         """The letters selected, in queue order; raises `UsageError` for an id that matches none or several."""
         letters = list(letters)
-        chosen = [letter for letter in letters if self._passes_filters(letter, now)]
+        chosen = [letter for letter in letters if self.passes(letter, now)]
         if not self.ids:
             return chosen
         wanted = set()
@@ -283,8 +284,8 @@ class Selection:
             matches = [letter.id for letter in letters if letter.id.lower().startswith(prefix.lower())]
             if not matches:
                 raise UsageError(
-                    f"no dead letter has the id {prefix!r}: it was replayed, purged or has expired "
-                    "(see them with `python -m ops poison list`)"
+                    f"no dead letter has the id {prefix!r}: it was replayed, purged or has expired, or another run "
+                    "holds it now (see them with `python -m ops poison list`)"
                 )
             if len(matches) > 1:
                 raise UsageError(f"{prefix!r} matches {len(matches)} dead letters: give more of the id")

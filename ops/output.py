@@ -91,7 +91,8 @@ class Output:
 
     @property
     def width(self) -> int:
-        return shutil.get_terminal_size((120, 24)).columns
+        """The terminal's width; piped output is never cut."""
+        return shutil.get_terminal_size((120, 24)).columns if self.out.isatty() else 100_000
 
     def line(self, text: str = "") -> None:
         """Print a result line (above the progress bar, which is redrawn)."""

@@ -35,9 +35,12 @@ class _HeaderAdapter(requests.adapters.HTTPAdapter):
         return super().send(request, *args, **kwargs)
 
 
-def platform_session(settings: Settings) -> requests.Session:
-    """The app's pooled session, with the Webhooks v2 and Clash Detection headers on their prefixes."""
+def platform_session(settings: Settings, ca_bundle: str | None = None) -> requests.Session:
+    """The app's pooled session, with the Webhooks v2 and Clash Detection headers on their prefixes; ``ca_bundle``
+    replaces the CAs it trusts (``REQUESTS_CA_BUNDLE`` from the environment otherwise)."""
     session = new_session(settings.api_url, settings.authority)
+    if ca_bundle:
+        session.verify = ca_bundle
     session.mount(f"{settings.api_url}/webhooks", _HeaderAdapter({"Accept": ACCEPT_V2}))
     session.mount(f"{settings.api_url}/clashdetection/runs", _HeaderAdapter({"Prefer": "return=representation"}))
     return session
@@ -92,8 +95,8 @@ class PlatformApi(ITwinApi):
     """`ITwinApi` plus webhooks and detailed runs."""
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> PlatformApi:
-        return cls(ITwinClient(settings, session=platform_session(settings)))
+    def from_settings(cls, settings: Settings, ca_bundle: str | None = None) -> PlatformApi:
+        return cls(ITwinClient(settings, session=platform_session(settings, ca_bundle)))
 
     def webhooks(self) -> list[Webhook]:
         return [Webhook.from_json(item) for item in self._pages("/webhooks", {}, "webhooks", "webhooks.list")]

@@ -49,8 +49,10 @@ def storage_error(error: Exception, what: str) -> OpsError:
     """An Azure Storage failure as a message that says what to do."""
     from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
 
-    if isinstance(error, ClientAuthenticationError):
-        return OpsError(f"cannot sign in to storage to {what}: run `az login` first ({error.message})")
+    status = getattr(error, "status_code", None)
+    if isinstance(error, ClientAuthenticationError) and status is None:
+        first_line = str(error.message).splitlines()[0] if error.message else type(error).__name__
+        return OpsError(f"cannot sign in to storage to {what}: run `az login` first ({first_line})")
     if isinstance(error, HttpResponseError):
         code = error.error_code or error.reason or ""
         if error.status_code == 403:

@@ -39,7 +39,7 @@ class Report:
     refused: list[tuple[DeadLetter, str]] = field(default_factory=list)
     interrupted: list[DeadLetter] = field(default_factory=list)
     taken: list[DeadLetter] = field(default_factory=list)
-    missing: list[DeadLetter] = field(default_factory=list)
+    missing: int = 0
 
     @property
     def needs_attention(self) -> bool:
@@ -133,10 +133,18 @@ class Replayer:
         attempts = f" after {letter.attempts} attempt(s)" if letter.attempts else ""
         return f"was {letter.code}{attempts}"
 
-    def run(self, chosen: list[DeadLetter], letters: list[DeadLetter]) -> Report:
-        """Replay ``chosen`` (a selection from ``letters``, the whole queue as scanned)."""
+    def run(
+        self,
+        chosen: list[DeadLetter],
+        letters: list[DeadLetter],
+        also: Callable[[DeadLetter], bool] | None = None,
+    ) -> Report:
+        """Replay ``chosen`` (a selection from ``letters``, the queue as scanned). Dead letters the scan could not
+        see, because another run (or one that was stopped) held them, are waited for, and replayed too when
+        ``also`` says they are chosen."""
         report = Report()
         wanted = {letter.id: letter for letter in chosen}
+        scanned = {letter.id for letter in letters}
         evidence = Evidence(self.queues, letters)
         held: dict[str, Leased] = {}
         done: set[str] = set()
@@ -145,26 +153,30 @@ class Replayer:
         try:
             while True:
                 for leased in self.queues.leases(self.lease, self.batch):
-                    letter_id = leased.letter.id
-                    if letter_id not in wanted or letter_id in done:
-                        held[letter_id] = leased  # not ours to replay, or already settled as kept: hold till the end
+                    letter = leased.letter
+                    if letter.id not in wanted and letter.id not in scanned and also and also(letter):
+                        wanted[letter.id] = letter
+                        progress.total += 1
+                    if letter.id not in wanted or letter.id in done:
+                        held[letter.id] = leased  # not ours to replay, or kept: hold it till the end
                         continue
-                    done.add(letter_id)
+                    done.add(letter.id)
                     kept = self._one(leased, evidence, report)
                     if kept is not None:
-                        held[letter_id] = kept
+                        held[letter.id] = kept
                     progress.advance()
                 missing = [wanted[i] for i in wanted if i not in done]
-                if not missing:
+                elsewhere = max(0, self.queues.count() - len(held)) if also else 0
+                if not missing and not elsewhere:
                     break
                 if waiting_since is None:
                     waiting_since = self._clock()
                     self.output.note(
-                        f"{len(missing)} of them are held by another run, or by one that was stopped: waiting up to "
-                        f"{self.wait:.0f} s for them to come back"
+                        f"{len(missing) or elsewhere} dead letter(s) are held by another run, or by one that was "
+                        f"stopped: waiting up to {self.wait:.0f} s for them to come back"
                     )
                 if self._clock() - waiting_since >= self.wait:
-                    report.missing = missing
+                    report.missing = len(missing) or elsewhere
                     break
                 self._sleep(0.5)
         finally:
