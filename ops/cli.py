@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from ops.dead_letters import DeadLetter, Selection, parse_age
+from ops.dead_letters import DeadLetter, Selection, parse_age, token_in
 from ops.errors import EXIT_ATTENTION, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, NeedsAttention, OpsError, UsageError
 from ops.local_settings import LocalSettingsFile
 from ops.output import Output, span, table, when
@@ -155,10 +155,15 @@ def poison_show(context: Context) -> int:
     output.line(f"id          {letter.id}")
     output.line(f"kind        {letter.kind.value}")
     output.line(f"failed at   {when(letter.when)}")
-    output.line(f"expires     {when(letter.expires_on)} (the queue keeps a message 7 days unless told otherwise)")
+    output.line(f"expires     {when(letter.expires_on)} (a queue message lives 7 days unless sent with another TTL)")
     output.line(f"command     {letter.command_kind}")
     output.line(f"error       {letter.code}: {letter.reason}")
+    for detail in letter.error.get("details") or []:
+        if isinstance(detail, dict):
+            output.line(f"            {detail.get('target') or '-'}: {detail.get('message')} ({detail.get('code')})")
     output.line(f"attempts    {letter.attempts if letter.attempts is not None else '-'}")
+    if earlier := token_in(letter.message):
+        output.line(f"replay of   dead letter {earlier.removeprefix('replay-')}, which failed again")
     if letter.replay_interrupted:
         output.line(f"replay      started {when(letter.replay_started)} and did not finish")
     output.line(f"replayable  {'yes' if letter.problem is None else 'no: ' + letter.problem}")

@@ -22,12 +22,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from ops.dead_letters import CREATE_OUTCOME_UNKNOWN, DeadLetter, token_in
 from ops.exists import ExistenceChecker, Finding
 from ops.output import Output
 from ops.poison_queue import Leased, LeaseLost, Queues
+
+# How far the storage service's clock may be ahead of ours when telling a dead letter held by an earlier run from
+# one that arrived during this run.
+CLOCK_SKEW = timedelta(minutes=5)
 
 
 @dataclass
@@ -143,6 +147,8 @@ class Replayer:
         see, because another run (or one that was stopped) held them, are waited for, and replayed too when
         ``also`` says they are chosen."""
         report = Report()
+        self._started = self._now()
+        self._sent: set[str] = set()
         wanted = {letter.id: letter for letter in chosen}
         scanned = {letter.id for letter in letters}
         evidence = Evidence(self.queues, letters)
@@ -154,7 +160,7 @@ class Replayer:
             while True:
                 for leased in self.queues.leases(self.lease, self.batch):
                     letter = leased.letter
-                    if letter.id not in wanted and letter.id not in scanned and also and also(letter):
+                    if letter.id not in wanted and letter.id not in scanned and self._held_at_start(letter, also):
                         wanted[letter.id] = letter
                         progress.total += 1
                     if letter.id not in wanted or letter.id in done:
@@ -185,6 +191,13 @@ class Replayer:
                 self.queues.release(leased)
         return report
 
+    def _held_at_start(self, letter: DeadLetter, also: Callable[[DeadLetter], bool] | None) -> bool:
+        """Chosen, and on the queue (hidden) when this run began: not a dead letter that arrived since, above all
+        not one of this run's own replays failing again, which would be replayed round and round."""
+        if also is None or not also(letter) or token_in(letter.message) in self._sent:
+            return False
+        return letter.inserted_on is None or letter.inserted_on <= self._started + CLOCK_SKEW
+
     def _one(self, leased: Leased, evidence: Evidence, report: Report) -> Leased | None:
         """Replay one; returns the lease to keep holding when its envelope stays."""
         letter = leased.letter
@@ -209,6 +222,7 @@ class Replayer:
             self.output.line(f"skipped   {short(letter)}  {letter.command_kind}: another run took it")
             return None
         started = self._clock()
+        self._sent.add(letter.token)
         self.queues.send_command(letter.replay_message())
         try:
             self.queues.delete(leased)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 
 import pytest
@@ -103,6 +104,39 @@ def test_a_replayed_command_goes_back_once_without_its_attempts_and_then_succeed
     [message] = queues[COMMAND_QUEUE].receive_messages(max_messages=1)
     assert worker.handle(message.content) is Outcome.SUCCEEDED  # the permission was fixed meanwhile
     assert connection["id"] not in simulator.connections
+
+
+def test_a_replay_that_fails_again_while_the_worker_runs_is_dead_lettered_once_and_not_replayed_round(
+    settings, worker, simulator, queues
+):
+    missing_job = {"action": "submit", "resource": "job", "id": "0e7f2f1a-7a0b-4c38-b0c5-9b5a6d1a2b3c"}
+    assert worker.handle(json.dumps(missing_job)) is Outcome.DEAD_LETTERED  # 404 JobNotFound
+    stop = threading.Event()
+
+    def work() -> None:
+        while not stop.is_set():
+            for message in queues[COMMAND_QUEUE].receive_messages(max_messages=8, visibility_timeout=5):
+                worker.handle(message.content)
+                queues[COMMAND_QUEUE].delete_message(message)
+            stop.wait(0.02)
+
+    consumer = threading.Thread(target=work)
+    consumer.start()
+    try:
+        result = run_ops(settings, "poison", "replay", "--all", "--wait", "2")
+        deadline = time.monotonic() + 5
+        while queues[POISON_QUEUE].get_queue_properties().approximate_message_count < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        consumer.join()
+
+    assert result.code == 0
+    assert result.out.count("replayed  ") == 1
+    [again] = on_queue(queues[POISON_QUEUE])
+    assert again["message"]["correlationId"].startswith("replay-")
+    shown = run_ops(settings, "poison", "show", queues[POISON_QUEUE].peek_messages()[0].id)
+    assert "which failed again" in shown.out
 
 
 def test_a_dry_run_says_what_would_happen_and_changes_nothing(settings, worker, simulator, queues):
