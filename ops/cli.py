@@ -17,6 +17,7 @@ from ops.dead_letters import DeadLetter, Selection, parse_age, token_in
 from ops.errors import EXIT_ATTENTION, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, NeedsAttention, OpsError, UsageError
 from ops.local_settings import LocalSettingsFile
 from ops.output import Output, span, table, when
+from shared.settings import SettingsError
 
 DEFAULT_SETTINGS = "local.settings.json"
 PROG = "python -m ops"
@@ -40,10 +41,18 @@ class Context:
         self._store: Any = None
         self._api: Any = None
 
+    def where(self) -> str:
+        """Where settings are read from, for error messages."""
+        path = self.settings_file.path
+        return f"the environment or {path}" + ("" if path.exists() else f" (there is no {path})")
+
     def queues(self) -> Any:
         from ops.poison_queue import Queues
 
-        return Queues.from_environment(self.environ)
+        try:
+            return Queues.from_environment(self.environ)
+        except SettingsError as error:
+            raise UsageError(f"{error}. Set it in {self.where()}") from None
 
     def store(self) -> Any:
         from ops.secret_store import secret_store
@@ -55,7 +64,7 @@ class Context:
     def api(self) -> Any:
         from ops.platform_api import PlatformApi
         from ops.secret_store import KeyVaultSecretStore
-        from shared.settings import Settings, SettingsError
+        from shared.settings import Settings
 
         if self._api is None:
             environ = dict(self.environ)
@@ -64,7 +73,7 @@ class Context:
             try:
                 settings = Settings.from_env(environ)
             except SettingsError as error:
-                raise UsageError(f"{error}: set them in the environment or in {self.settings_file.path}") from None
+                raise UsageError(f"{error}: set them in {self.where()}") from None
             self._api = PlatformApi.from_settings(settings, self.ca_bundle)
         return self._api
 
@@ -412,17 +421,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     groups = parser.add_subparsers(dest="group", required=True, metavar="{poison,webhook}")
 
-    poison = groups.add_parser("poison", help="dead letters on itwin-commands-poison")
+    poison = groups.add_parser(
+        "poison", help="dead letters on itwin-commands-poison", description="dead letters on itwin-commands-poison"
+    )
     verbs = poison.add_subparsers(dest="verb", required=True, metavar="{list,show,replay,purge}")
-    listing = verbs.add_parser("list", help="a table of the dead letters")
+    listing = verbs.add_parser("list", help="a table of the dead letters", description="a table of the dead letters")
     _filters(listing)
     listing.add_argument("--json", action="store_true", help="print JSON for scripts")
     listing.set_defaults(run=poison_list)
-    show = verbs.add_parser("show", help="one dead letter in full")
+    show = verbs.add_parser("show", help="one dead letter in full", description="one dead letter in full")
     show.add_argument("id", help="its id, or the start of it (as poison list shows)")
     show.add_argument("--json", action="store_true")
     show.set_defaults(run=poison_show)
-    replay = verbs.add_parser("replay", help="put commands back on itwin-commands, attempt count reset")
+    replay = verbs.add_parser(
+        "replay",
+        help="put commands back on itwin-commands, attempt count reset",
+        description="put commands back on itwin-commands, attempt count reset",
+    )
     replay.add_argument("ids", nargs="*", metavar="ID", help="dead letters to replay (ids or their starts)")
     replay.add_argument("--all", action="store_true", help="every dead letter")
     _filters(replay)
@@ -440,7 +455,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait", type=float, default=40.0, help="seconds to wait for dead letters held by another (or a stopped) run"
     )
     replay.set_defaults(run=poison_replay)
-    purge = verbs.add_parser("purge", help="delete dead letters for good (asks first)")
+    purge = verbs.add_parser(
+        "purge",
+        help="delete dead letters for good (asks first)",
+        description="delete dead letters for good (asks first)",
+    )
     purge.add_argument("ids", nargs="*", metavar="ID")
     purge.add_argument("--all", action="store_true")
     _filters(purge)
@@ -448,28 +467,46 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("--dry-run", action="store_true")
     purge.set_defaults(run=poison_purge)
 
-    webhook = groups.add_parser("webhook", help="the app's iTwin Platform webhook (Webhooks v2)")
+    webhook = groups.add_parser(
+        "webhook",
+        help="the app's iTwin Platform webhook (Webhooks v2)",
+        description="the app's iTwin Platform webhook (Webhooks v2)",
+    )
     verbs = webhook.add_subparsers(dest="verb", required=True, metavar="{create,activate,list,delete,rotate-secret}")
     url_help = "the app's webhook URL (default ITWIN_WEBHOOK_URL)"
-    create = verbs.add_parser("create", help="create it, or reuse the one for this URL")
+    create = verbs.add_parser(
+        "create",
+        help="create it, or reuse the one for this URL",
+        description="create it, or reuse the one for this URL",
+    )
     create.add_argument("--url", help=url_help)
     create.add_argument("--scope", choices=["account", "itwin", "Account", "iTwin"], default="account")
     create.add_argument("--itwin-id", help="the iTwin, for --scope itwin")
     create.add_argument("--event-type", action="append", help="subscribe to this type (default: what the rules handle)")
     create.add_argument("--activate", action="store_true", help="activate it too")
     create.set_defaults(run=webhook_create)
-    activate = verbs.add_parser("activate", help="make the platform start delivering")
+    activate = verbs.add_parser(
+        "activate", help="make the platform start delivering", description="make the platform start delivering"
+    )
     activate.add_argument("--url", help=url_help)
     activate.set_defaults(run=webhook_activate)
-    listing = verbs.add_parser("list", help="the service application's webhooks")
+    listing = verbs.add_parser(
+        "list", help="the service application's webhooks", description="the service application's webhooks"
+    )
     listing.add_argument("--url", help=url_help)
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(run=webhook_list)
-    delete = verbs.add_parser("delete", help="delete the app's webhook (or --id)")
+    delete = verbs.add_parser(
+        "delete", help="delete the app's webhook (or --id)", description="delete the app's webhook (or --id)"
+    )
     delete.add_argument("--url", help=url_help)
     delete.add_argument("--id", help="delete this webhook instead")
     delete.set_defaults(run=webhook_delete)
-    rotate = verbs.add_parser("rotate-secret", help="change the webhook secret without refusing a delivery")
+    rotate = verbs.add_parser(
+        "rotate-secret",
+        help="change the webhook secret without refusing a delivery",
+        description="change the webhook secret without refusing a delivery",
+    )
     rotate.add_argument("--url", help=url_help)
     rotate.add_argument("--wait", type=float, default=600.0, help="seconds to wait for the app to load the secrets")
     rotate.add_argument("--finish", action="store_true", help="drop the previous secret once it is no longer needed")

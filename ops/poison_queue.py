@@ -17,7 +17,7 @@ from typing import Any
 from ops.dead_letters import DeadLetter, parse_dead_letter
 from ops.errors import OpsError
 from shared.queues import queue_service
-from shared.settings import COMMAND_QUEUE, POISON_QUEUE, SettingsError
+from shared.settings import COMMAND_QUEUE, POISON_QUEUE
 
 PEEK_LIMIT = 32  # the most messages one peek (or one receive) returns
 
@@ -77,10 +77,8 @@ class Queues:
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str]) -> Queues:
-        try:
-            service = queue_service(environ)
-        except SettingsError as error:
-            raise OpsError(f"{error}. Set it in the environment or in local.settings.json (--settings)") from None
+        """Raises `SettingsError` when ``AzureWebJobsStorage`` is set in neither form."""
+        service = queue_service(environ)
         return cls(service.get_queue_client(POISON_QUEUE), service.get_queue_client(COMMAND_QUEUE))
 
     def _call(self, what: str, call: Any, *args: Any, **kwargs: Any) -> Any:

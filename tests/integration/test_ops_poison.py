@@ -302,10 +302,11 @@ def test_storage_that_refuses_the_key_is_a_clear_error_not_a_traceback(tmp_path,
     assert "Traceback" not in result.err
 
 
-def test_missing_storage_settings_are_named(tmp_path):
-    result = run_ops(write_settings(tmp_path / "local.settings.json", {}), "poison", "list")
-    assert result.code == 1
+def test_missing_storage_settings_are_named_with_where_they_were_looked_for(tmp_path):
+    result = run_ops(tmp_path / "local.settings.json", "poison", "list")
+    assert result.code == 2
     assert "AzureWebJobsStorage is not set" in result.err
+    assert f"(there is no {tmp_path / 'local.settings.json'})" in result.err
 
 
 def test_a_replay_killed_half_way_and_run_again_loses_nothing_and_doubles_nothing(settings, queues):
