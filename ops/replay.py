@@ -167,10 +167,10 @@ class Replayer:
                         held[letter.id] = leased  # not ours to replay, or kept: hold it till the end
                         continue
                     done.add(letter.id)
+                    progress.advance()
                     kept = self._one(leased, evidence, report)
                     if kept is not None:
                         held[letter.id] = kept
-                    progress.advance()
                 missing = [wanted[i] for i in wanted if i not in done]
                 elsewhere = max(0, self.queues.count() - len(held)) if also else 0
                 if not missing and not elsewhere:
