@@ -549,6 +549,12 @@ def main(
     except OpsError as error:
         output.note(f"error: {error.message}" if not isinstance(error, NeedsAttention) else error.message)
         return error.exit_code
+    except ImportError as error:
+        output.note(
+            f"error: a package the tool needs is not installed ({error.name or error}): run `python -m pip install "
+            "-r requirements.txt -r requirements-ops.txt`, or use .venv/bin/python after make test"
+        )
+        return EXIT_FAILED
     except KeyboardInterrupt:
         output.note("interrupted: what was done is shown above; anything held comes back when its lease runs out")
         return EXIT_INTERRUPTED
