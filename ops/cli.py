@@ -5,6 +5,7 @@ interrupted); it never shows a traceback unless asked with ``--debug``."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -345,7 +346,7 @@ def webhook_list(context: Context) -> int:
     webhooks = context.api().webhooks()
     mine = normal_url(args.url or context.environ.get("ITWIN_WEBHOOK_URL", "") or "-")
     if args.json:
-        output.line(json.dumps([w.__dict__ | {"event_types": list(w.event_types)} for w in webhooks], indent=2))
+        output.line(json.dumps([dataclasses.asdict(w) for w in webhooks], indent=2))
         return 0
     if not webhooks:
         output.line("the service application has no webhooks")
