@@ -7,6 +7,7 @@ import azure.functions as func
 from functions._http import respond
 from shared import runtime
 from shared.http_api import receive_webhook
+from shared.signature import WebhookSecrets
 
 bp = func.Blueprint()
 
@@ -17,7 +18,7 @@ def itwin_webhook(req: func.HttpRequest) -> func.HttpResponse:
     reply = receive_webhook(
         req.get_body(),
         req.headers.get("Signature"),
-        os.environ.get("ITWIN_WEBHOOK_SECRET"),
+        WebhookSecrets.from_env(os.environ),
         runtime.event_rules,
         os.environ,
         runtime.command_queue,

@@ -1,6 +1,6 @@
 // Deploys the iTwin event functions: a Python 3.11 function app on the Flex Consumption plan, running as a
 // user-assigned managed identity, with identity-only storage (queues itwin-commands and
-// itwin-commands-poison), Key Vault references for the two secrets, and OpenTelemetry export to
+// itwin-commands-poison), Key Vault references for the secrets, and OpenTelemetry export to
 // Application Insights with Entra authentication.
 //
 // azd: `azd up` (parameters from main.parameters.json). Azure CLI:
@@ -64,6 +64,11 @@ param itwinClientSecret string
 @minLength(32)
 @description('ITWIN_WEBHOOK_SECRET: the secret (at least 32 characters) given to the iTwin Platform when the webhook is created. Stored in Key Vault.')
 param itwinWebhookSecret string
+
+@secure()
+@minLength(32)
+@description('ITWIN_WEBHOOK_SECRET_PREVIOUS: the webhook secret being replaced during a change of secret; otherwise the same value as itwinWebhookSecret. Stored in Key Vault.')
+param itwinWebhookSecretPrevious string
 
 @description('ITWIN_AUTHORITY: token service (IMS) root URL.')
 param itwinAuthority string = 'https://ims.bentley.com'
@@ -150,6 +155,7 @@ module keyVault 'modules/key-vault.bicep' = {
     tags: allTags
     itwinClientSecret: itwinClientSecret
     itwinWebhookSecret: itwinWebhookSecret
+    itwinWebhookSecretPrevious: itwinWebhookSecretPrevious
   }
 }
 
@@ -183,6 +189,7 @@ var appSettings = {
   ITWIN_SCOPE: itwinScope
   ITWIN_API_URL: itwinApiUrl
   ITWIN_WEBHOOK_SECRET: '@Microsoft.KeyVault(SecretUri=${keyVault.outputs.webhookSigningUri})'
+  ITWIN_WEBHOOK_SECRET_PREVIOUS: '@Microsoft.KeyVault(SecretUri=${keyVault.outputs.previousWebhookSigningUri})'
   ITWIN_EXPORT_CONNECTION_NAME: itwinExportConnectionName
   ITWIN_CLASH_TEST_IDS: itwinClashTestIds
   ITWIN_EVENT_RULES: itwinEventRules

@@ -1,16 +1,19 @@
 """`make dev`: the whole app on one machine with no Azure account.
 
 Starts Azurite (queues), the iTwin Platform simulator and the functions (the local host in `sandbox.host`, or
-`func start` when Azure Functions Core Tools are on the PATH), prints the URLs and a `curl` that sends a signed
-webhook, and logs each command's outcome as it happens. Settings come from `local.settings.json` when it exists
-(the environment wins). With real `ITWIN_*` values there, the same command talks to the real iTwin Platform and
-no simulator is started.
+`func start` when Azure Functions Core Tools are on the PATH), and logs each command's outcome as it happens.
+With the simulator it then shows the whole loop: `python -m ops webhook create --activate` registers the webhook
+against the local host, the demo iModel is deleted in the simulator, the simulator delivers the signed event, and
+the iModel's connections are deleted. The settings the sandbox runs with are written to
+`.sandbox/local.settings.json`, for `python -m ops --settings .sandbox/local.settings.json ...` in another
+terminal; changes to its webhook secrets are reloaded (as a restart would), so `webhook rotate-secret` works live.
+Settings come from `local.settings.json` when it exists (the environment wins). With real `ITWIN_*` values there,
+the same command talks to the real iTwin Platform and no simulator is started.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import secrets
@@ -19,19 +22,22 @@ import signal
 import subprocess
 import sys
 import threading
+import uuid
 from contextlib import ExitStack, suppress
-from datetime import UTC, datetime
 from pathlib import Path
 
+from ops.cli import main as ops_main
+from ops.local_settings import LocalSettingsFile
 from sandbox.azurite import Azurite, app_queues
 from sandbox.host import LocalHost, load_local_settings
 from sandbox.itwin_platform import RecordedRequest, Simulator
-from shared.rules import format_enqueued
+from sandbox.settings_reload import SettingsReloader
 from shared.settings import STORAGE_CONNECTION
-from shared.signature import sign
+from shared.signature import PREVIOUS_SECRET_SETTING, SECRET_SETTING
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".sandbox"
+SANDBOX_SETTINGS = WORK / "local.settings.json"
 DEMO_IMODEL = "5db42812-ebb8-4c58-98a4-2eaa99e0d8b6"
 log = logging.getLogger("sandbox.dev")
 
@@ -67,23 +73,35 @@ def _start_azurite(stack: ExitStack, port: int) -> Azurite:
     return azurite
 
 
-def _demo_curl(base: str) -> str:
-    WORK.mkdir(exist_ok=True)
-    event = {
-        "content": {"imodelId": DEMO_IMODEL, "userId": "dev"},
-        "eventType": "iModels.iModelDeleted.v1",
-        "enqueuedDateTime": format_enqueued(datetime.now(UTC)),
-        "iTwinId": "4tb42812-ebb8-4c58-98a4-2eaa99e0d8b6",
-        "messageId": "dev-1",
-        "webhookId": "dev-webhook",
-    }
-    body = json.dumps(event).encode()
-    (WORK / "event.json").write_bytes(body)
-    signature = sign(body, os.environ["ITWIN_WEBHOOK_SECRET"])
-    return (
-        f"curl -i -X POST {base}/api/webhooks/itwin -H 'Signature: {signature}' "
-        f"--data-binary @{(WORK / 'event.json').relative_to(ROOT)}"
+def _write_sandbox_settings(base: str) -> Path:
+    """The settings the sandbox runs with, for `python -m ops --settings .sandbox/local.settings.json`."""
+    names = ("ITWIN_CLIENT_ID", "ITWIN_CLIENT_SECRET", "ITWIN_AUTHORITY", "ITWIN_API_URL", "REQUESTS_CA_BUNDLE")
+    values = {name: os.environ[name] for name in (*names, STORAGE_CONNECTION, SECRET_SETTING)}
+    values["ITWIN_WEBHOOK_URL"] = f"{base}/api/webhooks/itwin"
+    if os.environ.get(PREVIOUS_SECRET_SETTING):
+        values[PREVIOUS_SECRET_SETTING] = os.environ[PREVIOUS_SECRET_SETTING]
+    SANDBOX_SETTINGS.unlink(missing_ok=True)
+    LocalSettingsFile(SANDBOX_SETTINGS).update(values)
+    return SANDBOX_SETTINGS
+
+
+def _demo(simulator: Simulator, imodel_id: str, connections: int) -> None:
+    """Delete an iModel in the simulator: it delivers iModels.iModelDeleted.v1 to the webhook."""
+    print(
+        f"\nDeleting iModel {imodel_id} (with {connections} Export connections) in the simulator; "
+        "press Enter to delete another.",
+        flush=True,
     )
+    simulator.delete_imodel(imodel_id)
+
+
+def _demo_on_enter(simulator: Simulator) -> None:
+    """At a terminal, each Enter deletes a new demo iModel with two connections."""
+    for _ in sys.stdin:
+        imodel_id = str(uuid.uuid4())
+        for name in ("nightly", "weekly"):
+            simulator.add_connection(imodel_id, name)
+        _demo(simulator, imodel_id, 2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--azurite-port", type=int, default=10001)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    # The Storage SDK logs every request and response at INFO; the outcomes are what matters here.
+    logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
     load_local_settings(args.settings, os.environ)
 
     stopping = threading.Event()
@@ -116,10 +136,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nFunctions on {base}/api  (iTwin Platform: {target})")
         print(f"  POST {base}/api/commands      GET {base}/api/health      POST {base}/api/webhooks/itwin")
         if simulator:
-            print(f"\nThe simulator holds 2 Export connections of iModel {DEMO_IMODEL}.")
-            print("Delete them with a signed iModels.iModelDeleted.v1 delivery:")
-        print(f"  {_demo_curl(base)}")
-        print("Outcomes are logged below as they happen. Ctrl-C stops everything.\n", flush=True)
+            settings = _write_sandbox_settings(base)
+            stack.enter_context(SettingsReloader(settings, (SECRET_SETTING, PREVIOUS_SECRET_SETTING)))
+            tool = f"python -m ops --settings {settings.relative_to(ROOT)}"
+            print(f"\nRegistering the webhook: {tool} webhook create --activate", flush=True)
+            if ops_main(["--settings", str(settings), "webhook", "create", "--activate"], environ=dict(os.environ)):
+                print("The webhook could not be registered (see above).", flush=True)
+            print(f"\nIn another terminal: .venv/bin/{tool} poison list | webhook list | webhook rotate-secret")
+        print("Outcomes are logged below as they happen. Ctrl-C stops everything.", flush=True)
+        if simulator:
+            _demo(simulator, DEMO_IMODEL, 2)
+            if sys.stdin.isatty():
+                threading.Thread(target=_demo_on_enter, args=(simulator,), daemon=True).start()
         with suppress(KeyboardInterrupt):
             stopping.wait()
         print("stopping...")

@@ -1,4 +1,4 @@
-"""iTwin Platform simulator: the token service and three APIs over real HTTPS on loopback.
+"""iTwin Platform simulator: the token service, three APIs and Webhooks over real HTTPS on loopback.
 
 The real iTwin Platform cannot be reached from development and CI machines, so the project's tests and
 ``make dev`` run the project's client against this simulator. It follows the public API pages the project was
@@ -74,13 +74,28 @@ Clash Detection v1 (``/clashdetection/runs``)
     page. GET ``/{id}``: 200 ``{"run"}``; GET/DELETE of an unknown run: 404 ``ClashDetectionRunNotFound``;
     DELETE: 204 with no body. Runs keep their status until `set_run_status`.
 
+Webhooks v2 (``/webhooks``, `sandbox.simulator.webhooks`)
+    POST ``{callbackUrl (https; http on a loopback host), scope: Account|iTwin, scopeId (iTwin), secret? (>= 32),
+    eventTypes}``: 201 ``{"webhook"}``, inactive, with ``secret`` only when generated; GET (paged with a
+    continuation token), GET/PATCH ``/{id}`` (``active``, ``secret``, ``eventTypes``, ``callbackUrl``) answering the
+    webhook object, DELETE: 204. Errors: 422 ``InvalidCreateWebhookRequest`` / ``InvalidUpdateWebhookRequest`` with a
+    detail per field, 404 ``WebhookNotFound``, 403 ``InsufficientPermissions`` while `webhooks_allowed` is False.
+
+Events (`sandbox.simulator.events`)
+    `delete_imodel`, `create_imodel`, `create_named_version` and `set_job_state` (to success or failed) publish
+    ``iModels.iModelDeleted.v1``, ``iModels.iModelCreated.v1``, ``iModels.namedVersionCreated.v1`` and
+    ``realityModeling.jobCompleted.v1``; `publish` sends any event. Each active webhook subscribed to the type (and,
+    for scope iTwin, to the event's iTwin) gets a signed POST in the background; a non-2xx answer or none within
+    `delivery_timeout` is resent after each of `resend_delays`. `deliveries` records every attempt;
+    `wait_for_deliveries` waits until none is pending.
+
 Set-up and controls (all thread-safe)
     `add_imodel`, `add_connection`, `set_connection_in_use`, `add_job`, `set_job_state`, `add_run`,
-    `set_run_status`; `issue_token` (any scope and lifetime), `revoke_tokens`, `token_service_down`,
-    `token_lifetime`; `fail_next`, `drop_next`, `stall_next`, `faults`; `rate_limits` (a dict, replaceable at
-    any time), `reset_rate_limits`; `clear_requests`. Constructor options beyond the obvious: `max_page_size`
-    and `default_page_size` (``$top``), `max_recorded` (requests kept), `on_answer` (called with each
-    `RecordedRequest` once answered or dropped, e.g. to log).
+    `set_run_status`, `webhooks_allowed`; `issue_token` (any scope and lifetime), `revoke_tokens`,
+    `token_service_down`, `token_lifetime`; `fail_next`, `drop_next`, `stall_next`, `faults`; `rate_limits` (a
+    dict, replaceable at any time), `reset_rate_limits`; `clear_requests`. Constructor options beyond the obvious:
+    `max_page_size` and `default_page_size` (``$top``), `max_recorded` (requests kept), `on_answer` (called with
+    each `RecordedRequest` once answered or dropped, e.g. to log), `delivery_timeout` and `resend_delays`.
 
 Introspection
     `requests` lists every request (`RecordedRequest`: method, path, query, headers with case-insensitive

@@ -16,7 +16,7 @@ from shared.queues import CommandQueue, EnqueueFailed
 from shared.replays import DEFAULT_TTL, RecentDeliveries
 from shared.rules import Rule, commands_for, parse_event
 from shared.settings import SettingsError, missing_required
-from shared.signature import verify
+from shared.signature import WebhookSecrets, verify
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ def command_status(command_id: str, ledger: Callable[[], Ledger], claim_ttl: tim
 def receive_webhook(
     body: bytes,
     signature: str | None,
-    secret: str | None,
+    secret: str | WebhookSecrets | None,
     rules: Callable[[], tuple[Rule, ...]],
     environ: Mapping[str, str],
     queue: Callable[[], CommandQueue],
@@ -213,6 +213,7 @@ def receive_webhook(
 ) -> Reply:
     """``POST /api/webhooks/itwin``: verify the signature, map the event to commands by rules, enqueue them.
 
+    ``secret`` is the webhook secret, or `WebhookSecrets` (the current and, during a change-over, the previous one).
     A delivery whose signed ``enqueuedDateTime`` is older than `MAX_DELIVERY_AGE` (or ahead of ``now`` by more
     than `CLOCK_SKEW`) is refused as a possible replay. Within that window a repeat of a ``messageId`` is answered
     202 ``duplicate`` and enqueues nothing: by ``deliveries`` (this process's memory, a fast path) or, on any

@@ -54,6 +54,11 @@ SETTINGS: tuple[Setting, ...] = (
         secret=True,
     ),
     Setting(
+        "ITWIN_WEBHOOK_SECRET_PREVIOUS",
+        "While the webhook secret is being changed, the secret it replaces: deliveries signed with it verify too.",
+        secret=True,
+    ),
+    Setting(
         "ITWIN_EXPORT_CONNECTION_NAME",
         "When set, iModels.iModelCreated.v1 creates an Export connection with this name.",
     ),

@@ -1,4 +1,4 @@
-// Key Vault in RBAC mode holding the two iTwin secrets. The app reads them through Key Vault references
+// Key Vault in RBAC mode holding the iTwin secrets. The app reads them through Key Vault references
 // resolved with its user-assigned identity (Key Vault Secrets User, granted in role-assignments.bicep).
 // Secret names are fixed here; rotating a secret means adding a new version (see docs/deployment.md).
 
@@ -25,6 +25,10 @@ param itwinClientSecret string
 @secure()
 @description('Secret the iTwin webhook signs its deliveries with.')
 param itwinWebhookSecret string
+
+@secure()
+@description('Secret the webhook signed with before the current one (equal to it outside a change of secret).')
+param itwinWebhookSecretPrevious string
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   name: name
@@ -79,9 +83,23 @@ resource webhookSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
   }
 }
 
+resource webhookSecretPrevious 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: vault
+  name: 'itwin-webhook-secret-previous'
+  properties: {
+    // checkov:skip=CKV_AZURE_41: Same reason as itwin-webhook-secret: an expiry would make the app refuse deliveries on that date; `python -m ops webhook rotate-secret` replaces it.
+    value: itwinWebhookSecretPrevious
+    contentType: 'text/plain'
+    attributes: {
+      enabled: true
+    }
+  }
+}
+
 output id string = vault.id
 output name string = vault.name
 output vaultUri string = vault.properties.vaultUri
 // Versionless URIs: a Key Vault reference built on them follows the latest version of the secret.
 output clientCredentialUri string = clientSecret.properties.secretUri
 output webhookSigningUri string = webhookSecret.properties.secretUri
+output previousWebhookSigningUri string = webhookSecretPrevious.properties.secretUri

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-
 from .protocol import (
     ApiError,
     RecordedRequest,
     Response,
+    continuation_token,
     detail,
     is_guid,
     json_response,
@@ -16,6 +14,7 @@ from .protocol import (
     parse_int,
     parse_json_object,
     query_value,
+    token_offset,
 )
 from .state import World
 
@@ -25,19 +24,6 @@ MESSAGE = "Invalid clash detection request."
 
 def _run_not_found() -> ApiError:
     return ApiError(404, "ClashDetectionRunNotFound", "Requested run is not available.")
-
-
-def _encode_token(offset: int) -> str:
-    return base64.urlsafe_b64encode(f"offset:{offset}".encode()).decode().rstrip("=")
-
-
-def _decode_token(token: str) -> int | None:
-    try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        return None
-    prefix, _, number = text.partition(":")
-    return int(number) if prefix == "offset" and number.isdigit() else None
 
 
 def create_run(world: World, request: RecordedRequest) -> Response:
@@ -75,7 +61,7 @@ def list_runs(world: World, request: RecordedRequest) -> Response:
     project_id = query_value(request.query, "projectId")
     top = parse_int(request.query.get("$top"), world.default_page_size)
     token = query_value(request.query, "continuationToken")
-    offset = 0 if token is None else _decode_token(token)
+    offset = 0 if token is None else token_offset(token)
     details = []
     if not project_id:
         details.append(detail("MissingRequiredProperty", "projectId was not provided.", "projectId"))
@@ -90,7 +76,7 @@ def list_runs(world: World, request: RecordedRequest) -> Response:
     matching = [run for run in world.runs.values() if run["projectId"] == project_id]
     next_link = None
     if offset + top < len(matching):
-        query = f"projectId={project_id}&$top={top}&continuationToken={_encode_token(offset + top)}"
+        query = f"projectId={project_id}&$top={top}&continuationToken={continuation_token(offset + top)}"
         next_link = {"href": f"{world.base_url}/clashdetection/runs?{query}"}
     return json_response(200, {"runs": matching[offset : offset + top], "_links": {"next": next_link}})
 

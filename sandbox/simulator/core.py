@@ -14,11 +14,13 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from . import clashdetection, contextcapture, export
+from . import clashdetection, contextcapture, export, webhooks
+from .events import DEFAULT_RESEND_DELAYS, DEFAULT_TIMEOUT, Deliverer, DeliveryAttempt, Event
 from .faults import FaultPicker, Faults, RateLimiter, Scripted
 from .identity import API_SCOPE, Identity
 from .protocol import ApiError, RecordedRequest, Response, json_response, rate_limited
@@ -38,7 +40,8 @@ def _compile(routes: Iterable[tuple[str, dict[str, Handler]]]) -> list[tuple[re.
     return compiled
 
 
-_ROUTES = _compile((*export.ROUTES, *contextcapture.ROUTES, *clashdetection.ROUTES))
+_ROUTES = _compile((*export.ROUTES, *contextcapture.ROUTES, *clashdetection.ROUTES, *webhooks.ROUTES))
+COMPLETED_JOB_STATES = ("success", "failed")
 
 
 class Simulator:
@@ -62,6 +65,8 @@ class Simulator:
         default_page_size: int = 100,
         max_recorded: int = 100_000,
         on_answer: Callable[[RecordedRequest], None] | None = None,
+        delivery_timeout: float = DEFAULT_TIMEOUT,
+        resend_delays: tuple[float, ...] = DEFAULT_RESEND_DELAYS,
     ) -> None:
         self.client_id = client_id
         self.client_secret = client_secret
@@ -73,6 +78,7 @@ class Simulator:
         self.ca_path = ""
         self._identity = Identity(client_id, client_secret, token_lifetime)
         self._world = World(max_page_size=max_page_size, default_page_size=default_page_size)
+        self._deliverer = Deliverer(self._world, timeout=delivery_timeout, resend_delays=resend_delays)
         self._limiter = RateLimiter()
         self._picker = FaultPicker(Faults())
         self._scripted: list[Scripted] = []
@@ -102,6 +108,7 @@ class Simulator:
             target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, name="itwin-simulator", daemon=True
         )
         self._thread.start()
+        self._deliverer.start()
         return self
 
     def stop(self) -> None:
@@ -110,6 +117,7 @@ class Simulator:
         if server is None:
             return
         self._stopping.set()
+        self._deliverer.stop()
         server.shutdown()
         server.close_connections()
         server.server_close()
@@ -233,9 +241,15 @@ class Simulator:
             return copy.deepcopy(job)
 
     def set_job_state(self, job_id: str, state: str) -> dict[str, Any]:
-        """Move a job to any state (e.g. ``success`` once "processing" is done); KeyError when unknown."""
+        """Move a job to any state (e.g. ``success`` once "processing" is done); KeyError when unknown.
+
+        Reaching ``success`` or ``failed`` publishes ``realityModeling.jobCompleted.v1`` ``{jobId}``.
+        """
         with self._world.lock:
-            return copy.deepcopy(self._world.set_job_state(job_id, state))
+            job = copy.deepcopy(self._world.set_job_state(job_id, state))
+        if state in COMPLETED_JOB_STATES:
+            self.publish("realityModeling.jobCompleted.v1", {"jobId": job_id}, job["iTwinId"])
+        return job
 
     def add_run(
         self,
@@ -267,6 +281,77 @@ class Simulator:
             run = self._world.runs[run_id]
             run["status"] = status
             return copy.deepcopy(run)
+
+    # -- iModel events and webhooks -----------------------------------------------------------------------
+    def create_imodel(self, imodel_id: str | None = None, *, itwin_id: str | None = None, name: str = "") -> str:
+        """Make an iModel known and publish ``iModels.iModelCreated.v1``; returns its id."""
+        imodel_id = imodel_id or str(uuid.uuid4())
+        with self._world.lock:
+            itwin = self._world.add_imodel(imodel_id, itwin_id)
+        self.publish("iModels.iModelCreated.v1", {"imodelId": imodel_id, "iModelName": name or imodel_id}, itwin)
+        return imodel_id
+
+    def delete_imodel(self, imodel_id: str, *, user_id: str = "simulated-user") -> None:
+        """Publish ``iModels.iModelDeleted.v1`` for a known iModel (KeyError when unknown).
+
+        Export keeps listing the iModel's connections afterwards: whether the real API still lists the
+        connections of a deleted iModel is not documented, and removing them is the subscriber's job.
+        """
+        with self._world.lock:
+            itwin = self._world.imodels[imodel_id.lower()]
+        self.publish("iModels.iModelDeleted.v1", {"imodelId": imodel_id, "userId": user_id}, itwin)
+
+    def create_named_version(self, imodel_id: str, name: str = "", *, user_id: str = "simulated-user") -> str:
+        """Publish ``iModels.namedVersionCreated.v1`` for a known iModel (KeyError when unknown); returns the
+        new version's id."""
+        with self._world.lock:
+            itwin = self._world.imodels[imodel_id.lower()]
+            index = self._world.next_changeset_index()
+        version_id = str(uuid.uuid4())
+        content = {
+            "imodelId": imodel_id,
+            "versionId": version_id,
+            "versionName": name or f"Version {index}",
+            "changesetId": uuid.uuid4().hex + uuid.uuid4().hex[:8],
+            "changesetIndex": index,
+            "userId": user_id,
+        }
+        self.publish("iModels.namedVersionCreated.v1", content, itwin)
+        return version_id
+
+    def publish(self, event_type: str, content: dict[str, Any], itwin_id: str | None = None) -> int:
+        """Deliver an event to every active webhook subscribed to it (in the background); returns how many."""
+        return self._deliverer.publish(Event(event_type, content, itwin_id or self.itwin_id))
+
+    def wait_for_deliveries(self, timeout: float = 10.0) -> bool:
+        """Wait until every delivery, resends included, has been sent or given up; False on timeout."""
+        return self._deliverer.wait(timeout)
+
+    @property
+    def deliveries(self) -> list[DeliveryAttempt]:
+        """Every delivery attempt so far, in the order they finished."""
+        return self._deliverer.attempts
+
+    @property
+    def webhooks(self) -> dict[str, dict[str, Any]]:
+        """A copy of the webhooks by id, secrets included."""
+        with self._world.lock:
+            return copy.deepcopy(self._world.webhooks)
+
+    @property
+    def webhooks_allowed(self) -> bool:
+        """False: the application lacks the webhooks_maintainer permission; every Webhooks call is 403."""
+        return self._world.webhooks_allowed
+
+    @webhooks_allowed.setter
+    def webhooks_allowed(self, value: bool) -> None:
+        with self._world.lock:
+            self._world.webhooks_allowed = bool(value)
+
+    @property
+    def account_id(self) -> str:
+        """The application's account: the ``scopeId`` of its Account webhooks."""
+        return self._world.account_id
 
     # -- tokens -------------------------------------------------------------------------------------------
     def issue_token(self, scope: str = API_SCOPE, lifetime: float | None = None) -> str:

@@ -6,6 +6,8 @@ carries one and becomes a `Response` in exactly one place (`ApiError.response`).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 from dataclasses import dataclass, field
@@ -217,3 +219,18 @@ def query_value(query: dict[str, str], name: str) -> str | None:
         if key.lower() == lowered:
             return value
     return None
+
+
+def continuation_token(offset: int) -> str:
+    """An opaque ``continuationToken`` for the page starting at ``offset``."""
+    return base64.urlsafe_b64encode(f"offset:{offset}".encode()).decode().rstrip("=")
+
+
+def token_offset(token: str) -> int | None:
+    """The offset a `continuation_token` stands for, or None when it is not one."""
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    prefix, _, number = text.partition(":")
+    return int(number) if prefix == "offset" and number.isdigit() else None

@@ -1,4 +1,4 @@
-"""The simulated platform's data: iModels, Export connections, ContextCapture jobs, Clash Detection runs.
+"""The simulated platform's data: iModels, Export connections, ContextCapture jobs, Clash Detection runs, webhooks.
 
 All of it is guarded by one lock, which the simulator holds while an operation runs; the builders below are
 shared by the HTTP operations and by the test set-up helpers, so both produce identical objects.
@@ -37,6 +37,10 @@ class World:
         self.in_use_until: dict[str, float] = {}  # connection id -> time.monotonic() deadline
         self.jobs: dict[str, dict[str, Any]] = {}
         self.runs: dict[str, dict[str, Any]] = {}
+        self.account_id = str(uuid.uuid4())  # the service application's account (scope of Account webhooks)
+        self.webhooks: dict[str, dict[str, Any]] = {}  # id -> webhook, with its secret
+        self.webhooks_allowed = True
+        self.changesets = 0  # False: the application lacks webhooks_maintainer (every call is 403)
 
     def set_base_url(self, base_url: str) -> None:
         """Set the root every link points at; links of objects stored before the server started are fixed."""
@@ -96,6 +100,11 @@ class World:
             self.in_use_until.pop(connection_id, None)
         else:
             self.in_use_until[connection_id] = math.inf if seconds is None else time.monotonic() + seconds
+
+    def next_changeset_index(self) -> int:
+        """A new changeset index (named versions point at one)."""
+        self.changesets += 1
+        return self.changesets
 
     # -- ContextCapture jobs -----------------------------------------------------------------------------
     def add_job(

@@ -185,7 +185,7 @@ def test_vault_secrets_hold_secure_parameters(module_template):
     vault_module = module_template("key-vault")
     secrets = resources_of_type(vault_module, "Microsoft.KeyVault/vaults/secrets")
 
-    assert len(secrets) == 2
+    assert len(secrets) == 3
     for secret in secrets.values():
         parameter = vault_module["parameters"][_properties(secret)["value"]]
         assert "secure" in decorator_types(parameter)
@@ -312,8 +312,9 @@ def test_the_list_function_check_sees_both_call_forms():
     assert [_calls_list_function(output["value"]) for output in model["outputs"].values()] == [True, True, False]
 
 
-def test_main_has_exactly_the_two_secure_parameters(main_template):
+def test_main_has_exactly_the_three_secure_parameters(main_template):
     secure = {name for name, parameter in main_template["parameters"].items() if "secure" in decorator_types(parameter)}
 
-    assert secure == {"itwinClientSecret", "itwinWebhookSecret"}
+    assert secure == {"itwinClientSecret", "itwinWebhookSecret", "itwinWebhookSecretPrevious"}
     assert decorator_argument(main_template["parameters"]["itwinWebhookSecret"], "min_length") == 32
+    assert decorator_argument(main_template["parameters"]["itwinWebhookSecretPrevious"], "min_length") == 32

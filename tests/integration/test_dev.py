@@ -1,9 +1,9 @@
-"""`make dev` end to end: the printed curl deletes the demo connections, and the outcomes are shown."""
+"""`make dev` end to end: the tool registers the webhook, the simulator delivers the demo iModel's deletion, and
+its connections go; the tool works against the sandbox from another process."""
 
 from __future__ import annotations
 
 import os
-import shlex
 import signal
 import socket
 import subprocess
@@ -34,7 +34,7 @@ def read_until(process, text, lines, timeout=30.0):
     raise AssertionError(f"{text!r} not printed; got:\n{''.join(lines)}")
 
 
-def test_make_dev_runs_the_app_and_the_printed_curl_deletes_the_demo_connections(tmp_path):
+def test_make_dev_registers_the_webhook_with_the_tool_and_a_deleted_imodels_connections_go(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ITWIN_", "AzureWebJobs"))}
     port = free_port()
     command = [
@@ -53,17 +53,25 @@ def test_make_dev_runs_the_app_and_the_printed_curl_deletes_the_demo_connections
     )
     lines: list[str] = []
     try:
-        curl = read_until(process, "curl -i", lines).strip()
-        args = shlex.split(curl)
-        signature = args[args.index("-H") + 1].split(": ", 1)[1]
-        body = (ROOT / args[-1].lstrip("@")).read_bytes()
-        response = requests.post(args[4], data=body, headers={"Signature": signature}, timeout=5)
-        assert response.status_code == 202
+        read_until(process, "activated webhook", lines)
+        read_until(process, "webhook iModels.iModelDeleted.v1", lines)
         read_until(process, "outcome=fanned_out", lines)
         read_until(process, "outcome=succeeded", lines)
         read_until(process, "outcome=succeeded", lines)
         assert requests.get(f"http://127.0.0.1:{port}/api/health", timeout=5).json() == {"status": "ok"}
+        listed = subprocess.run(
+            [sys.executable, "-m", "ops", "--settings", ".sandbox/local.settings.json", "webhook", "list"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert listed.returncode == 0, listed.stderr
+        assert f"http://127.0.0.1:{port}/api/webhooks/itwin" in listed.stdout.splitlines()[1]
+        assert listed.stdout.splitlines()[1].startswith("* ")
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=20)
     assert process.returncode == 0
+    assert not any("curl" in line for line in lines)

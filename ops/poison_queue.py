@@ -1,0 +1,181 @@
+"""The two queues, as the tool uses them: the poison queue read and changed under leases, the command queue sent to.
+
+A storage queue cannot be read by message id, and a peek shows at most 32 messages. So reading the whole poison
+queue means receiving its messages, which hides each for a lease (its visibility timeout), and then releasing
+them (visibility 0). A tool that dies meanwhile loses nothing: its leases run out and the messages come back.
+Nothing else reads the poison queue, so hiding its messages for a few seconds costs nobody anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ops.dead_letters import DeadLetter, parse_dead_letter
+from ops.errors import OpsError
+from shared.queues import queue_service
+from shared.settings import COMMAND_QUEUE, POISON_QUEUE
+
+PEEK_LIMIT = 32  # the most messages one peek (or one receive) returns
+
+
+class LeaseLost(Exception):
+    """The message is no longer ours: another run received it, or it was deleted."""
+
+
+@dataclass(frozen=True)
+class Leased:
+    """A received dead letter and the pop receipt that lets us change or delete it while the lease lasts."""
+
+    letter: DeadLetter
+    pop_receipt: str
+
+
+def _letter(message: Any) -> DeadLetter:
+    content = message.content
+    text = content.decode("utf-8", "replace") if isinstance(content, bytes) else str(content)
+    return parse_dead_letter(
+        message.id,
+        text,
+        inserted_on=message.inserted_on,
+        expires_on=message.expires_on,
+    )
+
+
+def storage_error(error: Exception, what: str) -> OpsError:
+    """An Azure Storage failure as a message that says what to do."""
+    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
+
+    status = getattr(error, "status_code", None)
+    if isinstance(error, ClientAuthenticationError) and status is None:
+        first_line = str(error.message).splitlines()[0] if error.message else type(error).__name__
+        return OpsError(f"cannot sign in to storage to {what}: run `az login` first ({first_line})")
+    if isinstance(error, HttpResponseError):
+        code = error.error_code or error.reason or ""
+        if error.status_code == 403:
+            return OpsError(
+                f"storage refused to let you {what} (403 {code}): with a connection string check its key; with "
+                "az login you need the Storage Queue Data Contributor role on the storage account"
+            )
+        if error.status_code == 404:
+            return OpsError(f"cannot {what}: the queue does not exist (404 {code}); is AzureWebJobsStorage right?")
+        return OpsError(f"storage answered {error.status_code} {code} when asked to {what}")
+    if isinstance(error, ServiceRequestError):
+        return OpsError(f"cannot reach storage to {what}: {error}; is AzureWebJobsStorage right, and is it running?")
+    return OpsError(f"could not {what}: {type(error).__name__}: {error}")
+
+
+class Queues:
+    """``itwin-commands-poison`` and ``itwin-commands`` (`azure.storage.queue.QueueClient` objects)."""
+
+    def __init__(self, poison: Any, commands: Any) -> None:
+        self.poison = poison
+        self.commands = commands
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str]) -> Queues:
+        """Raises `SettingsError` when ``AzureWebJobsStorage`` is set in neither form."""
+        service = queue_service(environ)
+        return cls(service.get_queue_client(POISON_QUEUE), service.get_queue_client(COMMAND_QUEUE))
+
+    def _call(self, what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+        from azure.core.exceptions import AzureError
+
+        try:
+            return call(*args, **kwargs)
+        except AzureError as error:
+            raise storage_error(error, what) from None
+
+    def count(self) -> int:
+        """Messages on the poison queue, visible or not (the service's approximation)."""
+        properties = self._call("read the poison queue", self.poison.get_queue_properties)
+        return int(properties.approximate_message_count or 0)
+
+    def peek(self) -> list[DeadLetter]:
+        """Up to 32 visible dead letters, without changing anything."""
+        return [_letter(m) for m in self._call("read the poison queue", self.poison.peek_messages, PEEK_LIMIT)]
+
+    def receive(self, lease: int, limit: int = PEEK_LIMIT) -> list[Leased]:
+        """Up to ``limit`` visible dead letters, each hidden from others for ``lease`` seconds."""
+        pages = self._call(
+            "read the poison queue",
+            self.poison.receive_messages,
+            messages_per_page=min(limit, PEEK_LIMIT),
+            max_messages=limit,
+            visibility_timeout=lease,
+        )
+        return [Leased(_letter(m), m.pop_receipt) for m in self._call("read the poison queue", list, pages)]
+
+    def _update(self, leased: Leased, *, content: str | None, visibility: int) -> Leased:
+        from azure.core.exceptions import HttpResponseError
+
+        try:
+            updated = self.poison.update_message(
+                leased.letter.id, leased.pop_receipt, content=content, visibility_timeout=visibility
+            )
+        except HttpResponseError as error:
+            if error.status_code in (400, 404):  # PopReceiptMismatch, MessageNotFound
+                raise LeaseLost(leased.letter.id) from None
+            raise storage_error(error, "update a dead letter") from None
+        letter = leased.letter if content is None else replace(leased.letter, text=content)
+        return Leased(letter, updated.pop_receipt)
+
+    def mark(self, leased: Leased, content: str, lease: int) -> Leased:
+        """Replace the envelope's text and renew the lease; raises `LeaseLost`."""
+        return self._update(leased, content=content, visibility=lease)
+
+    def release(self, leased: Leased) -> None:
+        """Make the dead letter visible again at once (quietly, if it is no longer ours)."""
+        with contextlib.suppress(LeaseLost):
+            self._update(leased, content=None, visibility=0)
+
+    def delete(self, leased: Leased) -> None:
+        """Remove the dead letter; raises `LeaseLost` when it is no longer ours."""
+        from azure.core.exceptions import HttpResponseError
+
+        try:
+            self.poison.delete_message(leased.letter.id, leased.pop_receipt)
+        except HttpResponseError as error:
+            if error.status_code in (400, 404):
+                raise LeaseLost(leased.letter.id) from None
+            raise storage_error(error, "delete a dead letter") from None
+
+    def send_command(self, message: Mapping[str, Any]) -> None:
+        """Put a command on ``itwin-commands``, visible at once, as the app's queue client does."""
+        self._call("send to itwin-commands", self.commands.send_message, json.dumps(message, separators=(",", ":")))
+
+    def peek_commands(self) -> list[Any]:
+        """The first (up to 32) commands waiting on ``itwin-commands``, decoded where they are JSON."""
+        messages = self._call("read itwin-commands", self.commands.peek_messages, PEEK_LIMIT)
+        decoded = []
+        for message in messages:
+            try:
+                decoded.append(json.loads(message.content))
+            except (TypeError, ValueError):
+                continue
+        return decoded
+
+    def scan(self, lease: int = 30) -> list[DeadLetter]:
+        """Every dead letter, in queue order, leaving the queue as it was.
+
+        One peek when it shows them all; otherwise receive all of them under a lease, then release them.
+        """
+        peeked = self.peek()
+        if len(peeked) < PEEK_LIMIT:
+            return peeked
+        held: list[Leased] = []
+        try:
+            while batch := self.receive(lease):
+                held.extend(batch)
+        finally:
+            for leased in held:
+                self.release(leased)
+        return [leased.letter for leased in held]
+
+    def leases(self, lease: int, batch: int) -> Iterator[Leased]:
+        """Receive dead letters ``batch`` at a time until none is visible."""
+        while received := self.receive(lease, batch):
+            yield from received
