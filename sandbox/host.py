@@ -592,7 +592,9 @@ class _QueuePoller:
             conn_str, function.poison_queue_name, retry_policy=retry
         )
         self.max_in_flight = self.settings.batch_size + self.settings.new_batch_threshold
-        self.pool = ThreadPoolExecutor(max_workers=self.max_in_flight, thread_name_prefix=f"queue-{function.name}")
+        self.pool = ThreadPoolExecutor(
+            max_workers=self.max_in_flight, thread_name_prefix=f"{host.name}-queue-{function.name}"
+        )
         self.leases: dict[str, _Lease] = {}
         self.in_flight = 0
         self.changed = threading.Condition()
@@ -832,8 +834,9 @@ class LocalHost:
     """Runs a FunctionApp's HTTP and queue triggers locally. See the module docstring.
 
     ``environ`` (default ``os.environ``) resolves queue connections and ``%setting%`` queue names; the app's own code
-    still reads ``os.environ``. ``port=0`` picks a free port; ``lease_seconds`` is how long a received message stays
-    invisible while its function runs (renewed at half-time).
+    still reads ``os.environ``. ``name`` starts the names of the threads that run queue invocations, so that two
+    hosts in one process can be told apart. ``port=0`` picks a free port; ``lease_seconds`` is how long a received
+    message stays invisible while its function runs (renewed at half-time).
     """
 
     def __init__(
@@ -845,10 +848,12 @@ class LocalHost:
         lease_seconds: int = 30,
         *,
         bind: str = "127.0.0.1",
+        name: str = "host",
     ) -> None:
         if lease_seconds < 1:
             raise ValueError("lease_seconds must be at least 1")
         self.app = app
+        self.name = name  # prefixes the names of the threads that run queue invocations
         self.environ: Mapping[str, str] = os.environ if environ is None else environ
         self.settings = load_host_settings(host_json_path)
         self.requested_port = port

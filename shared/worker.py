@@ -161,21 +161,34 @@ class Worker:
         return Resource("run", runs[0].id, runs[0].href) if runs else None
 
     def _finish(self, command: Command, result: Result, etag: str | None = None) -> Result:
-        """Record the delivery's result in the command's row (conditional: see `Ledger.finish`)."""
+        """Record the delivery's result in the command's row (conditional: see `Ledger.finish`).
+
+        Deliveries of a delete, submit or cancel take no claim, so two may write at once. When the row changed since
+        it was read, this one writes again over what is there, once, if that is not final (a copy that only waited),
+        or if this one did the work and the other found it done: the row then says what happened.
+        """
         assert self.ledger is not None
         assert command.command_id is not None
-        self.ledger.finish(
-            command.command_id,
-            LedgerStatus(result.outcome.value),
-            self._clock(),
-            attempts=command.attempt,
-            waits=command.waits,
-            etag=etag,
-            resource=result.resource,
-            error=result.error,
-            children=result.children,
-            uncertain=result.uncertain,
-        )
+        for _ in range(2):
+            written = self.ledger.finish(
+                command.command_id,
+                LedgerStatus(result.outcome.value),
+                self._clock(),
+                attempts=command.attempt,
+                waits=command.waits,
+                etag=etag,
+                resource=result.resource,
+                error=result.error,
+                children=result.children,
+                uncertain=result.uncertain,
+            )
+            if written or etag is None:
+                break
+            current = self.ledger.get(command.command_id)
+            did_it = result.outcome is Outcome.SUCCEEDED and current is not None
+            if current is None or (current.final and not (did_it and current.status is LedgerStatus.ALREADY_DONE)):
+                break
+            etag = current.etag
         return result
 
     def _clock(self) -> datetime:

@@ -303,3 +303,40 @@ def test_when_storage_is_down_the_worker_fails_the_invocation_and_changes_nothin
     assert simulator.runs == {}
     assert received(queues[POISON_QUEUE]) == []
     assert received(queues[COMMAND_QUEUE]) == []
+
+
+class RacingLedger(Ledger):
+    """The real ledger, with another delivery's write landing between this delivery's read and its result."""
+
+    def __init__(self, table, status):
+        super().__init__(table)
+        self.status_written = status
+        self.raced = False
+
+    def get(self, command_id):
+        record = super().get(command_id)
+        if not self.raced and record is not None:
+            self.raced = True
+            super().finish(command_id, self.status_written, datetime.now(UTC), attempts=1, waits=1, etag=record.etag)
+        return record
+
+
+@pytest.mark.parametrize("other", [Status.RESCHEDULED, Status.ALREADY_DONE])
+def test_the_delivery_that_did_a_delete_has_the_last_word_over_a_copy_that_waited_or_found_it_done(
+    simulator, queues, captured, ledger, other
+):
+    run = simulator.add_run()
+    reply = post(queues, ledger, {"action": "delete", "resource": "run", "id": run["id"]})
+    [message] = received(queues[COMMAND_QUEUE])
+    racing = RacingLedger(ledger.table, other)
+    assert instance(simulator, queues, captured, racing, "a").handle(message) is Outcome.SUCCEEDED
+    assert ledger.get(reply.body["commands"][0]["id"]).status is Status.SUCCEEDED
+
+
+def test_a_copy_that_only_waited_never_overwrites_a_final_result(simulator, queues, captured, ledger):
+    simulator.fail_next("DELETE", "/clashdetection/runs/", 429, headers={"Retry-After": "1"})
+    reply = post(queues, ledger, {"action": "delete", "resource": "run", "id": "gone-run"})
+    [message] = received(queues[COMMAND_QUEUE])
+    racing = RacingLedger(ledger.table, Status.SUCCEEDED)
+    assert instance(simulator, queues, captured, racing, "a").handle(message) is Outcome.RESCHEDULED
+    assert ledger.get(reply.body["commands"][0]["id"]).status is Status.SUCCEEDED

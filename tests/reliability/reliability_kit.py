@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -98,20 +99,8 @@ def install_worker(
 ) -> Worker:
     """Build the worker as `shared.runtime.worker` does, but with ``telemetry``, `FAST_REDELIVERY` (and optionally
     a shorter read timeout), and make the app's queue function use it. Everything else (settings, queue, client,
-    API) is real."""
-    settings = runtime.settings()
-    options: dict[str, Any] = {"telemetry": telemetry, "policy": runtime.WORKER_POLICY}
-    if read_timeout is not None:
-        options["timeout"] = (connect_timeout, read_timeout)
-    client = ITwinClient(settings, **options)
-    worker = Worker(
-        ITwinApi(client),
-        runtime.command_queue(),
-        telemetry,
-        max_attempts=settings.max_attempts,
-        max_age=settings.max_command_age,
-        backoff=FAST_REDELIVERY,
-    )
+    API, ledger) is real."""
+    worker = build_worker(telemetry, "host", read_timeout, connect_timeout)
 
     def get() -> Worker:
         return worker
@@ -119,6 +108,42 @@ def install_worker(
     get.reset = lambda: None  # type: ignore[attr-defined] - runtime.reset() calls it
     monkeypatch.setattr(runtime, "worker", get)
     return worker
+
+
+def install_instances(
+    monkeypatch: Any, telemetry: Mapping[str, Telemetry], read_timeout: float | None = None
+) -> dict[str, Worker]:
+    """One worker per host name, each with its own client (token cache, pacer, connection pool) and ledger owner,
+    as separate instances have; the app's queue function uses the one of the `LocalHost` (by ``name``) whose
+    thread runs the invocation. Queue and ledger are the shared storage, as in Azure."""
+    workers = {name: build_worker(t, name, read_timeout) for name, t in telemetry.items()}
+
+    def get() -> Worker:
+        return workers[threading.current_thread().name.split("-queue-", 1)[0]]
+
+    get.reset = lambda: None  # type: ignore[attr-defined]
+    monkeypatch.setattr(runtime, "worker", get)
+    return workers
+
+
+def build_worker(
+    telemetry: Telemetry, owner: str, read_timeout: float | None = None, connect_timeout: float = 3.05
+) -> Worker:
+    settings = runtime.settings()
+    options: dict[str, Any] = {"telemetry": telemetry, "policy": runtime.WORKER_POLICY}
+    if read_timeout is not None:
+        options["timeout"] = (connect_timeout, read_timeout)
+    return Worker(
+        ITwinApi(ITwinClient(settings, **options)),
+        runtime.command_queue(),
+        telemetry,
+        max_attempts=settings.max_attempts,
+        max_age=settings.max_command_age,
+        backoff=FAST_REDELIVERY,
+        ledger=runtime.ledger(),
+        claim_ttl=runtime.claim_ttl(),
+        owner=owner,
+    )
 
 
 @dataclass
