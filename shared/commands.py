@@ -55,6 +55,7 @@ _TOP_LEVEL = {
     "commandId",
     "idempotencyKey",
     "projectId",
+    "lookUp",
 }
 
 
@@ -80,6 +81,7 @@ class Command:
     command_id: str | None = None
     idempotency_key: str | None = field(default=None, compare=False)
     project_id: str | None = None
+    look_up: bool = False  # an earlier delivery's create got no clear answer: look for what it made first
 
     @property
     def kind(self) -> str:
@@ -106,6 +108,8 @@ class Command:
             message["waits"] = self.waits
         if self.first_enqueued is not None:
             message["firstEnqueued"] = format_instant(self.first_enqueued)
+        if self.look_up:
+            message["lookUp"] = True
         return message
 
     @property
@@ -311,6 +315,7 @@ def validate(data: Any, prefix: str = "") -> Command:
     c.optional(data, "firstEnqueued", "firstEnqueued", _instant, "an ISO 8601 time with a zone")
     c.optional(data, "commandId", "commandId", _matches(_COMMAND_ID), "a command id such as 20261123-c0a1b2...")
     c.optional(data, "idempotencyKey", "idempotencyKey", _matches(_IDEMPOTENCY_KEY), "1-200 printable characters")
+    c.optional(data, "lookUp", "lookUp", lambda v: isinstance(v, bool), "true or false")
     if "projectId" in data and (action, resource) != ("create", "run"):
         c.add("UnknownProperty", "projectId", "projectId belongs only to a create run command.")
     else:
@@ -349,6 +354,7 @@ def validate(data: Any, prefix: str = "") -> Command:
         command_id=data.get("commandId"),
         idempotency_key=data.get("idempotencyKey"),
         project_id=data.get("projectId"),
+        look_up=data.get("lookUp", False),
     )
 
 

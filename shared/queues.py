@@ -17,6 +17,10 @@ from shared.storage import connection_string, endpoint_and_credential
 logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
 
 MAX_VISIBILITY_DELAY = 7 * 24 * 3600  # the queue service's limit
+# A message's time-to-live defaults to 7 days: a command rescheduled for 7 days would expire as it became visible,
+# and a dead letter would vanish a week later. Nothing we send expires; attempts and ITWIN_MAX_COMMAND_AGE bound
+# commands, and an operator removes dead letters (python -m ops poison purge).
+NEVER_EXPIRES = -1
 # A batch is sent hidden for this long and shown once all of it is on the queue. Should showing fail, the
 # messages appear by themselves when this runs out: late, never lost.
 BATCH_HIDDEN_SECONDS = 30
@@ -71,7 +75,7 @@ class CommandQueue:
     def send(self, message: Mapping[str, Any], delay: float = 0.0) -> None:
         """Enqueue ``message``; it becomes visible no sooner than ``delay`` seconds from now."""
         seconds = min(MAX_VISIBILITY_DELAY, math.ceil(delay)) if delay > 0 else None
-        self._commands.send_message(_text(message), visibility_timeout=seconds)
+        self._commands.send_message(_text(message), visibility_timeout=seconds, time_to_live=NEVER_EXPIRES)
 
     def send_all(self, messages: list[Mapping[str, Any]]) -> None:
         """Enqueue every message or none; raises `EnqueueFailed` naming any that could not be taken back.
@@ -83,7 +87,9 @@ class CommandQueue:
         sent = []
         try:
             for message in messages:
-                sent.append(self._commands.send_message(_text(message), visibility_timeout=hidden))
+                sent.append(
+                    self._commands.send_message(_text(message), visibility_timeout=hidden, time_to_live=NEVER_EXPIRES)
+                )
         except Exception as error:
             raise EnqueueFailed(error, len(sent), self._take_back(sent)) from error
         if hidden is None:
@@ -106,7 +112,7 @@ class CommandQueue:
 
     def dead_letter(self, envelope: str) -> None:
         """Put a poison envelope (its JSON text, see `shared.poison`) on the poison queue."""
-        self._poison.send_message(envelope)
+        self._poison.send_message(envelope, time_to_live=NEVER_EXPIRES)
 
 
 def _text(message: Mapping[str, Any]) -> str:

@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -104,13 +104,13 @@ class Worker:
 
     def _run(self, command: Command) -> Result:
         if self.ledger is None or command.command_id is None:
-            return self._attempt(command, recorded=False)
+            return self._attempt(command, look_up=command.look_up)
         if command.action == "create":
             return self._create_once(command, command.command_id)
         record = self.ledger.get(command.command_id)
         if record is not None and record.final:
             return _repeat(record)
-        return self._finish(command, self._attempt(command, recorded=True), etag=record.etag if record else None)
+        return self._finish(command, self._attempt(command), etag=record.etag if record else None)
 
     def _create_once(self, command: Command, command_id: str) -> Result:
         """A create happens once across instances: the delivery that claims the command makes the API call.
@@ -122,7 +122,7 @@ class Worker:
         now = self._clock()
         claim = self.ledger.claim(command_id, self.owner, now)
         if claim.ours:
-            return self._finish(command, self._attempt(command, recorded=True))
+            return self._finish(command, self._attempt(command, look_up=command.look_up))
         record = claim.record
         if record is not None and record.final:
             return _repeat(record)
@@ -140,7 +140,8 @@ class Worker:
                 code="CreateOutcomeUnknown",
             )
             return self._finish(command, self._dead_letter_error(command, error))
-        return self._finish(command, self._attempt(command, recorded=True, look_up=died or record.uncertain))
+        look_up = died or record.uncertain or command.look_up
+        return self._finish(command, self._attempt(command, look_up=look_up))
 
     def _look_up(self, command: Command) -> Resource | None:
         """The run an earlier create of ``command`` made, if the API can find it; None when it made none.
@@ -194,7 +195,7 @@ class Worker:
     def _clock(self) -> datetime:
         return datetime.fromtimestamp(self._now(), UTC)
 
-    def _attempt(self, command: Command, *, recorded: bool, look_up: bool = False) -> Result:
+    def _attempt(self, command: Command, *, look_up: bool = False) -> Result:
         """Carry the command out once (after looking up what an earlier create made, with ``look_up``); a failure
         is rescheduled or dead-lettered here."""
         looked = False
@@ -208,12 +209,13 @@ class Worker:
             now = self._clock()
             age = command.age(now)
             outcome = classify_failure(error, command, self.max_attempts, age=age, max_age=self.max_age)
-            lookable = recorded and create_outcome_unknown(error, command) and _can_look_up(command)
+            lookable = create_outcome_unknown(error, command) and _can_look_up(command)
             uncertain = lookable or (look_up and not looked)
             if lookable:
                 outcome = Outcome.RESCHEDULED if command.attempt < self.max_attempts else Outcome.DEAD_LETTERED
             if outcome is Outcome.RESCHEDULED:
                 again = command.after_wait(now) if is_wait(error) else command.next_attempt(now)
+                again = replace(again, look_up=uncertain)
                 delay = error.retry_after if error.retry_after is not None else self.backoff.delay(command.deliveries)
                 self.queue.send(again.to_message(), delay=delay)
                 return Result(outcome, f"{error}; back in {delay:.1f} s", error=error.to_dict(), uncertain=uncertain)

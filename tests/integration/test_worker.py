@@ -359,3 +359,38 @@ def test_retry_after_inf_becomes_the_queues_longest_delay(simulator, queues, cap
     simulator.fail_next("DELETE", "/clashdetection/runs/", 429, headers={"Retry-After": "inf"})
     assert worker.handle(message(action="delete", resource="run", id=MISSING)) is Outcome.RESCHEDULED
     assert sender.delays == [7 * 24 * 3600]
+
+
+def test_dead_letters_and_rescheduled_commands_never_expire(worker, simulator, queues):
+    simulator.fail_next("DELETE", "/clashdetection/runs/", 429, headers={"Retry-After": "1"})
+    assert worker.handle(message(action="delete", resource="run", id=MISSING)) is Outcome.RESCHEDULED
+    assert worker.handle(b"{not json") is Outcome.DEAD_LETTERED
+    time.sleep(1.2)
+    [rescheduled] = queues[COMMAND_QUEUE].receive_messages(visibility_timeout=1)
+    [dead] = queues[POISON_QUEUE].receive_messages(visibility_timeout=1)
+    # The default time-to-live is 7 days; "never" is reported as the end of the year 9999.
+    assert rescheduled.expires_on.year == dead.expires_on.year == 9999
+
+
+def test_a_run_create_whose_answer_was_lost_is_looked_up_on_its_next_delivery_not_repeated(simulator, queues, captured):
+    worker = make_worker(simulator, queues, captured)
+    worker.api.client._timeout = (2.0, 0.5)
+    simulator.stall_next("POST", "/clashdetection/runs", 1.0)  # carried out, answered after the client gave up
+    body = {"testId": "t-lost", "iModelId": IMODEL, "namedVersionId": "v-1"}
+    command = message(action="create", resource="run", projectId=simulator.itwin_id, body=body)
+    assert worker.handle(command) is Outcome.RESCHEDULED
+    again = rescheduled_copy(queues)
+    assert again["lookUp"] is True
+    assert worker.handle(json.dumps(again)) is Outcome.ALREADY_DONE
+    assert len(simulator.runs) == 1
+    assert [r.method for r in simulator.api_calls()] == ["POST", "GET"]
+    assert received(queues[POISON_QUEUE]) == []
+
+
+def test_a_run_create_without_a_project_that_got_no_answer_is_dead_lettered_saying_why(worker, simulator, queues):
+    simulator.fail_next("POST", "/clashdetection/runs", 500)
+    body = {"testId": "t-lost", "iModelId": IMODEL, "namedVersionId": "v-1"}
+    assert worker.handle(message(action="create", resource="run", body=body)) is Outcome.DEAD_LETTERED
+    [envelope] = received(queues[POISON_QUEUE])
+    assert envelope["error"]["code"] == "CreateOutcomeUnknown"
+    assert "no projectId to look the run up by" in envelope["error"]["message"]
