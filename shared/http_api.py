@@ -11,7 +11,7 @@ from typing import Any
 from shared.commands import Command, InvalidCommand, decode_json, parse_batch
 from shared.errors import ErrorDetail
 from shared.intake import Accepted, IdempotencyKeyReused, accept
-from shared.ledger import DEFAULT_CLAIM_TTL, Ledger, delivery_ids, split_id
+from shared.ledger import DEFAULT_CLAIM_TTL, Ledger, LedgerConflict, delivery_ids, split_id
 from shared.queues import CommandQueue, EnqueueFailed
 from shared.replays import DEFAULT_TTL, RecentDeliveries
 from shared.rules import Rule, commands_for, parse_event
@@ -103,6 +103,20 @@ def _misconfigured(error: SettingsError) -> Reply:
     return error_reply(503, "ServiceMisconfigured", f"{error}. See GET /api/health.")
 
 
+def _storage_down(error: Exception) -> Reply:
+    log.error("storage failed: %s: %s", type(error).__name__, error)
+    return error_reply(
+        503,
+        "StorageUnavailable",
+        "The app's storage (queue or command ledger) did not answer; nothing was accepted. Retry later.",
+    )
+
+
+def _from_storage(error: Exception) -> bool:
+    """True for the Azure SDK's errors (storage unreachable or failing), which are not imported at cold start."""
+    return type(error).__module__.startswith("azure.")
+
+
 def accept_commands(
     body: bytes,
     declared_length: str | None,
@@ -128,6 +142,8 @@ def accept_commands(
         return _misconfigured(error)
     except EnqueueFailed as failure:
         return _not_enqueued(failure, len(commands))
+    except LedgerConflict:  # the same ids appeared twice while this request ran: nothing was enqueued
+        return error_reply(409, "Conflict", "Another request recorded the same commands at the same moment; retry.")
     except IdempotencyKeyReused as reused:
         return error_reply(
             409,
@@ -136,6 +152,10 @@ def accept_commands(
             "within the retention period. Use a new key for a new command.",
             (ErrorDetail("IdempotencyKeyReused", str(reused), f"[{reused.index}].idempotencyKey"),),
         )
+    except Exception as error:
+        if _from_storage(error):
+            return _storage_down(error)
+        raise
     listed = [
         {"id": command_id, "status": status_url(command_id), **({} if fresh else {"duplicate": True})}
         for command_id, fresh in zip(accepted.ids, accepted.enqueued, strict=True)
@@ -190,6 +210,10 @@ def command_status(command_id: str, ledger: Callable[[], Ledger], claim_ttl: tim
         record = ledger().status(command_id, claim_ttl)
     except SettingsError as error:
         return _misconfigured(error)
+    except Exception as error:
+        if _from_storage(error):
+            return _storage_down(error)
+        raise
     if record is None:
         return error_reply(
             404,
@@ -253,6 +277,8 @@ def receive_webhook(
             return _not_enqueued(error, len(commands))
         if isinstance(error, IdempotencyKeyReused):  # the rules changed since this messageId was first accepted
             return Reply(202, {"accepted": 0, "eventType": event.event_type, "duplicate": True})
+        if _from_storage(error):
+            return _storage_down(error)  # the platform resends the delivery
         raise
     count = sum(accepted.enqueued)
     if commands and count == 0:

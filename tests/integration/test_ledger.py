@@ -286,15 +286,26 @@ def test_retention_drops_whole_days_past_the_period_and_keeps_the_rest(ledger):
     assert (ledger.get(old), ledger.get(recent).id) == (None, recent)
 
 
-def test_when_storage_is_down_the_worker_fails_the_invocation_and_changes_nothing(simulator, queues, captured):
-    unreachable = Ledger.from_environment(
+def unreachable_ledger() -> Ledger:
+    ledger = Ledger.from_environment(
         {
             "AzureWebJobsStorage": "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
             "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
             "TableEndpoint=http://127.0.0.1:9/devstoreaccount1;"
         }
     )
-    unreachable.table._client._client._config.retry_policy.total_retries = 0
+    ledger.table._client._client._config.retry_policy.total_retries = 0
+    return ledger
+
+
+def test_when_the_ledger_is_down_a_post_is_503_and_nothing_is_enqueued(queues):
+    reply = post(queues, unreachable_ledger(), {"action": "delete", "resource": "run", "id": "r1"})
+    assert (reply.status, reply.body["error"]["code"]) == (503, "StorageUnavailable")
+    assert received(queues[COMMAND_QUEUE]) == []
+
+
+def test_when_storage_is_down_the_worker_fails_the_invocation_and_changes_nothing(simulator, queues, captured):
+    unreachable = unreachable_ledger()
     worker = instance(simulator, queues, captured, unreachable, "a")
     command = validate(run_command(simulator))
     message = json.dumps({**command.to_message(), "commandId": new_id(datetime.now(UTC))})
