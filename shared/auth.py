@@ -32,6 +32,7 @@ import requests
 
 from shared.errors import TokenError
 from shared.retry import parse_retry_after
+from shared.telemetry import Telemetry, default_telemetry
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ class TokenProvider:
         session: requests.Session,
         timeout: tuple[float, float],
         clock: Callable[[], float] = time.monotonic,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._client_id = client_id
         self._secret = client_secret
@@ -129,6 +131,7 @@ class TokenProvider:
         self._lock = threading.Lock()
         self._app: msal.ConfidentialClientApplication | None = None
         self._token = _Token()
+        self._telemetry = telemetry or default_telemetry()
 
     def token(self, *, stale: str | None = None) -> str:
         """A token valid now. Pass ``stale`` (a token the API refused) to force one fresh token request.
@@ -141,7 +144,11 @@ class TokenProvider:
             refused = stale is not None and stale == current.value
             if current.value and now < current.renew_at and not refused:
                 return current.value
-            self._token = self._fetch()
+            try:
+                self._token = self._fetch()
+            except TokenError as error:
+                self._telemetry.token_failures.add(1, {"error.type": error.code or type(error).__name__})
+                raise
             return self._token.value
 
     def _application(self) -> msal.ConfidentialClientApplication:

@@ -83,6 +83,7 @@ class ITwinClient:
             session=self.session,
             timeout=timeout,
             clock=clock,
+            telemetry=telemetry,
         )
         self.telemetry = telemetry or default_telemetry()
         self.pacer = pacer or Pacer(settings.rate_limits, clock=clock)

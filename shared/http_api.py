@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.commands import Command, InvalidCommand, decode_json, parse_batch
 from shared.errors import ErrorDetail
@@ -17,6 +17,9 @@ from shared.replays import DEFAULT_TTL, RecentDeliveries
 from shared.rules import Rule, commands_for, parse_event
 from shared.settings import SettingsError, missing_required
 from shared.signature import WebhookSecrets, verify
+
+if TYPE_CHECKING:
+    from shared.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +237,8 @@ def receive_webhook(
     deliveries: RecentDeliveries | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ledger: Callable[[], Ledger | None] = lambda: None,
+    *,
+    telemetry: Telemetry | None = None,
 ) -> Reply:
     """``POST /api/webhooks/itwin``: verify the signature, map the event to commands by rules, enqueue them.
 
@@ -241,8 +246,43 @@ def receive_webhook(
     A delivery whose signed ``enqueuedDateTime`` is older than `MAX_DELIVERY_AGE` (or ahead of ``now`` by more
     than `CLOCK_SKEW`) is refused as a possible replay. Within that window a repeat of a ``messageId`` is answered
     202 ``duplicate`` and enqueues nothing: by ``deliveries`` (this process's memory, a fast path) or, on any
-    instance, by the ledger, which holds the ids derived from the ``messageId``.
+    instance, by the ledger, which holds the ids derived from the ``messageId``. Each delivery is counted
+    (``itwin.webhook.deliveries``) as accepted, duplicate or refused, a refusal with its error code as ``error.type``.
     """
+    try:
+        reply = _receive_webhook(body, signature, secret, rules, environ, queue, deliveries, now, ledger)
+    except Exception as error:
+        _count_delivery(telemetry, "refused", type(error).__qualname__)
+        raise
+    if reply.status != 202:
+        _count_delivery(telemetry, "refused", reply.body["error"]["code"])
+    else:
+        _count_delivery(telemetry, "duplicate" if reply.body.get("duplicate") else "accepted", None)
+    return reply
+
+
+def _count_delivery(telemetry: Telemetry | None, outcome: str, error_type: str | None) -> None:
+    if telemetry is None:
+        from shared.telemetry import default_telemetry  # OpenTelemetry: kept out of cold start, as in _enqueue
+
+        telemetry = default_telemetry()
+    attributes = {"outcome": outcome}
+    if error_type:
+        attributes["error.type"] = error_type
+    telemetry.webhook_deliveries.add(1, attributes)
+
+
+def _receive_webhook(
+    body: bytes,
+    signature: str | None,
+    secret: str | None,
+    rules: Callable[[], tuple[Rule, ...]],
+    environ: Mapping[str, str],
+    queue: Callable[[], CommandQueue],
+    deliveries: RecentDeliveries | None,
+    now: Callable[[], datetime],
+    ledger: Callable[[], Ledger | None],
+) -> Reply:
     if _too_large(body, None):
         return TOO_LARGE
     if not verify(body, signature, secret):

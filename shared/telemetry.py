@@ -41,6 +41,16 @@ class Telemetry:
             unit="{command}",
             description="Queue commands by final outcome of this delivery.",
         )
+        self.webhook_deliveries = meter.create_counter(
+            "itwin.webhook.deliveries",
+            unit="{delivery}",
+            description="Webhook deliveries by what the receiver did with them: accepted, duplicate or refused.",
+        )
+        self.token_failures = meter.create_counter(
+            "itwin.token.failures",
+            unit="{request}",
+            description="Service token requests that failed, by the TokenError code.",
+        )
 
 
 _default: Telemetry | None = None

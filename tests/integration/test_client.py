@@ -367,6 +367,7 @@ def test_a_wrong_secret_is_a_permanent_token_error(simulator, captured):
     assert caught.value.code == "invalid_client"
     assert not caught.value.transient
     assert "wrong-secret" not in str(caught.value)
+    assert captured.counts("itwin.token.failures") == {(("error.type", "invalid_client"),): 1}
 
 
 def test_a_token_service_outage_is_a_transient_token_error(simulator, captured):
@@ -375,6 +376,8 @@ def test_a_token_service_outage_is_a_transient_token_error(simulator, captured):
     with pytest.raises(TokenError) as caught:
         api.list_connections(IMODEL)
     assert caught.value.transient
+    assert captured.counts("itwin.token.failures") == {(("error.type", caught.value.code),): 1}
+    assert caught.value.code == "TokenServiceUnavailable"
 
 
 DISCOVERY = "/.well-known/openid-configuration"

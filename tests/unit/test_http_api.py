@@ -1,6 +1,8 @@
 import json
 from datetime import UTC, datetime, timedelta
 
+import pytest
+from otel_capture import Captured
 from samples import IMODEL
 
 from shared.http_api import MAX_REQUEST_BYTES, accept_commands, health, receive_webhook
@@ -142,3 +144,56 @@ def test_a_delivery_without_enqueued_date_time_is_refused_naming_the_field():
     reply = receive_webhook(body, sign(body, SECRET), SECRET, rules, {}, no_queue)
     assert reply.status == 400
     assert reply.body["error"]["details"][0]["target"] == "enqueuedDateTime"
+
+
+def delivery_counts(captured: Captured) -> dict[tuple[str, str | None], int]:
+    """``itwin.webhook.deliveries`` by (outcome, error.type)."""
+    return {
+        (dict(key)["outcome"], dict(key).get("error.type")): value
+        for key, value in captured.counts("itwin.webhook.deliveries").items()
+    }
+
+
+def test_each_webhook_delivery_is_counted_as_accepted_duplicate_or_refused_with_its_code():
+    captured = Captured()
+    deliveries = RecentDeliveries()
+    event = delivery("accessControl.memberAdded.v1", messageId="m-1")
+    incomplete = delivery("iModels.iModelDeleted.v1")
+    stale = delivery("accessControl.memberAdded.v1", enqueued=datetime.now(UTC) - timedelta(hours=25))
+
+    def deliver(body: bytes, signature: str | None) -> int:
+        return receive_webhook(
+            body, signature, SECRET, rules, {}, no_queue, deliveries, telemetry=captured.telemetry
+        ).status
+
+    answers = [
+        deliver(event, sign(event, SECRET)),
+        deliver(event, sign(event, SECRET)),
+        deliver(event, sign(event, "x" * 32)),
+        deliver(incomplete, sign(incomplete, SECRET)),
+        deliver(stale, sign(stale, SECRET)),
+        deliver(b"x" * (MAX_REQUEST_BYTES + 1), None),
+    ]
+
+    assert answers == [202, 202, 401, 400, 400, 413]
+    assert delivery_counts(captured) == {
+        ("accepted", None): 1,
+        ("duplicate", None): 1,
+        ("refused", "InvalidSignature"): 1,
+        ("refused", "InvalidCommand"): 1,
+        ("refused", "StaleDelivery"): 1,
+        ("refused", "RequestTooLarge"): 1,
+    }
+
+
+def test_a_delivery_whose_commands_cannot_be_enqueued_is_counted_as_refused_with_the_failure():
+    captured = Captured()
+    body = delivery("iModels.iModelDeleted.v1", {"imodelId": IMODEL})
+
+    def unreachable_queue():
+        raise ConnectionError("queue service unreachable")
+
+    with pytest.raises(ConnectionError):
+        receive_webhook(body, sign(body, SECRET), SECRET, rules, {}, unreachable_queue, telemetry=captured.telemetry)
+
+    assert delivery_counts(captured) == {("refused", "ConnectionError"): 1}
