@@ -1,7 +1,8 @@
 // Deploys the iTwin event functions: a Python 3.11 function app on the Flex Consumption plan, running as a
 // user-assigned managed identity, with identity-only storage (queues itwin-commands and
 // itwin-commands-poison), Key Vault references for the secrets, and OpenTelemetry export to
-// Application Insights with Entra authentication.
+// Application Insights with Entra authentication; and, with vnetEnabled, a virtual network with private
+// endpoints for storage and Key Vault.
 //
 // azd: `azd up` (parameters from main.parameters.json). Azure CLI:
 //   az deployment group create -g <group> -f infra/main.bicep -p environmentName=<name> itwinClientId=<id> ...
@@ -50,6 +51,9 @@ param maximumInstanceCount int = 100
   'Standard_RAGZRS'
 ])
 param storageSkuName string = 'Standard_LRS'
+
+@description('Deploy a virtual network: the app integrates with it, storage (blob, queue, table) and Key Vault are reached through private endpoints, and their public network access is off. The app\'s HTTP endpoints stay public (the iTwin Platform delivers webhooks from the internet).')
+param vnetEnabled bool = false
 
 @minLength(1)
 @description('ITWIN_CLIENT_ID: client id of the iTwin service application.')
@@ -144,6 +148,7 @@ module storage 'modules/storage.bicep' = {
     commandQueueName: commandQueueName
     poisonQueueName: poisonQueueName
     ledgerTableName: ledgerTableName
+    vnetEnabled: vnetEnabled
   }
 }
 
@@ -153,9 +158,21 @@ module keyVault 'modules/key-vault.bicep' = {
     name: 'kv-${resourceToken}'
     location: location
     tags: allTags
+    vnetEnabled: vnetEnabled
     itwinClientSecret: itwinClientSecret
     itwinWebhookSecret: itwinWebhookSecret
     itwinWebhookSecretPrevious: itwinWebhookSecretPrevious
+  }
+}
+
+module network 'modules/network.bicep' = if (vnetEnabled) {
+  name: 'network'
+  params: {
+    name: 'vnet-${resourceToken}'
+    location: location
+    tags: allTags
+    storageAccountName: storage.outputs.name
+    keyVaultName: keyVault.outputs.name
   }
 }
 
@@ -213,11 +230,13 @@ module functionApp 'modules/function-app.bicep' = {
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount
     appSettings: appSettings
+    virtualNetworkSubnetId: vnetEnabled ? network.outputs.appSubnetId : ''
   }
   // The identity must hold its roles before the app first starts: the host reads its storage, and the
-  // Key Vault references are resolved, with that identity.
+  // Key Vault references are resolved, with that identity (through the private endpoints, with vnetEnabled).
   dependsOn: [
     roleAssignments
+    network
   ]
 }
 
@@ -232,3 +251,5 @@ output LEDGER_TABLE string = storage.outputs.ledgerTableName
 output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsName
+@description('The app\'s outbound address with vnetEnabled (the NAT gateway\'s public IP); empty without.')
+output OUTBOUND_IP_ADDRESS string = vnetEnabled ? network.outputs.outboundIpAddress : ''

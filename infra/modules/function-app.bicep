@@ -52,6 +52,9 @@ param pythonVersion string = '3.11'
 @description('App settings, name to value.')
 param appSettings object
 
+@description('Resource id of the subnet for virtual network integration; empty: none (vnetEnabled=false).')
+param virtualNetworkSubnetId string = ''
+
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   name: planName
   location: location
@@ -85,9 +88,12 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
     httpsOnly: true
     // checkov:skip=CKV_AZURE_17: Callers are the iTwin Platform's webhook deliveries (authenticated by their HMAC signature) and clients holding a function key; neither presents a TLS client certificate.
     clientCertEnabled: false
-    // checkov:skip=CKV_AZURE_222: POST /api/webhooks/itwin must be reachable by the iTwin Platform from the internet; every other route needs a function key.
+    // checkov:skip=CKV_AZURE_222: POST /api/webhooks/itwin must be reachable by the iTwin Platform from the internet, with or without vnetEnabled; every other route needs a function key.
     publicNetworkAccess: 'Enabled'
     keyVaultReferenceIdentity: identityId
+    // With a subnet, all the app's outbound traffic (storage, Key Vault references, the iTwin Platform) goes
+    // through the virtual network.
+    virtualNetworkSubnetId: empty(virtualNetworkSubnetId) ? null : virtualNetworkSubnetId
     siteConfig: {
       // checkov:skip=CKV_AZURE_78: FTP is switched off by the ftp basicPublishingCredentialsPolicies resource below (allow: false); Flex Consumption does not support siteConfig.ftpsState and newer regions reject a template that sets it.
       // checkov:skip=CKV_AZURE_213: App Service health check is meant for plans with always-running instances; this app scales to zero on Flex Consumption, and GET /api/health serves external availability probes instead.

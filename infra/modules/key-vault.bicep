@@ -1,6 +1,7 @@
 // Key Vault in RBAC mode holding the iTwin secrets. The app reads them through Key Vault references
 // resolved with its user-assigned identity (Key Vault Secrets User, granted in role-assignments.bicep).
 // Secret names are fixed here; rotating a secret means adding a new version (see docs/deployment.md).
+// With vnetEnabled, public network access is off and the app reads the vault through a private endpoint.
 
 @description('Name of the key vault (3-24 characters, globally unique).')
 @minLength(3)
@@ -17,6 +18,9 @@ param tags object = {}
 @minValue(7)
 @maxValue(90)
 param softDeleteRetentionInDays int = 90
+
+@description('True: no public network access; the app comes in through a private endpoint (network.bicep).')
+param vnetEnabled bool = false
 
 @secure()
 @description('Client secret of the iTwin service application.')
@@ -47,11 +51,11 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
     enabledForDeployment: false
     enabledForDiskEncryption: false
     enabledForTemplateDeployment: false
-    // checkov:skip=CKV_AZURE_189: Key Vault references of a Flex Consumption app without virtual network integration are resolved over the vault's public endpoint; access is by Entra identity and RBAC only (Key Vault Secrets User for the app's identity).
-    // checkov:skip=CKV_AZURE_109: Same reason as CKV_AZURE_189: a default-deny firewall would make the app's Key Vault references unresolvable without a virtual network.
-    publicNetworkAccess: 'Enabled'
+    // checkov:skip=CKV_AZURE_189: [vnetEnabled=false] Key Vault references of a Flex Consumption app without virtual network integration are resolved over the vault's public endpoint; access is by Entra identity and RBAC only (Key Vault Secrets User for the app's identity). vnetEnabled=true turns it off.
+    // checkov:skip=CKV_AZURE_109: [vnetEnabled=false] Same reason as CKV_AZURE_189: a default-deny firewall would make the app's Key Vault references unresolvable without a virtual network. vnetEnabled=true denies by default.
+    publicNetworkAccess: vnetEnabled ? 'Disabled' : 'Enabled'
     networkAcls: {
-      defaultAction: 'Allow'
+      defaultAction: vnetEnabled ? 'Deny' : 'Allow'
       bypass: 'AzureServices'
     }
   }

@@ -44,8 +44,9 @@ resource appInsights 'Microsoft.Insights/components@2020-02-02' = {
     WorkspaceResourceId: workspace.id
     IngestionMode: 'LogAnalytics'
     DisableLocalAuth: true
-    // The app runs without virtual network integration, so ingestion and query stay on the public endpoints;
-    // with local auth disabled, every ingestion call still needs an Entra token.
+    // Ingestion and query stay on the public endpoints, also with vnetEnabled (the app reaches them through the
+    // network's NAT gateway; an Azure Monitor private link scope is not part of this template). With local auth
+    // disabled, every ingestion call needs an Entra token.
     publicNetworkAccessForIngestion: 'Enabled'
     publicNetworkAccessForQuery: 'Enabled'
   }

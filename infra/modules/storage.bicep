@@ -1,6 +1,8 @@
 // The storage account behind AzureWebJobsStorage: host state (blobs), the Flex Consumption deployment
-// container, the two queues the app uses, and the command ledger's table. Shared keys are disabled, so every client, the Functions host
-// and the app's own queue client alike, authenticates with the managed identity.
+// container, the two queues the app uses, and the command ledger's table. Shared keys are disabled, so every
+// client, the Functions host and the app's own queue client alike, authenticates with the managed identity. With
+// vnetEnabled, public network access is off and the app reaches blobs, queues and the table through private
+// endpoints (network.bicep).
 
 @description('Name of the storage account (3-24 lower-case letters and digits, globally unique).')
 @minLength(3)
@@ -36,6 +38,9 @@ param poisonQueueName string
 @description('Table of the command ledger (one row per command: status, result, idempotency).')
 param ledgerTableName string
 
+@description('True: no public network access; the app comes in through private endpoints (network.bicep).')
+param vnetEnabled bool = false
+
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   name: name
   location: location
@@ -56,11 +61,11 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     isSftpEnabled: false
     minimumTlsVersion: 'TLS1_2'
     supportsHttpsTrafficOnly: true
-    // checkov:skip=CKV_AZURE_35: Flex Consumption without virtual network integration reaches its host storage over the public endpoint, so a default-deny firewall would stop the app; access is by Entra identity only (allowSharedKeyAccess is false).
-    // checkov:skip=CKV_AZURE_59: Same reason as CKV_AZURE_35: public network access is needed by the app without a virtual network; shared keys and anonymous blob access are disabled.
-    publicNetworkAccess: 'Enabled'
+    // checkov:skip=CKV_AZURE_35: [vnetEnabled=false] Flex Consumption without virtual network integration reaches its host storage over the public endpoint, so a default-deny firewall would stop the app; access is by Entra identity only (allowSharedKeyAccess is false). vnetEnabled=true denies by default.
+    // checkov:skip=CKV_AZURE_59: [vnetEnabled=false] Same reason as CKV_AZURE_35: public network access is needed by the app without a virtual network; shared keys and anonymous blob access are disabled. vnetEnabled=true turns it off.
+    publicNetworkAccess: vnetEnabled ? 'Disabled' : 'Enabled'
     networkAcls: {
-      defaultAction: 'Allow'
+      defaultAction: vnetEnabled ? 'Deny' : 'Allow'
       bypass: 'AzureServices'
     }
   }

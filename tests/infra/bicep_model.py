@@ -46,6 +46,17 @@ def decorator_argument(declaration: dict[str, Any], kind: str) -> Any:
     raise KeyError(kind)
 
 
+def body(declaration: dict[str, Any]) -> dict[str, Any]:
+    """The configuration of a resource or module, under its `if (...)` when it has one (pycep nests it there)."""
+    config = declaration["config"]
+    return config["config"] if "condition" in config else config
+
+
+def condition(declaration: dict[str, Any]) -> Any:
+    """The `if (...)` condition of a resource or module, or None when it is always deployed."""
+    return declaration["config"].get("condition")
+
+
 def resources_of_type(template: dict[str, Any], resource_type: str) -> dict[str, dict[str, Any]]:
     """Resources (symbol to declaration) of one type, e.g. `Microsoft.Web/sites`, existing ones left out."""
     return {

@@ -15,6 +15,7 @@ from bicep_model import (
     INFRA,
     REPO,
     bicep_files,
+    body,
     identifiers_used,
     module_output_references,
     parse_bicep,
@@ -27,6 +28,7 @@ EXPECTED_MODULES = {
     "key-vault",
     "role-assignments",
     "function-app",
+    "network",
 }
 
 
@@ -70,7 +72,7 @@ def test_every_module_main_uses_exists_and_is_local(main_template: dict[str, Any
 def test_main_passes_only_declared_params_and_every_required_one(main_template: dict[str, Any]):
     for symbol, module in _modules(main_template).items():
         declared = parse_bicep(_module_path(module))["parameters"]
-        passed = set(module["config"]["params"])
+        passed = set(body(module)["params"])
         required = {name for name, param in declared.items() if param["default"] is None}
 
         assert passed <= set(declared), f"module {symbol} is passed undeclared params {passed - set(declared)}"
