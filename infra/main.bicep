@@ -1,8 +1,8 @@
 // Deploys the iTwin event functions: a Python 3.11 function app on the Flex Consumption plan, running as a
 // user-assigned managed identity, with identity-only storage (queues itwin-commands and
 // itwin-commands-poison), Key Vault references for the secrets, and OpenTelemetry export to
-// Application Insights with Entra authentication; and, with vnetEnabled, a virtual network with private
-// endpoints for storage and Key Vault.
+// Application Insights with Entra authentication; an operators' workbook and alerts over that telemetry; and,
+// with vnetEnabled, a virtual network with private endpoints for storage and Key Vault.
 //
 // azd: `azd up` (parameters from main.parameters.json). Azure CLI:
 //   az deployment group create -g <group> -f infra/main.bicep -p environmentName=<name> itwinClientId=<id> ...
@@ -54,6 +54,9 @@ param storageSkuName string = 'Standard_LRS'
 
 @description('Deploy a virtual network: the app integrates with it, storage (blob, queue, table) and Key Vault are reached through private endpoints, and their public network access is off. The app\'s HTTP endpoints stay public (the iTwin Platform delivers webhooks from the internet).')
 param vnetEnabled bool = false
+
+@description('E-mail address the alerts are sent to. Empty: the alerts fire in Azure Monitor without notifying anyone.')
+param alertEmail string = ''
 
 @minLength(1)
 @description('ITWIN_CLIENT_ID: client id of the iTwin service application.')
@@ -240,6 +243,27 @@ module functionApp 'modules/function-app.bicep' = {
   ]
 }
 
+module workbook 'modules/workbook.bicep' = {
+  name: 'workbook'
+  params: {
+    location: location
+    tags: allTags
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+  }
+}
+
+module alerts 'modules/alerts.bicep' = {
+  name: 'alerts'
+  params: {
+    namePrefix: resourceToken
+    location: location
+    tags: allTags
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    storageAccountName: storage.outputs.name
+    alertEmail: alertEmail
+  }
+}
+
 output AZURE_LOCATION string = location
 output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.name
 output FUNCTION_APP_HOST_NAME string = functionApp.outputs.defaultHostName
@@ -251,5 +275,7 @@ output LEDGER_TABLE string = storage.outputs.ledgerTableName
 output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsName
+@description('The operators\' workbook (portal: the Application Insights resource, Workbooks).')
+output AZURE_WORKBOOK_ID string = workbook.outputs.id
 @description('The app\'s outbound address with vnetEnabled (the NAT gateway\'s public IP); empty without.')
 output OUTBOUND_IP_ADDRESS string = vnetEnabled ? network.outputs.outboundIpAddress : ''

@@ -29,6 +29,8 @@ EXPECTED_MODULES = {
     "role-assignments",
     "function-app",
     "network",
+    "workbook",
+    "alerts",
 }
 
 
