@@ -33,6 +33,8 @@ What it does, like the Functions host:
   function runs. Success deletes the message. A failure (an exception, or a body that is not base64 under
   ``base64`` encoding) makes the message visible again after ``visibilityTimeout``; once its dequeue count has
   reached ``maxDequeueCount`` the original content goes to ``<queue>-poison`` (created when missing) instead.
+- OpenTelemetry (CLI): with ``PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true`` and
+  ``APPLICATIONINSIGHTS_CONNECTION_STRING`` set, exports through azure-monitor-opentelemetry like the Python worker.
 - A parameter named ``context`` gets a :class:`func.Context`. A queue trigger parameter annotated ``str`` or ``bytes``
   gets the body; otherwise an ``azure.functions.queue.QueueMessage``. ``async def`` functions work.
 
@@ -89,6 +91,7 @@ __all__ = [
     "QueueFunction",
     "app_functions",
     "compile_route",
+    "configure_telemetry",
     "load_app",
     "load_host_settings",
     "load_local_settings",
@@ -1098,6 +1101,30 @@ def load_app(spec: str) -> func.FunctionApp:
     return app
 
 
+def configure_telemetry(environ: MutableMapping[str, str]) -> bool:
+    """Export the app's OpenTelemetry as the Azure Functions Python worker does: through azure-monitor-opentelemetry
+    when ``PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY`` is true and ``APPLICATIONINSIGHTS_CONNECTION_STRING`` is
+    set (in a test, pointing at `sandbox.ingestion.IngestionSink`). Live metrics, the exporter's own usage statistics,
+    its remote configuration and its offline storage stay off: they would reach Microsoft endpoints or write to disk.
+    Returns whether it did."""
+    enabled = environ.get("PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY", "").strip().lower() == "true"
+    connection_string = environ.get("APPLICATIONINSIGHTS_CONNECTION_STRING", "").strip()
+    if not (enabled and connection_string):
+        return False
+    for switch in (
+        "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL",
+        "APPLICATIONINSIGHTS_SDKSTATS_DISABLED",
+        "APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED",
+    ):
+        environ.setdefault(switch, "true")
+    from azure.monitor.opentelemetry import configure_azure_monitor  # heavy: only when asked for
+
+    configure_azure_monitor(
+        connection_string=connection_string, enable_live_metrics=False, disable_offline_storage=True
+    )
+    return True
+
+
 def describe(host: LocalHost) -> str:
     lines = ["Functions:"]
     for f in host.http_functions:
@@ -1130,6 +1157,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("Loaded %d setting(s) from %s", len(loaded), args.settings)
     else:
         log.warning("%s not found: using the environment only", args.settings)
+    if configure_telemetry(os.environ):
+        log.info("Exporting OpenTelemetry to Application Insights (APPLICATIONINSIGHTS_CONNECTION_STRING)")
     host_json: str | None = args.host_json
     if not Path(args.host_json).exists():
         log.warning("%s not found: using host.json defaults", args.host_json)
