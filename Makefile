@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 AZURITE := node_modules/.bin/azurite
 
-.PHONY: test lint pytest infra-check dev bench soak clean
+.PHONY: test lint pytest infra-check dev bench soak workbook-pictures clean
 
 test: lint pytest infra-check
 
@@ -56,6 +56,15 @@ bench: $(STAMP) $(AZURITE)
 # The reliability suite at full size: 1,008 commands through faults, 400 through a host restart (about 8 minutes).
 soak: $(STAMP) $(AZURITE)
 	SOAK=1 $(PY) -m pytest tests/reliability -q -s
+
+# The operators' workbook drawn locally: an operations run at soak size (tests/reliability/test_reliability_operations.py,
+# about 2 minutes) exports what the app sends to Application Insights, and each panel is drawn into docs/workbook/.
+# Not part of `make test`.
+WORKBOOK_EXPORT := .sandbox/operations
+workbook-pictures: $(STAMP) $(AZURITE)
+	rm -rf $(WORKBOOK_EXPORT)
+	SOAK=1 TELEMETRY_EXPORT=$(WORKBOOK_EXPORT) $(PY) -m pytest tests/reliability/test_reliability_operations.py -q -s
+	$(PY) -m observability.pictures $(WORKBOOK_EXPORT) docs/workbook
 
 dev: $(STAMP) $(AZURITE)
 	$(PY) -m sandbox.dev

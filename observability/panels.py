@@ -9,25 +9,25 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from observability.tables import DependencyRow, MetricRow
 
 Series = dict[str, dict[datetime, float]]  # series name -> time bin -> value
 
 
-def _bin(timestamp: datetime, grain: timedelta, origin: datetime) -> datetime:
-    return origin + grain * ((timestamp - origin) // grain)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def bin_start(timestamp: datetime, grain: timedelta) -> datetime:
+    """KQL's bin(timestamp, grain): rounded down to a whole multiple of ``grain``."""
+    return EPOCH + grain * ((timestamp - EPOCH) // grain)
 
 
 def _timechart(rows: Iterable[MetricRow], series: Callable[[MetricRow], str], grain: timedelta) -> Series:
-    rows = list(rows)
     chart: Series = defaultdict(lambda: defaultdict(float))
-    if not rows:
-        return {}
-    origin = min(r.timestamp for r in rows)
     for row in rows:
-        chart[series(row)][_bin(row.timestamp, grain, origin)] += row.value_sum
+        chart[series(row)][bin_start(row.timestamp, grain)] += row.value_sum
     return {name: dict(points) for name, points in chart.items()}
 
 
@@ -57,6 +57,21 @@ def dead_letters(metrics: Iterable[MetricRow]) -> list[tuple[str, str, float]]:
     for row in _named(metrics, "itwin.commands"):
         if row.dimensions.get("outcome") == "dead_lettered":
             totals[(row.dimensions.get("error.type", ""), row.dimensions.get("itwin.command", ""))] += row.value_sum
+    return sorted(((*key, value) for key, value in totals.items()), key=lambda t: (-t[2], t[:2]))
+
+
+def dead_letters_from_envelopes(envelopes: Iterable[Mapping]) -> list[tuple[str, str, float]]:
+    """The `dead-letters` panel counted from poison envelopes instead: (error code, command, count). The code is what
+    the worker records as `error.type` on dead_lettered outcomes; the command is "<action> <resource>"."""
+    totals: dict[tuple[str, str], float] = defaultdict(float)
+    for envelope in envelopes:
+        message = envelope.get("message")
+        command = (
+            f"{message.get('action')} {message.get('resource')}"
+            if isinstance(message, dict) and message.get("action")
+            else "invalid"
+        )
+        totals[(str(envelope["error"].get("code") or ""), command)] += 1
     return sorted(((*key, value) for key, value in totals.items()), key=lambda t: (-t[2], t[:2]))
 
 

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 from bicep_model import MODULES, body, condition, module_output_references, only_resource, resources_of_type
-from kql_model import WORKBOOK, workbook
+from kql_model import WORKBOOK, workbook, workbook_queries
+
+from observability.pictures import PICTURES
 
 PLACEHOLDER_VARIABLE = "applicationInsightsPlaceholder"
 
@@ -49,6 +51,10 @@ def test_workbook_json_is_a_workbook_whose_queries_all_target_one_placeholder():
         assert query["timeContextFromParameter"] == "TimeRange"
     parameters = next(item for item in doc["items"] if item["type"] == 9)["content"]["parameters"]
     assert [p["name"] for p in parameters] == ["TimeRange"]
+
+
+def test_every_workbook_query_has_its_local_picture():
+    assert set(PICTURES) == {query.name for query in workbook_queries()}
 
 
 def test_the_deployed_workbook_is_that_file_with_the_placeholder_replaced_by_application_insights(workbook_module):

@@ -80,6 +80,7 @@ def test_the_commands_panel_sums_each_outcome_per_time_bin():
 
     chart = panels.commands_by_outcome(rows, timedelta(seconds=5))
 
+    assert panels.bin_start(T0 + timedelta(seconds=7), timedelta(seconds=5)) == T0 + timedelta(seconds=5)
     assert chart == {
         "succeeded": {T0: 3.0, T0 + timedelta(seconds=5): 5.0},
         "dead_lettered": {T0 + timedelta(seconds=5): 1.0},
