@@ -28,13 +28,13 @@ param location string = resourceGroup().location
 @description('Extra tags for every resource.')
 param tags object = {}
 
-@description('Flex Consumption instance memory in MB.')
+@description('Flex Consumption instance memory in MB. 512 is measured to fit (docs/deployment.md, Cost): the app\'s process peaked at 78 MB under the soak; 2048 or 4096 bill four or eight times as much per second.')
 @allowed([
   512
   2048
   4096
 ])
-param instanceMemoryMB int = 2048
+param instanceMemoryMB int = 512
 
 @description('Flex Consumption scale-out ceiling (40 is the lowest the platform accepts). The code itself honours the iTwin Platform rate limits; this only bounds cost.')
 @minValue(40)

@@ -36,7 +36,7 @@ param deploymentContainerName string
   2048
   4096
 ])
-param instanceMemoryMB int = 2048
+param instanceMemoryMB int = 512
 
 @description('Scale-out ceiling of the app.')
 @minValue(40)
