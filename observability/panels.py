@@ -60,21 +60,6 @@ def dead_letters(metrics: Iterable[MetricRow]) -> list[tuple[str, str, float]]:
     return sorted(((*key, value) for key, value in totals.items()), key=lambda t: (-t[2], t[:2]))
 
 
-def dead_letters_from_envelopes(envelopes: Iterable[Mapping]) -> list[tuple[str, str, float]]:
-    """The `dead-letters` panel counted from poison envelopes instead: (error code, command, count). The code is what
-    the worker records as `error.type` on dead_lettered outcomes; the command is "<action> <resource>"."""
-    totals: dict[tuple[str, str], float] = defaultdict(float)
-    for envelope in envelopes:
-        message = envelope.get("message")
-        command = (
-            f"{message.get('action')} {message.get('resource')}"
-            if isinstance(message, dict) and message.get("action")
-            else "invalid"
-        )
-        totals[(str(envelope["error"].get("code") or ""), command)] += 1
-    return sorted(((*key, value) for key, value in totals.items()), key=lambda t: (-t[2], t[:2]))
-
-
 def percentile(values: Sequence[float], p: float) -> float:
     """The nearest-rank percentile (Kusto's percentile() estimates the same quantity)."""
     ordered = sorted(values)

@@ -3,7 +3,7 @@
     python -m observability.pictures <export folder> <output folder>
 
 The export folder is what tests/reliability/test_reliability_operations.py writes with ``TELEMETRY_EXPORT``:
-the items the app sent to the Application Insights stand-in, the poison queue, and the run's phases. Each panel
+the items the app sent to the Application Insights stand-in, and the run's phases and figures. Each panel
 is the Python equivalent of its workbook query (observability.panels) over those items, drawn with matplotlib:
 the same data, rendered locally, not by Azure. `make workbook-pictures` runs both steps.
 """
@@ -49,9 +49,6 @@ class Export:
 
     def __init__(self, folder: Path) -> None:
         self.items = [json.loads(line) for line in (folder / "items.jsonl").read_text(encoding="utf-8").splitlines()]
-        self.envelopes = [
-            json.loads(line) for line in (folder / "poison.jsonl").read_text(encoding="utf-8").splitlines()
-        ]
         self.run = json.loads((folder / "run.json").read_text(encoding="utf-8"))
         self.metrics = custom_metrics(self.items)
         self.dependencies = dependencies(self.items)
@@ -151,13 +148,8 @@ def client_errors(export: Export) -> Figure:
 
 
 def dead_letters(export: Export) -> Figure:
-    from_metric = panels.dead_letters(export.metrics)
-    if all(code for code, _, _ in from_metric):
-        rows, note = from_metric, ""
-    else:
-        rows = panels.dead_letters_from_envelopes(export.envelopes)
-        note = "Codes counted from the same run's poison-queue envelopes: its worker did not record error.type yet."
-    figure, axes = _figure("Dead letters by error code", export, note)
+    rows = panels.dead_letters(export.metrics)
+    figure, axes = _figure("Dead letters by error code", export)
     _bars(axes, [f"{code} · {command}" for code, command, _ in rows], [n for *_, n in rows], "#c62828", "dead letters")
     figure.subplots_adjust(left=0.38)
     return figure

@@ -6,8 +6,8 @@
 // - `private-endpoints`: private endpoints for the storage account's blob, queue and table services and for Key
 //   Vault, each registered in its private DNS zone, linked to the network so that the app resolves the usual host
 //   names (st....queue.core.windows.net, kv-....vault.azure.net) to private addresses.
-// storage.bicep and key-vault.bicep turn public network access off in the same deployment. Tables: the app uses
-// none today; the endpoint is there so that a table (a ledger, say) needs no network change.
+// storage.bicep and key-vault.bicep turn public network access off in the same deployment. The table endpoint
+// serves the command ledger.
 
 @description('Name of the virtual network; the other network resources are named after it.')
 param name string

@@ -21,12 +21,6 @@ from telemetry_model import (
     metric_attributes,
 )
 
-# Attributes a colleague is adding to the code at the same time as these queries: tolerated until the code emits
-# them, then read from the code like every other (the entry can go once test_awaited_attributes_... passes).
-AWAITED = {
-    ("itwin.commands", "error.type"): "the poison envelope's error code on dead_lettered outcomes (shared/worker.py)",
-}
-
 QUERIES = all_queries()
 
 
@@ -83,9 +77,8 @@ def test_every_metric_a_query_filters_on_is_an_instrument_of_the_code(query: Que
 def test_every_dimension_a_metric_query_uses_is_recorded_with_that_metric(query: Query):
     [metric] = query.metrics
     emitted = metric_attributes().get(metric, frozenset())
-    awaited = {attribute for (name, attribute) in AWAITED if name == metric}
 
-    assert query.dimensions - emitted - awaited == set(), f"{metric} is recorded with {sorted(emitted)} only"
+    assert query.dimensions - emitted == set(), f"{metric} is recorded with {sorted(emitted)} only"
 
 
 @pytest.mark.parametrize("query", [q for q in QUERIES if q.table == "dependencies"], ids=_query_id)
@@ -109,10 +102,3 @@ def test_the_workbook_covers_each_topic_of_the_operators_view():
         "token-failures",
         "webhook-deliveries",
     }
-
-
-@pytest.mark.parametrize(("metric", "attribute"), sorted(AWAITED))
-def test_awaited_attributes_are_emitted_by_the_code(metric: str, attribute: str):
-    if attribute not in metric_attributes().get(metric, frozenset()):
-        pytest.skip(f"{metric} {attribute} is not emitted yet: {AWAITED[(metric, attribute)]}")
-    assert attribute in metric_attributes()[metric]

@@ -14,7 +14,7 @@ ITEMS = [
     for n, (name, properties) in enumerate(
         [
             ("itwin.commands", {"outcome": "succeeded", "itwin.command": "delete run"}),
-            ("itwin.commands", {"outcome": "dead_lettered", "itwin.command": "delete job"}),
+            ("itwin.commands", {"outcome": "dead_lettered", "itwin.command": "delete job", "error.type": "Forbidden"}),
             ("itwin.api.client_errors", {"itwin.operation": "jobs.delete", "error.type": "Forbidden"}),
             ("itwin.token.failures", {"error.type": "TokenServiceUnavailable"}),
             ("itwin.webhook.deliveries", {"outcome": "refused", "error.type": "InvalidSignature"}),
@@ -37,14 +37,12 @@ RUN = {
     "phases": [{"name": "steady", "started": "2026-11-23T08:00:00+00:00", "ended": "2026-11-23T08:00:09+00:00"}],
     "soak": False,
 }
-ENVELOPE = {"message": {"action": "delete", "resource": "job"}, "error": {"code": "InsufficientPermissions"}}
 
 
 def test_each_workbook_query_gets_a_png(tmp_path: Path):
     export = tmp_path / "export"
     export.mkdir()
     (export / "items.jsonl").write_text("".join(json.dumps(i) + "\n" for i in ITEMS))
-    (export / "poison.jsonl").write_text(json.dumps(ENVELOPE) + "\n")
     (export / "run.json").write_text(json.dumps(RUN))
 
     assert main([str(export), str(tmp_path / "out")]) == 0
