@@ -28,7 +28,7 @@ param location string = resourceGroup().location
 @description('Extra tags for every resource.')
 param tags object = {}
 
-@description('Flex Consumption instance memory in MB. 512 is measured to fit (docs/deployment.md, Cost): the app\'s process peaked at 86 MB in the soak; 2048 or 4096 bill four or eight times as much per second.')
+@description('Flex Consumption instance memory in MB. 512 is measured to fit (docs/deployment.md, Cost): the app\'s process peaked at 89 MB in the soak; 2048 or 4096 bill four or eight times as much per second.')
 @allowed([
   512
   2048

@@ -90,7 +90,7 @@ resource deadLetters 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
   tags: tags
   properties: {
     displayName: 'iTwin commands dead-lettered'
-    description: 'At least one command was dead-lettered in the last 15 minutes (dimension errorType: the poison envelope\'s error code). Nothing retries it. List them with `python -m ops poison list`, fix the cause (docs/deployment.md, Alerts, explains each code), then send them again with `python -m ops poison replay`. For CreateOutcomeUnknown, first check whether the job or run exists: it may have been created.'
+    description: 'At least one command was dead-lettered in the last 15 minutes (dimension errorType: the poison envelope\'s error code). Nothing retries it. List them with `python -m ops poison list`, fix the cause (docs/deployment.md, Alerts, explains each code), then send them again with `python -m ops poison replay`. For CreateOutcomeUnknown, first check whether the job exists: it may have been created.'
     severity: 2
     enabled: true
     scopes: [
@@ -226,7 +226,7 @@ resource queueBacklog 'Microsoft.Insights/metricAlerts@2018-03-01' = {
   location: 'global'
   tags: tags
   properties: {
-    description: 'Messages were waiting in the storage account\'s queues at Azure\'s hourly count: almost always dead letters in itwin-commands-poison that nobody has dealt with (the count covers itwin-commands too; a backlog there means the worker is not keeping up or not running). Look with `python -m ops poison list`, fix the cause (docs/deployment.md, Alerts), then `python -m ops poison replay`; check the app\'s health and the workbook when itwin-commands is the one that is full. Dead letters expire after 7 days.'
+    description: 'Messages were waiting in the storage account\'s queues at Azure\'s hourly count: almost always dead letters in itwin-commands-poison that nobody has dealt with (the count covers itwin-commands too; a backlog there means the worker is not keeping up or not running). Look with `python -m ops poison list`, fix the cause (docs/deployment.md, Alerts), then `python -m ops poison replay`; check the app\'s health and the workbook when itwin-commands is the one that is full. Dead letters wait until replayed or purged (`python -m ops poison purge`).'
     severity: 3
     enabled: true
     scopes: [
