@@ -231,10 +231,17 @@ def poison_replay(context: Context) -> int:
         return 0
     needs_api = any(letter.code == "CreateOutcomeUnknown" for letter in chosen) and not args.force
     checker = ExistenceChecker(context.api(), args.itwin_id) if needs_api else None
+    try:
+        ledger = context.ledger()
+    except UsageError:
+        if any(letter.command and letter.command.command_id for letter in chosen):
+            raise
+        ledger = None  # nothing chosen is in the ledger; should a letter that is turn up, it is refused
     replayer = Replayer(
         context.queues(),
         checker,
         output,
+        ledger=ledger,
         lease=args.lease,
         wait=args.wait,
         rate=args.rate,
