@@ -549,7 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verbs = commands.add_subparsers(dest="verb", required=True, metavar="{show,list}")
     show = verbs.add_parser("show", help="one command's status", description="one command's status, attempts, result")
-    show.add_argument("id", help="the command id, such as 20261123-c3f1a2... (as POST /api/commands answered)")
+    show.add_argument(
+        "id", help="the command id, such as 20261123-c3f1a2... (as POST /api/commands answered), or its start"
+    )
     show.add_argument("--json", action="store_true", help="print the GET /api/commands/{id} answer")
     show.set_defaults(run=commands_show)
     listing = verbs.add_parser(

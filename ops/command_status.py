@@ -69,7 +69,8 @@ class CommandLedger:
             raise storage_error(error, what, service="table") from None
 
     def show(self, command_id: str) -> Record:
-        """The command's row as ``GET /api/commands/{id}`` shows it; `UsageError` for a bad or unknown id."""
+        """The command's row as ``GET /api/commands/{id}`` shows it, by its id or the start of one (the whole day,
+        then the start of the key); `UsageError` for a bad, unknown or ambiguous id."""
         try:
             split_id(command_id)
         except ValueError:
@@ -77,7 +78,12 @@ class CommandLedger:
                 f"{command_id!r} is not a command id: one looks like 20261123-c3f1a2... (the day it was accepted, "
                 "then a key), as POST /api/commands answered or `python -m ops commands list` shows"
             ) from None
-        record = self._call("read the command ledger", self.ledger.status, command_id, self.claim_ttl)
+        record = self.get(command_id)
+        if record is None:
+            matches = self._call("read the command ledger", self.ledger.ids_starting, command_id)
+            if len(matches) > 1:
+                raise UsageError(f"{command_id!r} is the start of several command ids: give more of it")
+            record = self.get(matches[0]) if matches else None
         if record is None:
             raise UsageError(
                 f"no command {command_id} in the ledger: it was never accepted, or it is older than the ledger "
@@ -144,7 +150,7 @@ def show_lines(record: Record) -> list[str]:
     return lines
 
 
-LIST_HEADERS = ["CREATED", "ID", "STATUS", "COMMAND", "ATTEMPTS", "WAITS", "UPDATED", "RESULT"]
+LIST_HEADERS = ["CREATED", "ID", "STATUS", "COMMAND", "ATTEMPTS", "UPDATED", "RESULT"]
 
 
 def list_row(record: Record) -> list[str]:
@@ -155,7 +161,6 @@ def list_row(record: Record) -> list[str]:
         record.status.value,
         kind_of(record),
         str(record.attempts),
-        str(record.waits),
         when(record.updated),
         result_of(record),
     ]

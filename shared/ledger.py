@@ -255,6 +255,23 @@ class Ledger:
             return _record(f"{entity['PartitionKey']}-{row_key}", entity)
         return None
 
+    def ids_starting(self, prefix: str, limit: int = 2) -> list[str]:
+        """Up to ``limit`` ids of commands whose id starts with ``prefix`` (a whole day, then the start of a key):
+        one RowKey range within one partition."""
+        day, key = split_id(prefix)
+        after = key[:-1] + chr(ord(key[-1]) + 1)
+        query = "PartitionKey eq @day and RowKey ge @key and RowKey lt @after"
+        found: list[str] = []
+        entities = self.table.query_entities(
+            query, parameters={"day": day, "key": key, "after": after}, select=["RowKey"], results_per_page=limit + 1
+        )
+        for entity in entities:
+            if not entity["RowKey"].endswith(CLAIM_SUFFIX):
+                found.append(f"{day}-{entity['RowKey']}")
+                if len(found) >= limit:
+                    break
+        return found
+
     def status(self, command_id: str, claim_ttl: timedelta) -> Record | None:
         """The row, shown as ``running`` while a claim on it is held: one query over the row and its claim."""
         rows = self._with_claim(command_id)

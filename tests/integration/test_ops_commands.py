@@ -98,9 +98,9 @@ def test_list_shows_one_status_newest_first_within_the_retention_period(settings
 
     assert dead.code == 0
     header, *rows = dead.out.split("\n\n")[0].splitlines()
-    assert header.split() == ["CREATED", "ID", "STATUS", "COMMAND", "ATTEMPTS", "WAITS", "UPDATED", "RESULT"]
+    assert header.split() == ["CREATED", "ID", "STATUS", "COMMAND", "ATTEMPTS", "UPDATED", "RESULT"]
     assert [row.split()[2] for row in rows] == [history["dead_today"], history["dead_3_days"]]  # not 9 days back
-    assert f"{history['dead_today']}  dead_lettered  delete run  1         0      " in rows[0]
+    assert f"{history['dead_today']}  dead_lettered  delete run  1         " in rows[0]
     assert rows[0].endswith("Z  InsufficientPermissions: Not allowed.")
     assert "2 dead_lettered command(s) in the last 7 day(s)" in dead.out
     assert [c["id"] for c in as_json] == [history["dead_today"], history["dead_3_days"]]
@@ -152,6 +152,19 @@ def test_a_malformed_or_unknown_id_is_a_one_line_error_with_status_2(settings, h
     assert (unknown.code, unknown.out) == (2, "")
     assert unknown.err.startswith("error: no command 20250101-cdeadbeef in the ledger: it was never accepted")
     assert unknown.err.count("\n") == 1
+
+
+def test_show_takes_the_start_of_an_id_when_it_names_one_command(settings, ledger):
+    first, second = recorded(ledger, 0, Status.QUEUED, "r-1"), recorded(ledger, 0, Status.QUEUED, "r-2")
+    common = next(n for n in range(len(first)) if first[n] != second[n])
+
+    one = run_ops(settings, "commands", "show", first[: common + 1])
+    several = run_ops(settings, "commands", "show", first[:common])
+
+    assert one.code == 0
+    assert one.out.startswith(f"id          {first}\n")
+    assert (several.code, several.out) == (2, "")
+    assert f"{first[:common]!r} is the start of several command ids: give more of it" in several.err
 
 
 def test_an_unknown_id_run_as_a_process_shows_no_traceback(settings, history):
