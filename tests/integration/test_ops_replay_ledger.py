@@ -5,13 +5,11 @@ to ``queued`` before the command is sent, so the worker carries it out again und
 from __future__ import annotations
 
 import json
-import signal
-import time
 from datetime import UTC, datetime
 
 import pytest
 from app_settings import settings_for
-from ops_helpers import ops_process, run_ops, write_settings
+from ops_helpers import replay_killed_half_way_and_again, run_ops, write_settings
 from samples import IMODEL
 
 from ops.dead_letters import parse_dead_letter, token_in
@@ -248,23 +246,13 @@ def test_a_replay_of_ledgered_commands_killed_half_way_and_run_again_sets_each_r
         queue.dead_letter(encode_envelope(message, error, attempts=1, failed_at=now.isoformat()))
     ids = list(commands)
 
-    first = ops_process(settings, "poison", "replay", "--all", "--rate", "12", "--lease", "2")
-    deadline = time.monotonic() + 30
-    while len(on_queue(queues[COMMAND_QUEUE])) < 6 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=10)
-    sent_before = len(on_queue(queues[COMMAND_QUEUE]))
-    assert 6 <= sent_before < len(ids), "the kill came before or after the replay, not half-way"
+    second = replay_killed_half_way_and_again(settings, queues[COMMAND_QUEUE], len(ids))
 
-    second = ops_process(settings, "poison", "replay", "--all", "--lease", "2", "--wait", "10")
-    out, err = second.communicate(timeout=60)
-
-    assert second.returncode == 0, out + err
+    assert second.code == 0, second.out + second.err
     resent = on_queue(queues[COMMAND_QUEUE])
     assert sorted(m["commandId"] for m in resent) == sorted(ids)  # each exactly once
     rows = {command_id: ledger.get(command_id) for command_id in ids}
     assert {row.status for row in rows.values()} == {Status.QUEUED}
     assert all(rows[m["commandId"]].requeued_by == token_in(m) for m in resent)
     assert queues[POISON_QUEUE].get_queue_properties().approximate_message_count == 0
-    assert "Traceback" not in err
+    assert "Traceback" not in second.err
