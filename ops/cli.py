@@ -18,6 +18,7 @@ from ops.dead_letters import DeadLetter, Selection, parse_age, token_in
 from ops.errors import EXIT_ATTENTION, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, NeedsAttention, OpsError, UsageError
 from ops.local_settings import LocalSettingsFile
 from ops.output import Output, span, table, when
+from shared.ledger import Status as LedgerStatus
 from shared.settings import SettingsError
 
 DEFAULT_SETTINGS = "local.settings.json"
@@ -54,6 +55,29 @@ class Context:
             return Queues.from_environment(self.environ)
         except SettingsError as error:
             raise UsageError(f"{error}. Set it in {self.where()}") from None
+
+    def ledger(self) -> Any:
+        """The command ledger (`ops.command_status.CommandLedger`), from ``AzureWebJobsStorage`` in either form."""
+        from ops.command_status import CommandLedger
+        from shared.ledger import Ledger
+        from shared.runtime import claim_ttl_for
+
+        try:
+            ledger = Ledger.from_environment(self.environ)
+        except SettingsError as error:
+            raise UsageError(f"{error}. Set it in {self.where()}") from None
+        except ValueError as error:  # the SDK's word for a connection string it cannot read
+            raise UsageError(f"AzureWebJobsStorage is not a usable connection string ({error})") from None
+        return CommandLedger(ledger, claim_ttl_for(self.environ))
+
+    def retention_days(self) -> int:
+        """``ITWIN_LEDGER_RETENTION`` in days: how far back the ledger keeps commands."""
+        from shared.settings import parse_days
+
+        try:
+            return parse_days("ITWIN_LEDGER_RETENTION", self.environ.get("ITWIN_LEDGER_RETENTION", "").strip() or "7d")
+        except SettingsError as error:
+            raise UsageError(f"{error}. Fix it in {self.where()}") from None
 
     def store(self) -> Any:
         from ops.secret_store import secret_store
@@ -207,10 +231,17 @@ def poison_replay(context: Context) -> int:
         return 0
     needs_api = any(letter.code == "CreateOutcomeUnknown" for letter in chosen) and not args.force
     checker = ExistenceChecker(context.api(), args.itwin_id) if needs_api else None
+    try:
+        ledger = context.ledger()
+    except UsageError:
+        if any(letter.command and letter.command.command_id for letter in chosen):
+            raise
+        ledger = None  # nothing chosen is in the ledger; should a letter that is turn up, it is refused
     replayer = Replayer(
         context.queues(),
         checker,
         output,
+        ledger=ledger,
         lease=args.lease,
         wait=args.wait,
         rate=args.rate,
@@ -284,6 +315,48 @@ def poison_purge(context: Context) -> int:
     output.line(f"deleted {deleted} dead letter(s)")
     if deleted < len(chosen):
         raise NeedsAttention(f"{len(chosen) - deleted} were not deleted: another run held or took them; run it again")
+    return 0
+
+
+# -- commands --------------------------------------------------------------------------------------------------
+def commands_show(context: Context) -> int:
+    from ops.command_status import show_lines
+
+    args, output = context.args, context.output
+    record = context.ledger().show(args.id.strip())
+    if args.json:
+        output.line(json.dumps(record.to_dict(), indent=2))
+        return 0
+    for line in show_lines(record):
+        output.line(line)
+    return 0
+
+
+def commands_list(context: Context) -> int:
+    from ops.command_status import LIST_HEADERS, list_row
+
+    args, output = context.args, context.output
+    days = args.days if args.days is not None else context.retention_days()
+    if not 1 <= days <= 30:
+        raise UsageError(f"--days must be a whole number from 1 to 30 (the ledger keeps at most 30 days); got {days}")
+    if args.limit < 1:
+        raise UsageError(f"--limit must be at least 1; got {args.limit}")
+    status = LedgerStatus(args.status) if args.status else None
+    records = context.ledger().recent(status, days, datetime.now(UTC), args.limit)
+    if args.json:
+        output.line(json.dumps([record.to_dict() for record in records], indent=2))
+        return 0
+    which = f"{status.value} " if status else ""
+    since = f"in the last {days} day(s)"
+    if not records:
+        output.line(f"no {which}commands {since}")
+        return 0
+    for line in table(LIST_HEADERS, [list_row(record) for record in records], output.width):
+        output.line(line)
+    more = f" (the newest {args.limit}: --limit N shows more)" if len(records) >= args.limit else ""
+    output.line(f"\n{len(records)} {which}command(s) {since}{more}. `{PROG} commands show ID` shows one in full.")
+    if status is LedgerStatus.DEAD_LETTERED:
+        output.line(f"Their dead letters: `{PROG} poison list`; `{PROG} poison replay` sends them again.")
     return 0
 
 
@@ -414,13 +487,14 @@ def _filters(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Operate the iTwin event sync app: dead letters on the poison queue, and the webhook.",
+        description="Operate the iTwin event sync app: dead letters on the poison queue, command status (the "
+        "command ledger), and the webhook.",
         epilog="Settings come from the environment, then from local.settings.json (--settings), as the app reads them.",
     )
     parser.add_argument("--settings", default=DEFAULT_SETTINGS, help="the local.settings.json to read (and write)")
     parser.add_argument("--key-vault", help="Key Vault name or URL holding the secrets (default AZURE_KEY_VAULT_NAME)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{poison,webhook}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{poison,commands,webhook}")
 
     poison = groups.add_parser(
         "poison", help="dead letters on itwin-commands-poison", description="dead letters on itwin-commands-poison"
@@ -467,6 +541,29 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("--yes", action="store_true", help="do not ask")
     purge.add_argument("--dry-run", action="store_true")
     purge.set_defaults(run=poison_purge)
+
+    commands = groups.add_parser(
+        "commands",
+        help="what became of each command (the command ledger)",
+        description="what became of each command: its row in the command ledger, as GET /api/commands/{id} answers",
+    )
+    verbs = commands.add_subparsers(dest="verb", required=True, metavar="{show,list}")
+    show = verbs.add_parser("show", help="one command's status", description="one command's status, attempts, result")
+    show.add_argument(
+        "id", help="the command id, such as 20261123-c3f1a2... (as POST /api/commands answered), or its start"
+    )
+    show.add_argument("--json", action="store_true", help="print the GET /api/commands/{id} answer")
+    show.set_defaults(run=commands_show)
+    listing = verbs.add_parser(
+        "list", help="the newest commands, by status", description="the newest commands first, by status"
+    )
+    listing.add_argument("--status", choices=[s.value for s in LedgerStatus], help="only commands with this status")
+    listing.add_argument(
+        "--days", type=int, help="look back this many days (default: ITWIN_LEDGER_RETENTION, all the ledger keeps)"
+    )
+    listing.add_argument("--limit", type=int, default=100, help="at most this many commands (default 100)")
+    listing.add_argument("--json", action="store_true", help="print JSON for scripts")
+    listing.set_defaults(run=commands_list)
 
     webhook = groups.add_parser(
         "webhook",

@@ -171,10 +171,13 @@ class DeadLetter:
         return json.dumps(envelope, separators=(",", ":"))
 
     def replay_message(self) -> dict[str, Any]:
-        """The command to send again: attempt count reset, the replay token at the end of its correlationId."""
+        """The command to send again, as a new start: attempt and wait counts reset, no ``firstEnqueued`` (its age
+        is counted again from its first reschedule), the replay token at the end of its ``correlationId``; its
+        ``commandId``, if any, kept."""
         if self.command is None:
             raise ValueError(f"dead letter {self.id} has no command to replay: {self.problem}")
-        command = replace(self.command, attempt=1, correlation_id=with_token(self.command.correlation_id, self.token))
+        correlation_id = with_token(self.command.correlation_id, self.token)
+        command = replace(self.command, attempt=1, waits=0, first_enqueued=None, correlation_id=correlation_id)
         return command.to_message()
 
     def as_dict(self) -> dict[str, Any]:

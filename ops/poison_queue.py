@@ -45,8 +45,9 @@ def _letter(message: Any) -> DeadLetter:
     )
 
 
-def storage_error(error: Exception, what: str) -> OpsError:
-    """An Azure Storage failure as a message that says what to do."""
+def storage_error(error: Exception, what: str, service: str = "queue") -> OpsError:
+    """An Azure Storage failure as a message that says what to do; ``service``: ``queue``, or ``table`` (the
+    command ledger)."""
     from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
 
     status = getattr(error, "status_code", None)
@@ -56,12 +57,14 @@ def storage_error(error: Exception, what: str) -> OpsError:
     if isinstance(error, HttpResponseError):
         code = error.error_code or error.reason or ""
         if error.status_code == 403:
+            role = "Storage Table Data Contributor" if service == "table" else "Storage Queue Data Contributor"
             return OpsError(
                 f"storage refused to let you {what} (403 {code}): with a connection string check its key; with "
-                "az login you need the Storage Queue Data Contributor role on the storage account"
+                f"az login you need the {role} role on the storage account"
             )
         if error.status_code == 404:
-            return OpsError(f"cannot {what}: the queue does not exist (404 {code}); is AzureWebJobsStorage right?")
+            missing = "the command ledger's table" if service == "table" else "the queue"
+            return OpsError(f"cannot {what}: {missing} does not exist (404 {code}); is AzureWebJobsStorage right?")
         return OpsError(f"storage answered {error.status_code} {code} when asked to {what}")
     if isinstance(error, ServiceRequestError):
         return OpsError(f"cannot reach storage to {what}: {error}; is AzureWebJobsStorage right, and is it running?")

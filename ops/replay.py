@@ -13,8 +13,11 @@ command may or may not have been sent. The next run then looks for the token: on
 letter (where it is if the worker took it and it failed again). Found: the command was sent, so only the envelope
 is removed. Not found: the command was sent and has been processed since, or never sent, and no queue can tell
 which; the envelope stays, reported as interrupted, until the operator replays it with ``--resend-interrupted``
-(or purges it). Nothing is lost and nothing is sent twice without the operator saying so. The command ledger
-(issue 10) will settle that last case by itself once it records commands by correlation id.
+(or purges it). Nothing is lost and nothing is sent twice without the operator saying so.
+
+A command the command ledger tracks (it carries ``commandId``) has its ledger row set back to ``queued`` between
+1 and 2, or the worker would answer ``already_done``; the ledger then settles an interrupted replay of it by itself
+(see `ops.ledger_replay`), and a row that is no longer dead-lettered keeps its dead letter from being replayed.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from ops.command_status import CommandLedger
 from ops.dead_letters import CREATE_OUTCOME_UNKNOWN, DeadLetter, token_in
 from ops.exists import ExistenceChecker, Finding
+from ops.ledger_replay import Verdict, ledger_verdict
 from ops.output import Output
 from ops.poison_queue import Leased, LeaseLost, Queues
 
@@ -70,7 +75,8 @@ def short(letter: DeadLetter) -> str:
 
 
 class Replayer:
-    """Replays chosen dead letters. ``rate``: at most this many sends a second (None: as fast as it goes)."""
+    """Replays chosen dead letters. ``rate``: at most this many sends a second (None: as fast as it goes).
+    ``ledger``: the command ledger, for commands that carry ``commandId`` (None: nothing chosen carries one)."""
 
     def __init__(
         self,
@@ -78,6 +84,7 @@ class Replayer:
         checker: ExistenceChecker | None,
         output: Output,
         *,
+        ledger: CommandLedger | None = None,
         lease: int = 30,
         wait: float = 40.0,
         rate: float | None = None,
@@ -89,6 +96,7 @@ class Replayer:
     ) -> None:
         self.queues = queues
         self.checker = checker
+        self.ledger = ledger
         self.output = output
         self.lease = lease
         self.wait = wait
@@ -105,32 +113,48 @@ class Replayer:
         """``--dry-run``: say what a replay would do with each, changing nothing (existence checks included)."""
         evidence = Evidence(self.queues, letters)
         for letter in chosen:
-            verdict, _ = self._verdict(letter, evidence)
-            self.output.line(f"{short(letter)}  {letter.command_kind:<18}  {verdict}")
+            verdict = self._verdict(letter, evidence)
+            self.output.line(f"{short(letter)}  {letter.command_kind:<18}  {verdict.says}")
 
-    def _verdict(self, letter: DeadLetter, evidence: Evidence) -> tuple[str, str]:
-        """(what would happen, the action: replay / settle / refuse / interrupted)."""
+    def _verdict(self, letter: DeadLetter, evidence: Evidence) -> Verdict:
+        """What to do with ``letter``, and why."""
         if letter.problem:
-            return f"refused: {letter.problem}", "refuse"
-        if letter.replay_interrupted:
-            if evidence.sent(letter.token):
-                return "an earlier run sent it and stopped before removing this envelope: removing it", "settle"
+            return Verdict(f"refused: {letter.problem}", "refuse")
+        if letter.replay_interrupted and evidence.sent(letter.token):
+            return Verdict("an earlier run sent it and stopped before removing this envelope: removing it", "settle")
+        if self.ledger is None and letter.command and letter.command.command_id:
+            return Verdict(
+                "refused: its command is in the command ledger, which these settings do not reach, so it cannot be "
+                "set back to queued: give AzureWebJobsStorage with its table service",
+                "refuse",
+            )
+        ledger = ledger_verdict(letter, self.ledger) if self.ledger else None
+        if ledger and ledger.action in ("settle", "refuse", "resend"):
+            return ledger
+        replay = ledger or Verdict("replay", "replay")
+        if letter.replay_interrupted and not replay.unsent:
             if not self.resend_interrupted:
-                return (
+                return Verdict(
                     "an earlier replay was interrupted and its command is not on the queues, so it was either "
                     "processed already or never sent: check (logs, or the resource itself), then replay it with "
                     "--resend-interrupted, or purge it",
                     "interrupted",
                 )
-            return "replay (interrupted earlier; --resend-interrupted)", "replay"
+            replay = Verdict("replay (interrupted earlier; --resend-interrupted)", replay.action, replay.row)
         if letter.code == CREATE_OUTCOME_UNKNOWN and not self.force:
             finding = self.checker.check(letter) if self.checker else Finding(None, "no iTwin settings to check with")
             if finding.exists:
-                return f"refused: it exists ({finding.summary}); purge the envelope", "refuse"
+                return Verdict(f"refused: it exists ({finding.summary}); purge the envelope", "refuse")
             if finding.exists is None:
-                return f"refused: {finding.summary}; replay it with --force once you have checked", "refuse"
-            return f"replay (checked: {finding.summary})", "replay"
-        return "replay", "replay"
+                return Verdict(f"refused: {finding.summary}; replay it with --force once you have checked", "refuse")
+            return Verdict(f"replay (checked: {finding.summary})", replay.action, replay.row)
+        return replay
+
+    def _requeue(self, letter: DeadLetter, verdict: Verdict) -> bool:
+        """Set the command's ledger row back to queued (only if unchanged since read), marked with the token."""
+        assert self.ledger is not None
+        assert verdict.row is not None
+        return self.ledger.requeue(verdict.row, self._now(), letter.token)
 
     @staticmethod
     def _was(letter: DeadLetter) -> str:
@@ -201,26 +225,32 @@ class Replayer:
     def _one(self, leased: Leased, evidence: Evidence, report: Report) -> Leased | None:
         """Replay one; returns the lease to keep holding when its envelope stays."""
         letter = leased.letter
-        verdict, action = self._verdict(letter, evidence)
+        verdict = self._verdict(letter, evidence)
+        action = verdict.action
         if action == "refuse":
-            report.refused.append((letter, verdict.removeprefix("refused: ")))
-            self.output.line(f"kept      {short(letter)}  {letter.command_kind}: {verdict}")
+            report.refused.append((letter, verdict.says.removeprefix("refused: ")))
+            self.output.line(f"kept      {short(letter)}  {letter.command_kind}: {verdict.says}")
             return leased
         if action == "interrupted":
             report.interrupted.append(letter)
-            self.output.line(f"kept      {short(letter)}  {letter.command_kind}: {verdict}")
+            self.output.line(f"kept      {short(letter)}  {letter.command_kind}: {verdict.says}")
             return leased
         try:
             if action == "settle":
                 self.queues.delete(leased)
                 report.settled.append(letter)
-                self.output.line(f"settled   {short(letter)}  {letter.command_kind}: {verdict}")
+                self.output.line(f"settled   {short(letter)}  {letter.command_kind}: {verdict.says}")
                 return None
             leased = self.queues.mark(leased, letter.marked(self._now()), self.lease)
         except LeaseLost:
             report.taken.append(letter)
             self.output.line(f"skipped   {short(letter)}  {letter.command_kind}: another run took it")
             return None
+        if action == "requeue" and not self._requeue(letter, verdict):
+            changed = "its ledger row changed while it was being replayed; run the replay again to see why"
+            report.refused.append((letter, changed))
+            self.output.line(f"kept      {short(letter)}  {letter.command_kind}: {changed}")
+            return leased
         started = self._clock()
         self._sent.add(letter.token)
         self.queues.send_command(letter.replay_message())
@@ -229,7 +259,7 @@ class Replayer:
         except LeaseLost:
             self.output.note(f"{short(letter)}: sent, but another run took its envelope; that run will remove it")
         report.replayed.append(letter)
-        note = verdict.removeprefix("replay").strip(" ()")
+        note = verdict.says.removeprefix("replay").strip(" ()")
         self.output.line(
             f"replayed  {short(letter)}  {letter.command_kind}  ({self._was(letter)}{'; ' + note if note else ''})"
         )

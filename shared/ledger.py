@@ -13,6 +13,9 @@ worker inserts a second row, the claim (RowKey ``<key>~claim``: who, since when)
 delivery, on any instance, which then owns the create. Every write is conditional: inserts only if absent (the
 accepted batch is one transaction, all or none), updates only if the row is unchanged since it was read (ETag), or,
 for the owner of a claim, only if the row still exists.
+
+Operations. ``python -m ops`` lists rows by status a day partition at a time (never the whole table), and a replay
+of a dead letter sets its command's row back to ``queued`` (`Ledger.requeue`) before sending it again.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -50,6 +53,8 @@ class Status(StrEnum):
 FINAL_STATUSES = frozenset(
     {Status.SUCCEEDED, Status.ALREADY_DONE, Status.FANNED_OUT, Status.DEAD_LETTERED, Status.IMODEL_UNAVAILABLE}
 )
+# `running` is not stored: it is a queued or rescheduled row whose create is claimed right now.
+_STORED_AS = {Status.RUNNING: (Status.QUEUED, Status.RESCHEDULED)}
 
 
 class LedgerConflict(Exception):
@@ -87,6 +92,7 @@ class Record:
     error: Mapping[str, Any] | None = None
     children: tuple[str, ...] = ()
     uncertain: bool = False  # a create may have been carried out without an answer
+    requeued_by: str | None = None  # who last set a dead-lettered row back to queued (a replay's token)
     etag: str | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -249,6 +255,23 @@ class Ledger:
             return _record(f"{entity['PartitionKey']}-{row_key}", entity)
         return None
 
+    def ids_starting(self, prefix: str, limit: int = 2) -> list[str]:
+        """Up to ``limit`` ids of commands whose id starts with ``prefix`` (a whole day, then the start of a key):
+        one RowKey range within one partition."""
+        day, key = split_id(prefix)
+        after = key[:-1] + chr(ord(key[-1]) + 1)
+        query = "PartitionKey eq @day and RowKey ge @key and RowKey lt @after"
+        found: list[str] = []
+        entities = self.table.query_entities(
+            query, parameters={"day": day, "key": key, "after": after}, select=["RowKey"], results_per_page=limit + 1
+        )
+        for entity in entities:
+            if not entity["RowKey"].endswith(CLAIM_SUFFIX):
+                found.append(f"{day}-{entity['RowKey']}")
+                if len(found) >= limit:
+                    break
+        return found
+
     def status(self, command_id: str, claim_ttl: timedelta) -> Record | None:
         """The row, shown as ``running`` while a claim on it is held: one query over the row and its claim."""
         rows = self._with_claim(command_id)
@@ -270,6 +293,50 @@ class Ledger:
             else:
                 found["claim"] = entity
         return found
+
+    def recent(
+        self, status: Status | None, oldest_day: str, now: datetime, claim_ttl: timedelta = DEFAULT_CLAIM_TTL
+    ) -> Iterator[Record]:
+        """The rows with ``status`` (None: any) of the days from ``oldest_day`` to ``now``'s, newest first.
+
+        Each day is one partition, queried by its PartitionKey and the status, newest day first, so a caller that
+        stops early reads no further. A row whose create is claimed right now shows as ``running``, as `status`
+        shows it (a second query per day, for claims taken within ``claim_ttl``). Claims themselves are not rows.
+        """
+        day = now
+        while (partition := day_of(day)) >= oldest_day:
+            yield from self._recent_day(partition, status, now, claim_ttl)
+            day -= timedelta(days=1)
+
+    def _recent_day(self, day: str, status: Status | None, now: datetime, claim_ttl: timedelta) -> list[Record]:
+        stored = _STORED_AS.get(status, (status,)) if status else ()
+        names = {f"s{n}": s.value for n, s in enumerate(stored)}
+        query = "PartitionKey eq @day"
+        if names:  # spaces around the brackets: the SDK splits the filter on them
+            query += " and ( " + " or ".join(f"status eq @{name}" for name in names) + " )"
+        records = [
+            _record(f"{day}-{e['RowKey']}", e)
+            for e in self.table.query_entities(query, parameters={"day": day, **names})
+            if not e["RowKey"].endswith(CLAIM_SUFFIX)
+        ]
+        if status in (None, Status.QUEUED, Status.RESCHEDULED, Status.RUNNING) and records:
+            held = {
+                e["RowKey"].removesuffix(CLAIM_SUFFIX): e["claimedAt"]
+                for e in self.table.query_entities(
+                    "PartitionKey eq @day and claimedAt ge @since", parameters={"day": day, "since": now - claim_ttl}
+                )
+            }
+            records = [
+                replace(r, status=Status.RUNNING)
+                if not r.final
+                and (at := held.get(r.id.partition("-")[2]))
+                and not Claim(False, r, claimed_at=at).stale(now, claim_ttl)
+                else r
+                for r in records
+            ]
+        if status is not None:
+            records = [r for r in records if r.status is status]
+        return sorted(records, key=lambda r: r.created or datetime.min.replace(tzinfo=UTC), reverse=True)
 
     # -- the worker ---------------------------------------------------------------------------------------------
     def claim(self, command_id: str, owner: str, now: datetime) -> Claim:
@@ -362,6 +429,50 @@ class Ledger:
             raise
         return True
 
+    # -- operations ---------------------------------------------------------------------------------------------
+    def requeue(self, command_id: str, now: datetime, etag: str, *, requeued_by: str | None = None) -> bool:
+        """Set a dead-lettered row back to ``queued``, so that its command, sent again under the same id, is
+        carried out again rather than answered ``already_done`` (``python -m ops poison replay`` does this before
+        it sends the command back).
+
+        Attempts and waits go back to 0; the last error stays (it is what the command last met); a create's
+        claim is dropped, so that the next delivery claims it anew. ``requeued_by`` (a replay's token) is kept
+        in the row, for the replay to recognise its own requeue. One transaction, done only if the row is
+        unchanged since it was read dead-lettered (``etag``) and the claim unchanged since read here; False when
+        either changed first.
+        """
+        from azure.core import MatchConditions
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        day, key = split_id(command_id)
+        row = {
+            "PartitionKey": day,
+            "RowKey": key,
+            "status": Status.QUEUED.value,
+            "attempts": 0,
+            "waits": 0,
+            "updated": now,
+            "uncertain": False,
+            "requeuedBy": requeued_by or "",
+        }
+        unchanged = {"etag": etag, "match_condition": MatchConditions.IfNotModified}
+        operations: list[tuple[Any, ...]] = [("update", row, {"mode": UpdateMode.MERGE, **unchanged})]
+        try:
+            claim = self.table.get_entity(day, key + CLAIM_SUFFIX, select=["PartitionKey", "RowKey"])
+        except ResourceNotFoundError:
+            claim = None
+        if claim is not None:
+            claim_unchanged = {**unchanged, "etag": claim.metadata["etag"]}
+            operations.append(("delete", {"PartitionKey": day, "RowKey": key + CLAIM_SUFFIX}, claim_unchanged))
+        try:
+            self.table.submit_transaction(operations)
+        except HttpResponseError as failure:  # TableTransactionError is one
+            if failure.status_code in (404, 412):
+                return False
+            raise
+        return True
+
     # -- retention ----------------------------------------------------------------------------------------------
     def drop_days_before(self, oldest_kept: datetime, lookback_days: int = 30) -> int:
         """Delete every row of the days before ``oldest_kept``'s, looking back ``lookback_days`` days; the count.
@@ -400,5 +511,6 @@ def _record(command_id: str, entity: Mapping[str, Any]) -> Record:
         error=json.loads(entity["error"]) if entity.get("error") else None,
         children=tuple(json.loads(entity["children"])) if entity.get("children") else (),
         uncertain=bool(entity.get("uncertain")),
+        requeued_by=entity.get("requeuedBy") or None,
         etag=getattr(entity, "metadata", {}).get("etag"),
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -68,12 +68,17 @@ def recent_deliveries() -> RecentDeliveries:
 APP_ROOT = Path(__file__).resolve().parent.parent
 
 
-@_once
-def claim_ttl() -> timedelta:
+def claim_ttl_for(environ: Mapping[str, str]) -> timedelta:
     """How long a create's claim is held: the function timeout (host.json or its app setting) plus a margin."""
     from shared.ledger import CLAIM_MARGIN
 
-    return timedelta(seconds=function_timeout(os.environ, APP_ROOT / "host.json")) + CLAIM_MARGIN
+    return timedelta(seconds=function_timeout(environ, APP_ROOT / "host.json")) + CLAIM_MARGIN
+
+
+@_once
+def claim_ttl() -> timedelta:
+    """`claim_ttl_for` this process's environment."""
+    return claim_ttl_for(os.environ)
 
 
 @_once

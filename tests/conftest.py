@@ -12,6 +12,7 @@ from otel_capture import Captured
 
 from sandbox.azurite import Azurite, app_queues
 from sandbox.itwin_platform import Simulator
+from shared.ledger import Ledger
 
 
 @pytest.fixture
@@ -60,6 +61,15 @@ def queues(azurite: Azurite) -> Iterator[dict[str, QueueClient]]:
     yield clients
     for client in clients.values():
         client.clear_messages()
+
+
+@pytest.fixture
+def ledger(azurite: Azurite, queues: dict[str, QueueClient]) -> Iterator[Ledger]:
+    """The command ledger on the session's Azurite (its table name is fixed), emptied after this test."""
+    ledger = Ledger.from_environment({"AzureWebJobsStorage": azurite.connection_string})
+    yield ledger
+    for entity in list(ledger.table.list_entities(select=["PartitionKey", "RowKey"])):
+        ledger.table.delete_entity(entity["PartitionKey"], entity["RowKey"])
 
 
 @pytest.fixture

@@ -6,10 +6,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ops.cli import main
 from ops.output import Output
@@ -53,3 +56,20 @@ def ops_process(settings: Path, *argv: str, **popen: object) -> subprocess.Popen
         text=True,
         **popen,
     )
+
+
+def replay_killed_half_way_and_again(settings: Path, command_queue: Any, total: int) -> Result:
+    """``poison replay --all`` killed with SIGKILL once 6 or more of ``total`` commands are back on ``command_queue``
+    (a ``QueueClient``), then run again to the end: the second run's result."""
+    first = ops_process(settings, "poison", "replay", "--all", "--rate", "12", "--lease", "2")
+    deadline = time.monotonic() + 30
+    while len(command_queue.peek_messages(max_messages=32)) < 6 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    sent_before = len(command_queue.peek_messages(max_messages=32))
+    assert 6 <= sent_before < total, "the kill came before or after the replay, not half-way"
+
+    second = ops_process(settings, "poison", "replay", "--all", "--lease", "2", "--wait", "10")
+    out, err = second.communicate(timeout=60)
+    return Result(second.returncode, out, err)

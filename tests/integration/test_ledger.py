@@ -35,14 +35,6 @@ TEST_ID = "clash-test-1"
 VERSION = "version-7"
 
 
-@pytest.fixture
-def ledger(azurite, queues):
-    ledger = Ledger.from_environment({"AzureWebJobsStorage": azurite.connection_string})
-    yield ledger
-    for entity in list(ledger.table.list_entities(select=["PartitionKey", "RowKey"])):
-        ledger.table.delete_entity(entity["PartitionKey"], entity["RowKey"])
-
-
 def queue_of(queues) -> CommandQueue:
     return CommandQueue(queues[COMMAND_QUEUE], queues[POISON_QUEUE])
 

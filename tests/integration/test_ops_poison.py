@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import signal
 import threading
 import time
 
 import pytest
 from app_settings import settings_for
-from ops_helpers import ops_process, run_ops, write_settings
+from ops_helpers import replay_killed_half_way_and_again, run_ops, write_settings
 from samples import IMODEL, JOB_BODY
 
 from shared.client import ITwinClient
@@ -316,22 +315,12 @@ def test_a_replay_killed_half_way_and_run_again_loses_nothing_and_doubles_nothin
         envelope = {"message": command, "error": error, "attempts": 1, "failedAt": "2026-11-23T08:00:00Z"}
         queues[POISON_QUEUE].send_message(json.dumps(envelope))
 
-    first = ops_process(settings, "poison", "replay", "--all", "--rate", "12", "--lease", "2")
-    deadline = time.monotonic() + 30
-    while len(on_queue(queues[COMMAND_QUEUE])) < 6 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=10)
-    sent_before = len(on_queue(queues[COMMAND_QUEUE]))
-    assert 6 <= sent_before < len(commands), "the kill came before or after the replay, not half-way"
+    second = replay_killed_half_way_and_again(settings, queues[COMMAND_QUEUE], len(commands))
 
-    second = ops_process(settings, "poison", "replay", "--all", "--lease", "2", "--wait", "10")
-    out, err = second.communicate(timeout=60)
-
-    assert second.returncode == 0, out + err
+    assert second.code == 0, second.out + second.err
     resent = on_queue(queues[COMMAND_QUEUE])
     assert sorted(m["id"] for m in resent) == sorted(c["id"] for c in commands)  # each exactly once
     assert len({m["correlationId"] for m in resent}) == len(commands)
     assert on_queue(queues[POISON_QUEUE]) == []
     assert queues[POISON_QUEUE].get_queue_properties().approximate_message_count == 0
-    assert "Traceback" not in err
+    assert "Traceback" not in second.err

@@ -31,6 +31,13 @@ def test_a_replay_resets_the_attempt_count_and_ends_the_correlation_id_with_its_
     assert token_in(message) == letter.token == "replay-m-1"
 
 
+def test_a_replay_starts_afresh_without_waits_or_first_enqueued_and_keeps_the_command_id():
+    waited = {**DELETE, "attempt": 2, "waits": 40, "firstEnqueued": "2026-11-22T09:00:00Z", "commandId": "20261122-c1"}
+    message = parse_dead_letter("m-1", envelope(waited, code="TooManyRequests")).replay_message()
+    assert {"attempt", "waits", "firstEnqueued"}.isdisjoint(message)
+    assert message["commandId"] == "20261122-c1"
+
+
 def test_a_second_replay_replaces_the_earlier_token_and_stays_within_128_characters():
     assert with_token("evt-1/replay-old", "replay-new") == "evt-1/replay-new"
     assert with_token(None, "replay-new") == "replay-new"
