@@ -103,7 +103,7 @@ def run_all(smoke: bool, *, profile: bool = False) -> Table:
 
 
 # -- 1. overhead ------------------------------------------------------------------------------------------------
-def _token(session: requests.Session, sim: Any) -> str:
+def service_token(session: requests.Session, sim: Any) -> str:
     form = {
         "grant_type": "client_credentials",
         "client_id": sim.client_id,
@@ -115,7 +115,7 @@ def _token(session: requests.Session, sim: Any) -> str:
     return response.json()["access_token"]
 
 
-def _seed(url: str, token: str, count: int, threads: int = 4) -> list[str]:
+def seed_connections(url: str, token: str, count: int, threads: int = 4) -> list[str]:
     """Create ``count`` Export connections through the API; their ids in creation order."""
     chunks: list[list[str]] = [[] for _ in range(threads)]
 
@@ -155,7 +155,7 @@ def _worker_path(worker: Worker, ids: list[str]) -> Callable[[], int]:
     return run
 
 
-def _bare_path(session: requests.Session, url: str, token: str, ids: list[str]) -> Callable[[], int]:
+def bare_path(session: requests.Session, url: str, token: str, ids: list[str]) -> Callable[[], int]:
     """The same DELETEs from a bare session with a fixed token."""
     urls = [f"{url}/export/connections/{i}" for i in ids]
     headers = {"Authorization": f"Bearer {token}"}
@@ -174,10 +174,10 @@ def overhead(table: Table, sizes: Sizes, otel: Otel, *, profile: bool = False) -
     block = sizes.deletes // sizes.blocks
     per_variant = sizes.warmup + block * sizes.blocks
     with child_simulator() as sim, ca_bundle(sim.ca_path), requests.Session() as session:
-        token = _token(session, sim)
+        token = service_token(session, sim)
         names = ("worker", "bare", "no-sdk")
         profiled = min(500, sizes.deletes // 4)  # seeded in case the target is missed and the path is profiled
-        ids = _seed(sim.url, token, per_variant * len(names) + profiled)
+        ids = seed_connections(sim.url, token, per_variant * len(names) + profiled)
         queue = MemoryQueue()
         workers = {
             "worker": make_worker(sim.settings(), otel.telemetry, queue),
@@ -186,7 +186,7 @@ def overhead(table: Table, sizes: Sizes, otel: Otel, *, profile: bool = False) -
 
         def path(name: str, chunk: list[str]) -> Callable[[], int]:
             if name == "bare":
-                return _bare_path(session, sim.url, token, chunk)
+                return bare_path(session, sim.url, token, chunk)
             return _worker_path(workers[name], chunk)
 
         chunks = {name: ids[i * per_variant : (i + 1) * per_variant] for i, name in enumerate(names)}
@@ -356,7 +356,7 @@ def _job_body(i: int) -> dict[str, Any]:
     }
 
 
-_NEW_IMODEL = "0f3e2a58-5c55-4a3c-9a36-1f4c0cf1b1c2"
+NEW_IMODEL = "0f3e2a58-5c55-4a3c-9a36-1f4c0cf1b1c2"
 
 KINDS = (
     Kind(
@@ -405,7 +405,7 @@ KINDS = (
         lambda sim, i: {
             "action": "create",
             "resource": "connection",
-            "body": {"iModelId": _NEW_IMODEL, "displayName": f"new-{i}", "authenticationType": "Service"},
+            "body": {"iModelId": NEW_IMODEL, "displayName": f"new-{i}", "authenticationType": "Service"},
         },
         Outcome.SUCCEEDED,
         2.0,
@@ -453,8 +453,8 @@ KINDS = (
 def calls_per_command(table: Table, sizes: Sizes, otel: Otel, simulator: type) -> None:
     """Benchmark 3: API calls per command, by kind (no rate limits, so pacing does not slow the count)."""
     with simulator(rate_limits={}) as sim, ca_bundle(sim.ca_path):
-        sim.add_imodel(_NEW_IMODEL)
-        sim.add_connection(_NEW_IMODEL, "someone else's")
+        sim.add_imodel(NEW_IMODEL)
+        sim.add_connection(NEW_IMODEL, "someone else's")
         settings = simulator_settings(sim, ITWIN_RATE_LIMITS="clashdetection=10000")
         worker = make_worker(settings, otel.telemetry, MemoryQueue())
         worker.api.client.tokens.token()
