@@ -43,7 +43,7 @@ from shared.telemetry import Telemetry
 from shared.worker import Worker
 
 IMODEL = "a0471655-6b18-419e-ab01-ebf4fbff9dff"
-SECTIONS = ("overhead", "tokens", "calls", "rate_limit", "cold_start", "memory")
+SECTIONS = ("overhead", "tokens", "calls", "ledger", "rate_limit", "cold_start", "memory")
 PROJECT_PACKAGES = ("function_app", "functions", "shared")
 BASELINE_IMPORT = "import azure.functions, requests, msal, opentelemetry.metrics"
 
@@ -86,10 +86,13 @@ def run_all(smoke: bool, *, profile: bool = False) -> Table:
     try:
         overhead(table, sizes, otel, profile=profile)
         memory(table)
+        from bench.ledger_cost import azurite_starting, ledger_cost  # the Storage SDKs: after the memory figure too
         from sandbox.itwin_platform import Simulator  # after the memory figure: trustme, cryptography, threads
 
-        tokens(table, sizes, otel, Simulator)
-        calls_per_command(table, sizes, otel, Simulator)
+        with azurite_starting() as azurite:  # while benchmarks 2 and 3, which only count, run
+            tokens(table, sizes, otel, Simulator)
+            calls_per_command(table, sizes, otel, Simulator)
+            ledger_cost(table, smoke, otel, Simulator, azurite())
         rate_limit(table, sizes, otel, Simulator)
         cold_start(table, sizes)
         otel.flush()
