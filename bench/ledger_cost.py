@@ -381,19 +381,25 @@ def worker_wall_time(
         seconds = dict.fromkeys(names, 0.0)
         cpu = dict.fromkeys(names, 0.0)
         azurite_cpu = 0.0
+        blocks: dict[str, list[float]] = {name: [] for name in names}
         for index in range(sizes.blocks):
             for name in names if index % 2 == 0 else names[::-1]:
                 start = sizes.warmup + index * block
                 run = path(name, start, start + block)
                 began, began_cpu, began_azurite = time.perf_counter(), time.process_time(), cpu_seconds(azurite_pid)
                 done[name] += run()
-                seconds[name] += time.perf_counter() - began
+                blocks[name].append(time.perf_counter() - began)
+                seconds[name] += blocks[name][-1]
                 cpu[name] += time.process_time() - began_cpu
                 if name == "ledger" and began_azurite is not None:
                     azurite_cpu += (cpu_seconds(azurite_pid) or began_azurite) - began_azurite
         sent = tables.take()  # only the ledger's worker uses the table
     measured = block * sizes.blocks
     ratio, without = seconds["ledger"] / seconds["bare"], seconds["worker"] / seconds["bare"]
+    median_block = {
+        name: statistics.median(w / b for w, b in zip(blocks[name], blocks["bare"], strict=True))
+        for name in ("ledger", "worker")
+    }
     extra = (seconds["ledger"] - seconds["worker"]) / measured * 1e6
     in_table = sum(s.seconds for s in sent) / measured * 1e6
     median = statistics.median(s.seconds for s in sent) * 1e6 if sent else 0.0
@@ -405,7 +411,8 @@ def worker_wall_time(
         "wall time",
         ratio,
         f"{ratio:.2f} ({seconds['ledger']:.2f} s / {seconds['bare']:.2f} s; {sizes.blocks} interleaved blocks of "
-        f"{block}; the worker without the ledger {without:.2f} in the same blocks)",
+        f"{block}, median block {median_block['ledger']:.2f}; the worker without the ledger {without:.2f}, median "
+        f"block {median_block['worker']:.2f})",
     )
     table.add(
         "ledger.overhead_per_call",
