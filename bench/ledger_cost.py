@@ -380,19 +380,21 @@ def worker_wall_time(
         tables.take()
         seconds = dict.fromkeys(names, 0.0)
         cpu = dict.fromkeys(names, 0.0)
-        azurite_cpu = 0.0
+        azurite_cpu: float | None = None  # stays None where /proc cannot be read
         blocks: dict[str, list[float]] = {name: [] for name in names}
         for index in range(sizes.blocks):
             for name in names if index % 2 == 0 else names[::-1]:
                 start = sizes.warmup + index * block
                 run = path(name, start, start + block)
-                began, began_cpu, began_azurite = time.perf_counter(), time.process_time(), cpu_seconds(azurite_pid)
+                azurite_before = cpu_seconds(azurite_pid) if name == "ledger" else None
+                began, began_cpu = time.perf_counter(), time.process_time()
                 done[name] += run()
                 blocks[name].append(time.perf_counter() - began)
                 seconds[name] += blocks[name][-1]
                 cpu[name] += time.process_time() - began_cpu
-                if name == "ledger" and began_azurite is not None:
-                    azurite_cpu += (cpu_seconds(azurite_pid) or began_azurite) - began_azurite
+                azurite_after = cpu_seconds(azurite_pid) if name == "ledger" else None
+                if azurite_before is not None and azurite_after is not None:
+                    azurite_cpu = (azurite_cpu or 0.0) + azurite_after - azurite_before
         sent = tables.take()  # only the ledger's worker uses the table
     measured = block * sizes.blocks
     ratio, without = seconds["ledger"] / seconds["bare"], seconds["worker"] / seconds["bare"]
@@ -404,7 +406,7 @@ def worker_wall_time(
     in_table = sum(s.seconds for s in sent) / measured * 1e6
     median = statistics.median(s.seconds for s in sent) * 1e6 if sent else 0.0
     cpu_extra = (cpu["ledger"] - cpu["worker"]) / measured * 1e6
-    azurite_us = azurite_cpu / len(sent) * 1e6 if sent else 0.0
+    azurite = f"{azurite_cpu / len(sent) * 1e6:.0f} µs" if azurite_cpu is not None and sent else "(not measured)"
     table.add(
         "ledger.overhead_ratio",
         f"Ledger: {measured:,} deletes via Worker.handle with the ledger (Azurite's tables) / bare requests.Session, "
@@ -419,8 +421,8 @@ def worker_wall_time(
         "Ledger: per delete, what the ledger adds to the worker (wall; CPU of this process) and its table round trips",
         extra,
         f"wall +{extra:.0f} µs, of which {len(sent) / measured:.0f} table round trips {in_table:.0f} µs (median "
-        f"{median:.0f} µs each; {tally(sent)}); CPU +{cpu_extra:.0f} µs here, and Azurite's own "
-        f"{azurite_us:.0f} µs per table request",
+        f"{median:.0f} µs each; {tally(sent)}); CPU +{cpu_extra:.0f} µs here, and Azurite's own {azurite} per "
+        "table request",
     )
     table.counts.update(
         {
