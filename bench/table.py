@@ -31,13 +31,14 @@ HOW_TO_READ = """## How to read these figures
   requests the ledger's table client sends, through azure-core's request and response hooks on the client that
   `Ledger.from_environment` builds (a retry would count as another request). Accepting a batch of up to 100 commands
   is one transaction (`$batch`) in the day's partition; a command with an idempotency key adds one query, over the
-  partitions of the retention period, since its key may have been used on an earlier day. These queries filter on
-  `RowKey` across partitions: on Azurite's small table each is one round trip, while in Azure the service scans those
-  days' rows and may answer in several pages. In the worker every command kind takes two round trips (a create: its
-  claim and its result; anything else: a read and its result), with the same API calls as without the ledger; a
-  second delivery of a command already done takes one (a delete: the read) or two (a create: the refused claim and a
-  query of the row and its claim), with no API call. A delete by iModel takes three: it also records its children's
-  rows, one transaction per 100 children, which is their acceptance; that row is informational.
+  partitions of the retention period, since its key may have been used on an earlier day. On Azurite that query is
+  one round trip; in Azure a query that crosses a partition boundary may be answered in pages, each another request,
+  even pages with no results (the Table service's "Query Timeout and Pagination"), so it may take several. In the
+  worker every command kind takes two round trips (a create: its claim and its result; anything else: a read and its
+  result), with the same API calls as without the ledger; a second delivery of a command already done takes one (a
+  delete: the read) or two (a create: the refused claim and a query of the row and its claim), with no API call. A
+  delete by iModel takes three: it also records its children's rows, one transaction per 100 children, which is
+  their acceptance; that row is informational.
 - **Wall time with the ledger** is dominated by the table round trips: on loopback a bare DELETE to the simulator
   takes about 1 ms, each of the ledger's two table requests about 2 ms, so the worker with the ledger runs at several
   times the bare requests (about 7.5 here) where the worker without it stays near 1.1. Most of each round trip is CPU
