@@ -49,7 +49,7 @@ infra-check: $(STAMP) $(INFRA_STAMP)
 		echo "infra-check: bicep CLI not on PATH; skipped bicep build and bicep lint"; \
 	fi
 
-# Benchmarks against the simulator on loopback; writes the table to BENCHMARKS.md (about a minute).
+# Benchmarks against the simulator and Azurite on loopback; writes the table to BENCHMARKS.md (about two minutes).
 bench: $(STAMP) $(AZURITE)
 	$(PY) -m bench --markdown BENCHMARKS.md
 

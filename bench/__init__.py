@@ -1,1 +1,2 @@
-"""`make bench`: the worker's overhead, token and call counts, pacing, cold start and memory, measured on loopback."""
+"""`make bench`: the worker's overhead, token and call counts, the command ledger's cost, pacing, cold start and
+memory, measured on loopback."""

@@ -1,6 +1,6 @@
 """`make bench`: the worker is fast, frugal and within its targets, measured in one run on loopback.
 
-python -m bench              full sizes (about a minute)
+python -m bench              full sizes (about two minutes)
 python -m bench --smoke      small sizes: checks that every benchmark runs, not the targets
 python -m bench --markdown BENCHMARKS.md   also write the table there
 """

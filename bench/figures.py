@@ -1,4 +1,4 @@
-"""The six benchmarks of `make bench`, each adding its rows to one `Table`.
+"""The seven benchmarks of `make bench`, each adding its rows to one `Table`.
 
 1. Overhead: single deletes through `Worker.handle` (OpenTelemetry SDK as in production) against the same
    DELETEs from a bare `requests.Session` with a fixed token; the simulator runs in a child process.
@@ -7,9 +7,10 @@
 4. Rate limit: delete-by-iModel fanned out on an in-memory queue against a rate-limited Export API.
 5. Cold start: ``python -X importtime -c "import function_app"`` against its dependencies alone.
 6. Memory: peak RSS of this process right after benchmark 1.
+7. The command ledger's cost, on Azurite's tables and queue: see `bench.ledger_cost`.
 
 Benchmarks 2 to 4 run the simulator in this process (they count, they do not time CPU); it is imported only
-after the memory figure is taken.
+after the memory figure is taken, and so are the Storage SDKs benchmark 7 uses. Azurite starts while 2 and 3 run.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from shared.telemetry import Telemetry
 from shared.worker import Worker
 
 IMODEL = "a0471655-6b18-419e-ab01-ebf4fbff9dff"
-SECTIONS = ("overhead", "tokens", "calls", "rate_limit", "cold_start", "memory")
+SECTIONS = ("overhead", "tokens", "calls", "ledger", "rate_limit", "cold_start", "memory")
 PROJECT_PACKAGES = ("function_app", "functions", "shared")
 BASELINE_IMPORT = "import azure.functions, requests, msal, opentelemetry.metrics"
 
@@ -86,10 +87,13 @@ def run_all(smoke: bool, *, profile: bool = False) -> Table:
     try:
         overhead(table, sizes, otel, profile=profile)
         memory(table)
+        from bench.ledger_cost import azurite_starting, ledger_cost  # the Storage SDKs: after the memory figure too
         from sandbox.itwin_platform import Simulator  # after the memory figure: trustme, cryptography, threads
 
-        tokens(table, sizes, otel, Simulator)
-        calls_per_command(table, sizes, otel, Simulator)
+        with azurite_starting() as azurite:  # while benchmarks 2 and 3, which only count, run
+            tokens(table, sizes, otel, Simulator)
+            calls_per_command(table, sizes, otel, Simulator)
+            ledger_cost(table, smoke, otel, Simulator, azurite())
         rate_limit(table, sizes, otel, Simulator)
         cold_start(table, sizes)
         otel.flush()
@@ -103,7 +107,7 @@ def run_all(smoke: bool, *, profile: bool = False) -> Table:
 
 
 # -- 1. overhead ------------------------------------------------------------------------------------------------
-def _token(session: requests.Session, sim: Any) -> str:
+def service_token(session: requests.Session, sim: Any) -> str:
     form = {
         "grant_type": "client_credentials",
         "client_id": sim.client_id,
@@ -115,7 +119,7 @@ def _token(session: requests.Session, sim: Any) -> str:
     return response.json()["access_token"]
 
 
-def _seed(url: str, token: str, count: int, threads: int = 4) -> list[str]:
+def seed_connections(url: str, token: str, count: int, threads: int = 4) -> list[str]:
     """Create ``count`` Export connections through the API; their ids in creation order."""
     chunks: list[list[str]] = [[] for _ in range(threads)]
 
@@ -155,7 +159,7 @@ def _worker_path(worker: Worker, ids: list[str]) -> Callable[[], int]:
     return run
 
 
-def _bare_path(session: requests.Session, url: str, token: str, ids: list[str]) -> Callable[[], int]:
+def bare_path(session: requests.Session, url: str, token: str, ids: list[str]) -> Callable[[], int]:
     """The same DELETEs from a bare session with a fixed token."""
     urls = [f"{url}/export/connections/{i}" for i in ids]
     headers = {"Authorization": f"Bearer {token}"}
@@ -174,10 +178,10 @@ def overhead(table: Table, sizes: Sizes, otel: Otel, *, profile: bool = False) -
     block = sizes.deletes // sizes.blocks
     per_variant = sizes.warmup + block * sizes.blocks
     with child_simulator() as sim, ca_bundle(sim.ca_path), requests.Session() as session:
-        token = _token(session, sim)
+        token = service_token(session, sim)
         names = ("worker", "bare", "no-sdk")
         profiled = min(500, sizes.deletes // 4)  # seeded in case the target is missed and the path is profiled
-        ids = _seed(sim.url, token, per_variant * len(names) + profiled)
+        ids = seed_connections(sim.url, token, per_variant * len(names) + profiled)
         queue = MemoryQueue()
         workers = {
             "worker": make_worker(sim.settings(), otel.telemetry, queue),
@@ -186,7 +190,7 @@ def overhead(table: Table, sizes: Sizes, otel: Otel, *, profile: bool = False) -
 
         def path(name: str, chunk: list[str]) -> Callable[[], int]:
             if name == "bare":
-                return _bare_path(session, sim.url, token, chunk)
+                return bare_path(session, sim.url, token, chunk)
             return _worker_path(workers[name], chunk)
 
         chunks = {name: ids[i * per_variant : (i + 1) * per_variant] for i, name in enumerate(names)}
@@ -356,7 +360,7 @@ def _job_body(i: int) -> dict[str, Any]:
     }
 
 
-_NEW_IMODEL = "0f3e2a58-5c55-4a3c-9a36-1f4c0cf1b1c2"
+NEW_IMODEL = "0f3e2a58-5c55-4a3c-9a36-1f4c0cf1b1c2"
 
 KINDS = (
     Kind(
@@ -405,7 +409,7 @@ KINDS = (
         lambda sim, i: {
             "action": "create",
             "resource": "connection",
-            "body": {"iModelId": _NEW_IMODEL, "displayName": f"new-{i}", "authenticationType": "Service"},
+            "body": {"iModelId": NEW_IMODEL, "displayName": f"new-{i}", "authenticationType": "Service"},
         },
         Outcome.SUCCEEDED,
         2.0,
@@ -453,8 +457,8 @@ KINDS = (
 def calls_per_command(table: Table, sizes: Sizes, otel: Otel, simulator: type) -> None:
     """Benchmark 3: API calls per command, by kind (no rate limits, so pacing does not slow the count)."""
     with simulator(rate_limits={}) as sim, ca_bundle(sim.ca_path):
-        sim.add_imodel(_NEW_IMODEL)
-        sim.add_connection(_NEW_IMODEL, "someone else's")
+        sim.add_imodel(NEW_IMODEL)
+        sim.add_connection(NEW_IMODEL, "someone else's")
         settings = simulator_settings(sim, ITWIN_RATE_LIMITS="clashdetection=10000")
         worker = make_worker(settings, otel.telemetry, MemoryQueue())
         worker.api.client.tokens.token()

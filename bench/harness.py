@@ -32,6 +32,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from shared.client import ITwinClient
+from shared.ledger import Ledger
 from shared.queues import CommandQueue
 from shared.resources import ITwinApi
 from shared.runtime import WORKER_POLICY
@@ -182,13 +183,18 @@ class Otel:
 
 
 def make_worker(
-    env: Mapping[str, str], telemetry: Telemetry, queue: MemoryQueue, poison: MemoryQueue | None = None
+    env: Mapping[str, str],
+    telemetry: Telemetry,
+    queue: MemoryQueue,
+    poison: MemoryQueue | None = None,
+    ledger: Ledger | None = None,
 ) -> Worker:
-    """The worker as `shared.runtime.worker` builds it, on the given settings, telemetry and in-memory queue."""
+    """The worker as `shared.runtime.worker` builds it, on the given settings, telemetry and in-memory queue, and
+    with the command ledger when one is given."""
     settings = Settings.from_env(dict(env))
     client = ITwinClient(settings, telemetry=telemetry, policy=WORKER_POLICY)
     commands = CommandQueue(queue, poison if poison is not None else MemoryQueue())
-    return Worker(ITwinApi(client), commands, telemetry, max_attempts=settings.max_attempts)
+    return Worker(ITwinApi(client), commands, telemetry, max_attempts=settings.max_attempts, ledger=ledger)
 
 
 # -- the simulator in its own process -------------------------------------------------------------------------

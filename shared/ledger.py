@@ -184,17 +184,19 @@ class Ledger:
         self.table = table
 
     @classmethod
-    def from_environment(cls, environ: Mapping[str, str]) -> Ledger:
+    def from_environment(cls, environ: Mapping[str, str], **client_options: Any) -> Ledger:
+        """The ledger on ``AzureWebJobsStorage`` in either form; ``client_options`` go to the table client (the
+        benchmarks pass azure-core's ``raw_request_hook`` and ``raw_response_hook`` to count requests)."""
         from azure.data.tables import TableServiceClient  # imported on first use: keeps cold start short
 
         from shared.storage import connection_string, endpoint_and_credential
 
         text = connection_string(environ)
         if text:
-            service = TableServiceClient.from_connection_string(text)
+            service = TableServiceClient.from_connection_string(text, **client_options)
         else:
             url, credential = endpoint_and_credential(environ, "table")
-            service = TableServiceClient(endpoint=url, credential=credential)
+            service = TableServiceClient(endpoint=url, credential=credential, **client_options)
         return cls(service.get_table_client(LEDGER_TABLE))
 
     # -- acceptance ---------------------------------------------------------------------------------------------

@@ -14,6 +14,19 @@ import pytest
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
+
+# Calls per command by kind, and the outcome each command must end in.
+CALLS = {
+    "delete_connection": (1, "succeeded"),
+    "delete_job": (1, "succeeded"),
+    "delete_run": (1, "succeeded"),
+    "submit_job": (1, "succeeded"),
+    "cancel_job": (1, "succeeded"),
+    "create_connection_new": (2, "succeeded"),
+    "create_connection_existing": (1, "already_done"),
+    "create_job": (1, "succeeded"),
+    "create_run": (1, "succeeded"),
+}
 ROWS = {
     "overhead.ratio",
     "overhead.per_call",
@@ -34,18 +47,16 @@ ROWS = {
     "cold_start.own",
     "cold_start.own_source",
     "memory.peak_rss",
-}
-# Calls per command by kind, and the outcome each command must end in.
-CALLS = {
-    "delete_connection": (1, "succeeded"),
-    "delete_job": (1, "succeeded"),
-    "delete_run": (1, "succeeded"),
-    "submit_job": (1, "succeeded"),
-    "cancel_job": (1, "succeeded"),
-    "create_connection_new": (2, "succeeded"),
-    "create_connection_existing": (1, "already_done"),
-    "create_job": (1, "succeeded"),
-    "create_run": (1, "succeeded"),
+    "ledger.accept_requests",
+    "ledger.accept_keyed",
+    "ledger.accept_1",
+    "ledger.accept_100",
+    *(f"ledger.worker_{kind}" for kind in CALLS),
+    "ledger.worker_fan_out",
+    "ledger.worker_again_create_run",
+    "ledger.worker_again_delete_run",
+    "ledger.overhead_ratio",
+    "ledger.overhead_per_call",
 }
 
 
@@ -122,3 +133,48 @@ def test_cold_start_sees_the_projects_modules(smoke):
     counts = smoke["counts"]
     assert counts["cold_start.own_modules"] > 10
     assert counts["cold_start.runs"] >= 6
+
+
+def test_accepting_a_batch_of_100_commands_is_one_table_transaction(smoke):
+    counts = smoke["counts"]
+    assert counts["ledger.accept.accepted"] == counts["ledger.accept.batch"] == 100
+    assert counts["ledger.accept.table_requests"] == counts["ledger.accept.transactions"] == 1
+    assert counts["ledger.accept.queue_requests"] == 200  # each message sent hidden, then shown
+    keyed = counts["ledger.accept_keyed.commands"]
+    assert counts["ledger.accept_keyed.accepted"] == keyed
+    assert counts["ledger.accept_keyed.transactions"] == 1
+    assert counts["ledger.accept_keyed.table_requests"] == keyed + 1  # a look-up per idempotency key
+
+
+def test_the_worker_makes_two_table_round_trips_per_command_and_the_same_api_calls(smoke):
+    counts = smoke["counts"]
+    for kind, (per_command, outcome) in CALLS.items():
+        commands = counts[f"ledger.worker.{kind}.commands"]
+        assert commands > 0
+        assert counts[f"ledger.worker.{kind}.{outcome}"] == commands, kind
+        assert counts[f"ledger.worker.{kind}.table_requests"] == 2 * commands, kind
+        assert counts[f"ledger.worker.{kind}.api_calls"] == per_command * commands, kind
+
+
+def test_a_fan_out_records_its_children_in_one_transaction_and_each_child_takes_two_round_trips(smoke):
+    counts = smoke["counts"]
+    assert counts["ledger.worker.fan_out.fanned_out"] == counts["ledger.worker.fan_out.commands"] == 1
+    assert counts["ledger.worker.fan_out.table_requests"] == 3
+    children = counts["ledger.worker.fan_out.children_succeeded"]
+    assert children == 3
+    assert counts["ledger.worker.fan_out.children_table_requests"] == 2 * children
+
+
+def test_a_command_delivered_again_once_done_calls_no_api(smoke):
+    counts = smoke["counts"]
+    for kind, per_command in (("again_create_run", 2), ("again_delete_run", 1)):
+        commands = counts[f"ledger.worker.{kind}.commands"]
+        assert counts[f"ledger.worker.{kind}.already_done"] == commands > 0, kind
+        assert counts[f"ledger.worker.{kind}.table_requests"] == per_command * commands, kind
+        assert counts[f"ledger.worker.{kind}.api_calls"] == 0, kind
+
+
+def test_the_ledger_backed_worker_deletes_every_connection_with_two_round_trips_each(smoke):
+    counts = smoke["counts"]
+    assert counts["ledger.overhead.succeeded"] == counts["ledger.overhead.expected"]
+    assert counts["ledger.overhead.table_requests"] == 2 * counts["ledger.overhead.deletes"]
