@@ -279,15 +279,15 @@ def test_retention_drops_whole_days_past_the_period_and_keeps_the_rest(ledger):
 
 
 def unreachable_ledger() -> Ledger:
-    ledger = Ledger.from_environment(
+    """A ledger on a table endpoint where nothing listens, with the SDK's retries off so that it fails at once."""
+    return Ledger.from_environment(
         {
             "AzureWebJobsStorage": "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
             "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
             "TableEndpoint=http://127.0.0.1:9/devstoreaccount1;"
-        }
+        },
+        retry_total=0,
     )
-    ledger.table._client._client._config.retry_policy.total_retries = 0
-    return ledger
 
 
 def test_when_the_ledger_is_down_a_post_is_503_and_nothing_is_enqueued(queues):
