@@ -85,7 +85,7 @@ class ITwinClient:
             clock=clock,
         )
         self.telemetry = telemetry or default_telemetry()
-        self.pacer = pacer or Pacer(settings.rate_limits, clock=clock)
+        self.pacer = pacer or Pacer(settings.rate_limits)
         self.policy = policy or RetryPolicy()
         self._timeout = timeout
         self._clock = clock
@@ -122,14 +122,19 @@ class ITwinClient:
             stale = None
             response, error = self._attempt(method, url, params, data, token, operation)
             if error is None:
+                self.pacer.accepted(api)
                 return response
             if isinstance(error, Unauthorized) and not refreshed:
                 refreshed, stale = True, token
                 continue
             delay = retry_delay(error, method, attempt, self.policy)
+            if isinstance(error, RateLimited) and delay is not None:
+                self.pacer.throttled(api, delay)
+            elif error.status is not None and not isinstance(error, RateLimited | Unauthorized):
+                self.pacer.accepted(api)  # answered, so the API's limit counted it: the call went through
             if delay is None:
                 raise error
-            if isinstance(error, RateLimited) or (isinstance(error, ServerError) and error.retry_after is not None):
+            if isinstance(error, ServerError) and error.retry_after is not None:
                 self.pacer.hold(api, delay)
             if attempt >= self.policy.max_attempts or self._clock() + delay > deadline:
                 raise error
@@ -137,18 +142,25 @@ class ITwinClient:
             self._sleep(delay)
 
     def _pace(self, api: str, operation: str, deadline: float) -> None:
-        """Wait for this process's next slot for ``api``; raise `Throttled` when it comes after ``deadline``."""
-        remaining = max(0.0, deadline - self._clock())
-        delay = self.pacer.reserve(api, remaining)
-        if delay > remaining:
-            raise Throttled(
-                f"not sent: calls to {api} are held for {delay:.1f} s (a Retry-After or pacing), "
-                "longer than this invocation waits",
-                operation=operation,
-                retry_after=delay,
-            )
-        if delay > 0:
+        """Wait for this process's next slot for ``api``; raise `Throttled` when it comes after ``deadline``.
+
+        When a 429 arrived while this call waited for its slot, the slot is void: it asks for a new one.
+        """
+        while True:
+            remaining = max(0.0, deadline - self._clock())
+            delay = self.pacer.reserve(api, remaining)
+            if delay > remaining:
+                raise Throttled(
+                    f"not sent: calls to {api} are held for {delay:.1f} s (a Retry-After or pacing), "
+                    "longer than this invocation waits",
+                    operation=operation,
+                    retry_after=delay,
+                )
+            if delay <= 0:
+                return
             self._sleep(delay)
+            if self.pacer.held(api) <= 0:
+                return
 
     def _url(self, path: str) -> str:
         if not path.startswith("https://") and not path.startswith("http://"):
