@@ -61,6 +61,8 @@ class Table:
     counts: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    data: dict[str, Any] = field(default_factory=dict)  # what charts are drawn from
+    sections: list[str] = field(default_factory=list)  # Markdown after the table, before "How to read"
 
     def add(
         self,
@@ -118,6 +120,8 @@ class Table:
             lines.append(f"| {figure} | {shown} | {target} | {result} |".replace("||", "| |"))
         lines += ["", self._circumstances() + ".", ""]
         lines += [f"- {note}" for note in self.notes]
+        for section in self.sections:
+            lines += ["", section.rstrip()]
         lines += ["", HOW_TO_READ]
         return "\n".join(lines).rstrip() + "\n"
 
@@ -128,5 +132,6 @@ class Table:
             "rows": [{**asdict(row), "result": row.result} for row in self.rows],
             "counts": self.counts,
             "notes": self.notes,
+            "data": self.data,
         }
         return json.dumps(payload, indent=2, ensure_ascii=False)

@@ -57,7 +57,7 @@ SAFETY = 0.95
 FIRST_CUT = 1.0
 CUT = 0.85
 GROWTH_PER_CALL = 1e-5  # C in rate x (1 + C n³), n = calls accepted since the last cut
-GROWTH_PER_SECOND = 0.002  # g in x e^(g t), t = seconds since the last cut
+GROWTH_PER_SECOND = 0.01  # g in x e^(g t), t = seconds since the last cut
 ACCEPTED_WINDOW = 1.0  # seconds over which the accepted rate is measured (at least)
 ACCEPTED_CALLS = 3  # ... or the time this many calls take at the current rate, when longer
 FLOOR_SLOTS = 64  # the lowest rate is ceiling / FLOOR_SLOTS

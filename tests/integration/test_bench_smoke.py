@@ -34,6 +34,7 @@ ROWS = {
     "cold_start.own",
     "cold_start.own_source",
     "memory.peak_rss",
+    *(f"scale.{n}.{figure}" for n in (1, 2) for figure in ("calls", "429_share", "dead_lettered", "wall")),
 }
 # Calls per command by kind, and the outcome each command must end in.
 CALLS = {
@@ -122,3 +123,13 @@ def test_cold_start_sees_the_projects_modules(smoke):
     counts = smoke["counts"]
     assert counts["cold_start.own_modules"] > 10
     assert counts["cold_start.runs"] >= 6
+
+
+def test_instances_in_separate_processes_share_the_queue_and_create_every_run_once(smoke):
+    counts = smoke["counts"]
+    for n in (1, 2):
+        runs = counts[f"scale.{n}.runs"]
+        assert counts[f"scale.{n}.created"] == counts[f"scale.{n}.succeeded"] == runs
+        assert counts[f"scale.{n}.dead_lettered"] == 0
+        assert counts[f"scale.{n}.calls"] == runs + counts[f"scale.{n}.refused"]
+    assert "## Many instances, one platform limit" in smoke["markdown"]
