@@ -6,35 +6,36 @@ probes back up while calls go through, never above the ceiling. An API without a
 a 429 tells it a rate (one that follows calls that went through). A ``Retry-After`` always wins: after a 429 no
 call to that API leaves the process until it has passed.
 
-The design, and why (measured with ``make bench``; the figures are in BENCHMARKS.md):
+The design, and why (the figures are in BENCHMARKS.md, from ``make bench``):
 
 **Cut to what got through.** The AWS SDKs' "adaptive" retry mode cuts relative to the *measured* send rate, not
-the allowed one. Here the cut is relative to the measured *accepted* rate (calls the API answered with anything but
-429, over the last second or three calls, whichever is longer): when N processes start together at the ceiling the
-platform accepts L calls a second in all, so after one 429 each the sum of their rates is about L. A multiplicative
-cut of the allowed rate would need about log(N) rounds of 429s, each costing a 429 per process. The first cut goes
-to the accepted rate itself (``FIRST_CUT``); later cuts, once a process has found a rate that held, take
-``CUT`` (0.85) of it, never more than ``CUT``² in one step, so one unlucky second does not send a process to the
-floor. One cut per ``Retry-After``: further 429s while it lasts answer calls sent before the cut.
+the allowed one. Here the cut is relative to the measured *accepted* rate: the calls the API answered with anything
+but 429 (or 401) over the last second, or over the time three calls take at the current rate when that is longer.
+When N processes start together at the ceiling the platform accepts L calls a second in all, so after one 429 each
+the sum of their rates is about L; cutting the allowed rate by a factor would need about log(N) rounds, each costing
+a 429 per process. The first cut goes to the accepted rate itself (``FIRST_CUT``); later cuts take ``CUT`` (0.85)
+of it, but never more than ``CUT``² of the allowed rate in one step, so one unlucky second does not send a process
+to the floor. One cut per ``Retry-After``: further 429s while it lasts answer calls sent before the cut.
 
-**Probe up by calls, not by seconds.** AWS follows a CUBIC curve in *time* since the last throttle, with absolute
-constants. With 16 processes that is 16 probes at a time: the aggregate overshoots every few seconds and 429s stay
-common (in our model: 30% of calls). Here the rate after a cut grows with the number of calls accepted since,
-``rate = cut rate x (1 + C n³)`` (``C`` = 1e-5): flat for the first ~20 calls (+8%), doubled after 46, x11 after
-100. Counting calls makes the probing scale-free in the right unit: a process with 1/16 of the limit makes 1/16 of
-the calls, so it probes 16 times more slowly in time, and all N together probe about as fast as one process alone
-(each 429 a probe causes costs about one call in (n at the next cut), whatever N is). One process whose limit went
-from 6/s to 2/s and back follows it up in about 60 calls, some 15-20 s. A slow growth in time (``x e^(g t)``,
-``g`` = 0.002/s: +13% a minute) lets a process that was cut deep, and so makes few calls, still come back.
+**Probe up by calls more than by seconds.** AWS grows along a CUBIC curve in *time* since the last throttle, with
+absolute constants. With 16 processes that is 16 probes at once: the sum overshoots every few seconds and 429s stay
+common. Here the rate after a cut grows with the calls accepted since, ``cut rate x (1 + C n³)`` with ``C`` = 1e-5:
+flat for the first ~20 calls (+8%), doubled after 46, x11 after 100 (CUBIC's shape: careful near the rate that was
+refused, fast once far past it). Counting calls makes the probing scale-free: a process with 1/16 of the limit makes
+1/16 of the calls, so it probes 16 times more slowly in time, and N processes together probe about as fast as one
+alone, so 429s from probing stay a small share of calls whatever N is. That is also why one process whose limit
+went from 6/s to 2/s and back is back at 6/s in about 60 calls (some 20 s), while 16 processes sharing a limit that
+came back take N times longer to claim it. A growth in time besides, ``x e^(g t)`` with ``g`` = 0.01/s (x1.8 a
+minute), brings back a process that was cut deep and so makes few calls; an additive increase per process would make
+the sum of the probes grow with N, which is what a shared limit cannot afford.
 
 **Calls on a shared grid of slots.** The platform counts calls in a one-second window: any 7 calls within a second
-break a 6/s limit, even when the average is 5/s. Processes pacing at independent phases collide like that often
-(the arrivals of 16 independent periodic senders bunch up; in our model with fixed fair shares, about 10-20% of calls
-at 90% load). So a configured API's calls go on a grid of slots ``1 / (ceiling x SAFETY)`` apart, counted from the
-Unix epoch (instances' clocks agree to milliseconds, the slots are 175 ms apart at 6/s), and a process at
-``ceiling / k`` takes every k-th slot from its own offset. A window then holds at most ``ceiling`` slots, so only two
-processes in one slot can break the limit; whoever is refused draws a new offset. Rates are therefore
-``ceiling / k`` for whole k, and the floor is ``ceiling / FLOOR_SLOTS``: up to 64 busy instances can share a limit.
+break a 6/s limit, even when the average is 5/s, and independent periodic senders bunch up like that often. So a
+configured API's calls go on a grid of slots ``1 / (ceiling x SAFETY)`` apart, counted from the Unix epoch
+(instances' clocks agree to milliseconds, the slots are 175 ms apart at 6/s), and a process at ``ceiling / k`` takes
+every k-th slot from its own offset. A window then holds at most ``ceiling`` slots, so the limit breaks only where
+two processes share a slot; whoever is refused draws a new offset. Rates are therefore ``ceiling / k`` for whole k,
+and the floor is ``ceiling / FLOOR_SLOTS``: up to 64 busy instances can share one limit.
 
 Waits are computed, never slept here: the caller sleeps, bounded by its own budget, and when a 429 arrived while it
 waited for its slot (`held`), it asks again instead of sending. Thread-safe: the threads of a process share one

@@ -146,7 +146,7 @@ def test_after_a_cut_the_rate_grows_with_the_calls_that_go_through_slowly_at_fir
     after_20 = pacer.rate("export")
     accept(pacer, clock, 30, "export")
     assert cut == pytest.approx(10.0)
-    assert cut < after_20 < 1.1 * cut  # a probe is slow where the last 429 was
+    assert cut < after_20 < 1.15 * cut  # a probe is slow where the last 429 was
     assert pacer.rate("export") > 2 * cut  # then faster and faster
 
 
@@ -160,13 +160,13 @@ def test_the_rate_never_passes_the_ceiling():
     assert pacer.rate("clashdetection") == 6.0
 
 
-def test_a_process_that_makes_few_calls_probes_slowly_in_time():
+def test_a_process_cut_to_the_floor_comes_back_slowly_in_time_without_calls():
     clock = FakeClock()
     pacer = clash_pacer(clock)
     pacer.throttled("clashdetection", 1.0)
     floor = pacer.rate("clashdetection")
     clock.now += 60.0
-    assert floor < pacer.rate("clashdetection") < 1.4 * floor
+    assert floor < pacer.rate("clashdetection") <= 2 * floor
 
 
 def test_a_slot_reserved_before_a_429_arrived_is_void_when_it_comes():
