@@ -35,7 +35,7 @@ configured API's calls go on a grid of slots ``1 / (ceiling x SAFETY)`` apart, c
 (instances' clocks agree to milliseconds, the slots are 175 ms apart at 6/s), and a process at ``ceiling / k`` takes
 every k-th slot from its own offset. A window then holds at most ``ceiling`` slots, so the limit breaks only where
 two processes share a slot; whoever is refused draws a new offset. Rates are therefore ``ceiling / k`` for whole k,
-and the floor is ``ceiling / FLOOR_SLOTS``: up to 64 busy instances can share one limit.
+and the floor is ``ceiling / FLOOR_SLOTS`` (128): up to 128 busy instances can share one limit.
 
 Waits are computed, never slept here: the caller sleeps, bounded by its own budget, and when a 429 arrived while it
 waited for its slot (`held`), it asks again instead of sending. Thread-safe: the threads of a process share one
@@ -61,7 +61,7 @@ GROWTH_PER_CALL = 1e-5  # C in rate x (1 + C n³), n = calls accepted since the 
 GROWTH_PER_SECOND = 0.01  # g in x e^(g t), t = seconds since the last cut
 ACCEPTED_WINDOW = 1.0  # seconds over which the accepted rate is measured (at least)
 ACCEPTED_CALLS = 3  # ... or the time this many calls take at the current rate, when longer
-FLOOR_SLOTS = 64  # the lowest rate is ceiling / FLOOR_SLOTS
+FLOOR_SLOTS = 128  # the lowest rate is ceiling / FLOOR_SLOTS
 UNCONFIGURED_FLOOR = 0.5  # calls/s at least, for an API paced only because it answered 429 (AWS's minimum too)
 
 

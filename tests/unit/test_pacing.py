@@ -96,7 +96,7 @@ def test_the_first_429_cuts_to_the_rate_that_got_through_in_the_last_second():
     assert [b - a for a, b in itertools.pairwise(starts)] == pytest.approx([3 * SLOT, 3 * SLOT])
 
 
-def test_a_429_with_nothing_accepted_cuts_to_the_floor_a_sixty_fourth_of_the_ceiling():
+def test_a_429_with_nothing_accepted_cuts_to_the_floor_a_fixed_share_of_the_ceiling():
     clock = FakeClock()
     pacer = clash_pacer(clock)
     pacer.throttled("clashdetection", 1.0)
