@@ -34,6 +34,8 @@ HOW_TO_READ = """## How to read these figures
   most not sent": queue operations, not API calls), which would leave the simulator and the instances no CPU. A
   queue per instance, each with an equal share of the runs, would measure something production does not have: an
   instance that happened to be refused first, holding a fixed share of the work at a low rate while the others idle.
+  (The issue's "before" figures came from equal shares per process; a fixed rate per process makes that difference
+  small, since every process then gets through about as much as any other.)
 - **The 429 target at 16 processes cannot be met by any limiter that starts every instance at the configured rate
   with no shared store.** An instance learns that the limit is shared only from a 429 of its own: 16 instances
   started together receive at least 15 429s before the last of them can slow down, and 15 429s beside 240 accepted
