@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 import requests
+from fault_plan import FAULTS, Planned, plan_commands
 from pycep import BicepParser
 from reliability_kit import (
     REPO_ROOT,
@@ -40,7 +41,6 @@ from reliability_kit import (
     size,
     wait_until,
 )
-from test_reliability_faults import FAULTS, Planned, plan_commands
 from test_reliability_restart import HostProcess
 from test_reliability_webhooks import CREATED, DELETED, SECRET, event
 
