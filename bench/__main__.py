@@ -11,7 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.figures import run_all
+from bench.figures import SECTIONS, run_all
+from bench.scale import draw_charts, scale_section
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,10 +25,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="always add a cProfile breakdown of the worker path (it is added anyway when overhead misses its target)",
     )
+    parser.add_argument(
+        "--only", action="append", choices=SECTIONS, help="run only this benchmark (repeatable); for trying things"
+    )
     args = parser.parse_args(argv)
-    table = run_all(smoke=args.smoke, profile=args.profile)
+    table = run_all(smoke=args.smoke, profile=args.profile, only=frozenset(args.only) if args.only else None)
     print(table.render_text(), flush=True)
     if args.markdown:
+        scale = table.data.get("scale")
+        if scale is not None:
+            charts = draw_charts(scale, args.markdown.parent) if not args.smoke else {}
+            table.sections.append(scale_section(scale, charts))
         args.markdown.write_text(table.render_markdown(smoke=args.smoke), encoding="utf-8")
     if args.json:
         args.json.write_text(table.to_json(), encoding="utf-8")

@@ -8,6 +8,7 @@
 5. Cold start: ``python -X importtime -c "import function_app"`` against its dependencies alone.
 6. Memory: peak RSS of this process right after benchmark 1.
 7. The command ledger's cost, on Azurite's tables and queue: see `bench.ledger_cost`.
+8. Scale: N worker instances in N processes share one platform limit (`bench.scale`).
 
 Benchmarks 2 to 4 run the simulator in this process (they count, they do not time CPU); it is imported only
 after the memory figure is taken, and so are the Storage SDKs benchmark 7 uses. Azurite starts while 2 and 3 run.
@@ -38,13 +39,14 @@ from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.trace import NoOpTracerProvider
 
 from bench.harness import REPO, MemoryQueue, Otel, ca_bundle, child_simulator, drain, make_worker, simulator_settings
+from bench.scale import scale
 from bench.table import Table
 from shared.outcomes import Outcome
 from shared.telemetry import Telemetry
 from shared.worker import Worker
 
 IMODEL = "a0471655-6b18-419e-ab01-ebf4fbff9dff"
-SECTIONS = ("overhead", "tokens", "calls", "ledger", "rate_limit", "cold_start", "memory")
+SECTIONS = ("overhead", "tokens", "calls", "ledger", "rate_limit", "cold_start", "memory", "scale")
 PROJECT_PACKAGES = ("function_app", "functions", "shared")
 BASELINE_IMPORT = "import azure.functions, requests, msal, opentelemetry.metrics"
 
@@ -74,8 +76,8 @@ OWN_IMPORT_TARGET_MS = 30.0
 RSS_TARGET_MB = 120.0
 
 
-def run_all(smoke: bool, *, profile: bool = False) -> Table:
-    """Run every benchmark at smoke or full sizes.
+def run_all(smoke: bool, *, profile: bool = False, only: frozenset[str] | None = None) -> Table:
+    """Run every benchmark (or those in ``only``, by section name) at smoke or full sizes.
 
     A cProfile breakdown of the worker path is added to the notes when the overhead target is missed, or always
     with ``profile``.
@@ -84,18 +86,31 @@ def run_all(smoke: bool, *, profile: bool = False) -> Table:
     table = Table(smoke=smoke)
     started = time.monotonic()
     otel = Otel.production_like()
+
+    def wanted(section: str) -> bool:
+        return only is None or section in only
+
     try:
-        overhead(table, sizes, otel, profile=profile)
-        memory(table)
+        if wanted("overhead"):
+            overhead(table, sizes, otel, profile=profile)
+        if wanted("memory"):
+            memory(table)
         from bench.ledger_cost import azurite_starting, ledger_cost  # the Storage SDKs: after the memory figure too
         from sandbox.itwin_platform import Simulator  # after the memory figure: trustme, cryptography, threads
 
         with azurite_starting() as azurite:  # while benchmarks 2 and 3, which only count, run
-            tokens(table, sizes, otel, Simulator)
-            calls_per_command(table, sizes, otel, Simulator)
-            ledger_cost(table, smoke, otel, Simulator, azurite())
-        rate_limit(table, sizes, otel, Simulator)
-        cold_start(table, sizes)
+            if wanted("tokens"):
+                tokens(table, sizes, otel, Simulator)
+            if wanted("calls"):
+                calls_per_command(table, sizes, otel, Simulator)
+            if wanted("ledger"):
+                ledger_cost(table, smoke, otel, Simulator, azurite())
+        if wanted("rate_limit"):
+            rate_limit(table, sizes, otel, Simulator)
+        if wanted("cold_start"):
+            cold_start(table, sizes)
+        if wanted("scale"):
+            table.data["scale"] = scale(table, smoke)
         otel.flush()
         table.counts["otel.spans_exported"] = otel.spans.spans
         table.counts["otel.metric_exports"] = otel.metrics.exports

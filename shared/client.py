@@ -29,6 +29,9 @@ ACCEPT = "application/vnd.bentley.itwin-platform.v1+json"
 USER_AGENT = f"{PROJECT}/{__version__} python-requests/{requests.__version__}"
 DEFAULT_TIMEOUT = (3.05, 10.0)  # connect, read (seconds)
 POOL_SIZE = 32
+# How soon work held back by this instance's pacing is offered again (the queue counts whole seconds): instances
+# that hold their slots for long must not hold the work with them.
+PACED_RETRY_AFTER = 1.0
 
 
 def new_session(*origins: str) -> requests.Session:
@@ -86,7 +89,7 @@ class ITwinClient:
             telemetry=telemetry,
         )
         self.telemetry = telemetry or default_telemetry()
-        self.pacer = pacer or Pacer(settings.rate_limits, clock=clock)
+        self.pacer = pacer or Pacer(settings.rate_limits)
         self.policy = policy or RetryPolicy()
         self._timeout = timeout
         self._clock = clock
@@ -124,14 +127,19 @@ class ITwinClient:
             stale = None
             response, error = self._attempt(method, url, params, data, token, operation, headers)
             if error is None:
+                self.pacer.accepted(api)
                 return response
             if isinstance(error, Unauthorized) and not refreshed:
                 refreshed, stale = True, token
                 continue
             delay = retry_delay(error, method, attempt, self.policy)
+            if isinstance(error, RateLimited) and delay is not None:
+                self.pacer.throttled(api, delay)
+            elif error.status is not None and not isinstance(error, RateLimited | Unauthorized):
+                self.pacer.accepted(api)  # answered, so the API's limit counted it: the call went through
             if delay is None:
                 raise error
-            if isinstance(error, RateLimited) or (isinstance(error, ServerError) and error.retry_after is not None):
+            if isinstance(error, ServerError) and error.retry_after is not None:
                 self.pacer.hold(api, delay)
             if attempt >= self.policy.max_attempts or self._clock() + delay > deadline:
                 raise error
@@ -139,18 +147,34 @@ class ITwinClient:
             self._sleep(delay)
 
     def _pace(self, api: str, operation: str, deadline: float) -> None:
-        """Wait for this process's next slot for ``api``; raise `Throttled` when it comes after ``deadline``."""
-        remaining = max(0.0, deadline - self._clock())
-        delay = self.pacer.reserve(api, remaining)
-        if delay > remaining:
-            raise Throttled(
-                f"not sent: calls to {api} are held for {delay:.1f} s (a Retry-After or pacing), "
-                "longer than this invocation waits",
-                operation=operation,
-                retry_after=delay,
-            )
-        if delay > 0:
+        """Wait for this process's next slot for ``api``; raise `Throttled` when it comes after ``deadline``.
+
+        When a 429 arrived while this call waited for its slot, the slot is void: it asks for a new one.
+        """
+        while True:
+            remaining = max(0.0, deadline - self._clock())
+            delay = self.pacer.reserve(api, remaining)
+            if delay > remaining:
+                if self.pacer.held(api) > remaining:
+                    raise Throttled(
+                        f"not sent: calls to {api} are held for {delay:.1f} s after a 429 (Retry-After), "
+                        "longer than this invocation waits",
+                        operation=operation,
+                        retry_after=delay,
+                    )
+                # This instance's own next slot: another instance may have one sooner, so the work goes back to
+                # the queue for a short while, not for as long as this instance would hold it.
+                raise Throttled(
+                    f"not sent: this instance's next slot for calls to {api} is in {delay:.1f} s, later than this "
+                    "invocation waits",
+                    operation=operation,
+                    retry_after=min(delay, PACED_RETRY_AFTER),
+                )
+            if delay <= 0:
+                return
             self._sleep(delay)
+            if self.pacer.held(api) <= 0:
+                return
 
     def _url(self, path: str) -> str:
         if not path.startswith("https://") and not path.startswith("http://"):

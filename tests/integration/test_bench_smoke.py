@@ -57,6 +57,7 @@ ROWS = {
     "ledger.worker_again_delete_run",
     "ledger.overhead_ratio",
     "ledger.overhead_per_call",
+    *(f"scale.{n}.{figure}" for n in (1, 2) for figure in ("calls", "429_share", "dead_lettered", "wall")),
 }
 
 
@@ -178,3 +179,13 @@ def test_the_ledger_backed_worker_deletes_every_connection_with_two_round_trips_
     counts = smoke["counts"]
     assert counts["ledger.overhead.succeeded"] == counts["ledger.overhead.expected"]
     assert counts["ledger.overhead.table_requests"] == 2 * counts["ledger.overhead.deletes"]
+
+
+def test_instances_in_separate_processes_share_the_queue_and_create_every_run_once(smoke):
+    counts = smoke["counts"]
+    for n in (1, 2):
+        runs = counts[f"scale.{n}.runs"]
+        assert counts[f"scale.{n}.created"] == counts[f"scale.{n}.succeeded"] == runs
+        assert counts[f"scale.{n}.dead_lettered"] == 0
+        assert counts[f"scale.{n}.calls"] == runs + counts[f"scale.{n}.refused"]
+    assert "## Many instances, one platform limit" in smoke["markdown"]
