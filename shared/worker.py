@@ -74,6 +74,7 @@ class Worker:
                 "messaging.destination.name": COMMAND_QUEUE,
                 "itwin.command": kind,
                 "itwin.attempt": command.attempt if command else 1,
+                "itwin.waits": command.waits if command else 0,
                 "itwin.correlation_id": (command.correlation_id if command else None) or "",
             },
         ) as span:

@@ -77,12 +77,16 @@ def worker_commands(simulator: Simulator) -> dict[str, dict[str, Any]]:
     for name in ("a", "b"):
         simulator.add_connection(imodel, name)
     submitted = simulator.add_job(state="active")["id"]
-    runs = {name: simulator.add_run()["id"] for name in ("400", "401", "403", "429", "500")}
+    runs = {name: simulator.add_run()["id"] for name in ("400", "403", "500")}
+    # The 401s go to an API that is neither paced nor held after a 429 here: a wait for a slot between the 401 and
+    # the call after the token refresh would send the command back to the queue, and the refresh would look unused.
+    unauthorized = simulator.add_connection(new_id(), "401 twice")["id"]
+    throttled = simulator.add_job()["id"]
     dropped = simulator.add_job()["id"]
     simulator.fail_next("DELETE", f"/clashdetection/runs/{runs['400']}", 400)
-    simulator.fail_next("DELETE", f"/clashdetection/runs/{runs['401']}", 401, times=2)
+    simulator.fail_next("DELETE", f"/export/connections/{unauthorized}", 401, times=2)
     simulator.fail_next("DELETE", f"/clashdetection/runs/{runs['403']}", 403)
-    simulator.fail_next("DELETE", f"/clashdetection/runs/{runs['429']}", 429, headers={"Retry-After": "1"})
+    simulator.fail_next("DELETE", f"/contextcapture/jobs/{throttled}", 429, headers={"Retry-After": "1"})
     simulator.fail_next("DELETE", f"/clashdetection/runs/{runs['500']}", 500, times=20)
     simulator.drop_next("DELETE", f"/contextcapture/jobs/{dropped}", times=20)
     simulator.fail_next("POST", "/contextcapture/jobs", 503, times=20)
@@ -99,11 +103,11 @@ def worker_commands(simulator: Simulator) -> dict[str, dict[str, Any]]:
         "success": {"action": "delete", "resource": "connection", "id": connection},
         "404": {"action": "delete", "resource": "run", "id": new_id()},
         "400": {"action": "delete", "resource": "run", "id": runs["400"]},
-        "401 twice": {"action": "delete", "resource": "run", "id": runs["401"]},
+        "401 twice": {"action": "delete", "resource": "connection", "id": unauthorized},
         "403": {"action": "delete", "resource": "run", "id": runs["403"]},
         "409 in use": {"action": "delete", "resource": "connection", "id": busy},
         "422": {"action": "delete", "resource": "job", "id": submitted},
-        "429": {"action": "delete", "resource": "run", "id": runs["429"]},
+        "429": {"action": "delete", "resource": "job", "id": throttled},
         "500 until giving up": {"action": "delete", "resource": "run", "id": runs["500"]},
         "dropped until giving up": {"action": "delete", "resource": "job", "id": dropped},
         "503 on a create": {"action": "create", "resource": "job", "body": job_body},
