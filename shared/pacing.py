@@ -2,9 +2,9 @@
 
 Flex Consumption runs many instances, and each has its own `Pacer`. Each starts at the API's configured ceiling
 (``ITWIN_RATE_LIMITS``: the documented limit, 6/s for Clash Detection), cuts its rate when the API answers 429, and
-probes back up while calls go through, never above the ceiling. An API without a configured rate is not paced until
-a 429 tells it a rate (one that follows calls that went through). A ``Retry-After`` always wins: after a 429 no
-call to that API leaves the process until it has passed.
+probes back up while calls go through, never above the ceiling. An API without a configured rate is not paced:
+after a 429 its calls only wait out the ``Retry-After`` (see "APIs without a configured rate" below). A
+``Retry-After`` always wins: after a 429 no call to that API leaves the process until it has passed.
 
 The design, and why (the figures are in BENCHMARKS.md, from ``make bench``):
 
@@ -15,7 +15,11 @@ When N processes start together at the ceiling the platform accepts L calls a se
 the sum of their rates is about L; cutting the allowed rate by a factor would need about log(N) rounds, each costing
 a 429 per process. The first cut goes to the accepted rate itself (``FIRST_CUT``); later cuts take ``CUT`` (0.85)
 of it, but never more than ``CUT``² of the allowed rate in one step, so one unlucky second does not send a process
-to the floor. One cut per ``Retry-After``: further 429s while it lasts answer calls sent before the cut.
+to the floor. One cut per ``Retry-After``: further 429s while it lasts answer calls sent before the cut. Two more
+rules keep isolated 429s (a shared slot, a platform hiccup) from wearing the rate down: once a process has been cut,
+it cuts again only on the second 429 among its last ``RECENT_ANSWERS`` answers (a lone one only moves it to another
+slot), and a process whose callers asked for less than ``BUSY_SHARE`` of its allowance lately is not cut at all (it
+already sends less than its share; cutting it to what it happened to send would only delay its next burst).
 
 **Probe up by calls more than by seconds.** AWS grows along a CUBIC curve in *time* since the last throttle, with
 absolute constants. With 16 processes that is 16 probes at once: the sum overshoots every few seconds and 429s stay
@@ -36,6 +40,12 @@ configured API's calls go on a grid of slots ``1 / (ceiling x SAFETY)`` apart, c
 every k-th slot from its own offset. A window then holds at most ``ceiling`` slots, so the limit breaks only where
 two processes share a slot; whoever is refused draws a new offset. Rates are therefore ``ceiling / k`` for whole k,
 and the floor is ``ceiling / FLOOR_SLOTS`` (128): up to 128 busy instances can share one limit.
+
+**APIs without a configured rate** are not paced. With no documented limit there is no ceiling to start from and
+no grid, and a 429 there usually comes from the tier's limit, which counts every API together: what got through to
+one API says little about its share. Pacing such an API at the rate measured when a 429 came turned isolated 429s
+into a crawl (the reliability suite's fault run, with 4% of calls answered 429, went from 14 s to over 150 s).
+Configure a rate to have an API paced.
 
 Waits are computed, never slept here: the caller sleeps, bounded by its own budget, and when a 429 arrived while it
 waited for its slot (`held`), it asks again instead of sending. Thread-safe: the threads of a process share one
@@ -61,98 +71,107 @@ GROWTH_PER_CALL = 1e-5  # C in rate x (1 + C n³), n = calls accepted since the 
 GROWTH_PER_SECOND = 0.01  # g in x e^(g t), t = seconds since the last cut
 ACCEPTED_WINDOW = 1.0  # seconds over which the accepted rate is measured (at least)
 ACCEPTED_CALLS = 3  # ... or the time this many calls take at the current rate, when longer
+RECENT_ANSWERS = 20  # after the first cut, a cut needs two 429s among this process's last 20 answers
+BUSY_SHARE = 0.5  # a 429 cuts only a process that used at least this share of its allowance lately
 FLOOR_SLOTS = 128  # the lowest rate is ceiling / FLOOR_SLOTS
-UNCONFIGURED_FLOOR = 0.5  # calls/s at least, for an API paced only because it answered 429 (AWS's minimum too)
 
 
 class Lane:
-    """The pacing state of one API in one process. Not thread-safe: the `Pacer` holds a lock around it.
+    """The pacing state of one API with a configured ``ceiling`` in one process. Not thread-safe: the `Pacer`
+    holds a lock around it."""
 
-    ``ceiling`` is the configured rate (None: unpaced until the first 429, then paced without a grid or ceiling).
-    """
-
-    def __init__(self, ceiling: float | None, rand: Callable[[], float]) -> None:
+    def __init__(self, ceiling: float, rand: Callable[[], float]) -> None:
         self.ceiling = ceiling
-        self.slot = 1.0 / (ceiling * SAFETY) if ceiling else None  # seconds between grid slots
-        self.floor = ceiling / FLOOR_SLOTS if ceiling else UNCONFIGURED_FLOOR
-        self.remembered = max(ACCEPTED_WINDOW, ACCEPTED_CALLS / self.floor)  # seconds of accepted calls kept
+        self.slot = 1.0 / (ceiling * SAFETY)  # seconds between grid slots
+        self.floor = ceiling / FLOOR_SLOTS
+        self.remembered = ACCEPTED_CALLS / self.floor  # seconds of history kept, the longest window measured
         self._rand = rand
-        self.cut_rate = ceiling or math.inf  # the rate right after the last cut
+        self.cut_rate = ceiling  # the rate right after the last cut
         self.cut_at: float | None = None  # when the last cut happened; None: never cut
         self.calls_since_cut = 0
         self.cut_hold_until = -math.inf  # 429s before this belong to the last cut
-        self.held_until = -math.inf
         self.accepted_at: deque[float] = deque()
-        self.offset = 0  # grid: this process's slots are those ≡ offset (mod k)
-        self.last_slot: int | None = None  # grid: the last slot taken
-        self.next_free = -math.inf  # no grid: when the next call may start
+        self.asked_at: deque[float] = deque()  # when callers asked for a slot, sent or held back
+        self.answers: deque[bool] = deque(maxlen=RECENT_ANSWERS)  # True: refused (429)
+        self.offset = 0  # this process's slots are those ≡ offset (mod k)
+        self.last_slot: int | None = None  # the last slot taken
 
     def rate(self, now: float) -> float:
-        """Calls per second allowed now (``inf``: not paced)."""
+        """The rate allowed now, before it is rounded to a whole share of the slots."""
         if self.cut_at is None:
             return self.cut_rate
         grown = self.cut_rate * (1 + GROWTH_PER_CALL * self.calls_since_cut**3)
         grown *= math.exp(GROWTH_PER_SECOND * max(0.0, now - self.cut_at))
-        return max(self.floor, min(self.ceiling or math.inf, grown))
-
-    def allowed(self, now: float) -> float:
-        """The rate this process sends at now: ``ceiling / k`` on the grid."""
-        return self.ceiling / self.every(now) if self.ceiling is not None else self.rate(now)
+        return max(self.floor, min(self.ceiling, grown))
 
     def every(self, now: float) -> int:
         """k: this process takes every k-th slot of the grid."""
-        assert self.ceiling is not None
         return max(1, min(FLOOR_SLOTS, math.ceil(self.ceiling / self.rate(now) - 1e-9)))
 
-    def start(self, now: float) -> tuple[float, int | None]:
-        """When the next call may start (not before ``now``), and its grid slot when there is a grid."""
-        earliest = max(now, self.held_until)
-        if self.slot is not None:
-            k = self.every(now)
-            self.offset %= k
-            index = math.ceil(earliest / self.slot - 1e-6)
-            if self.last_slot is not None:
-                index = max(index, self.last_slot + 1)
-            index += (self.offset - index) % k
-            at = index * self.slot
-            return (earliest if at - earliest < 1e-6 * self.slot else at), index
-        if self.cut_at is None:
-            return earliest, None
-        return max(earliest, self.next_free), None
+    def allowed(self, now: float) -> float:
+        """The rate this process sends at now: ``ceiling / k``."""
+        return self.ceiling / self.every(now)
 
-    def take(self, start: float, slot: int | None) -> None:
-        if slot is not None:
-            self.last_slot = slot
-        elif self.cut_at is not None:
-            self.next_free = start + 1.0 / (self.rate(start) * SAFETY)
+    def start(self, earliest: float) -> tuple[float, int]:
+        """The start of this process's next slot, not before ``earliest``, and its index."""
+        k = self.every(earliest)
+        self.offset %= k
+        index = math.ceil(earliest / self.slot - 1e-6)
+        if self.last_slot is not None:
+            index = max(index, self.last_slot + 1)
+        index += (self.offset - index) % k
+        at = index * self.slot
+        return (earliest if at - earliest < 1e-6 * self.slot else at), index
+
+    def asked(self, now: float) -> None:
+        self.asked_at.append(now)
+        while self.asked_at[0] <= now - self.remembered:
+            self.asked_at.popleft()
+
+    def take(self, slot: int) -> None:
+        self.last_slot = slot
 
     def accepted(self, now: float) -> None:
+        self.answers.append(False)
         self.accepted_at.append(now)
         while self.accepted_at[0] <= now - self.remembered:
             self.accepted_at.popleft()
         if self.cut_at is not None:
             self.calls_since_cut += 1
 
-    def throttled(self, now: float, seconds: float) -> None:
-        self.held_until = max(self.held_until, now + seconds)
+    def throttled(self, now: float, hold_until: float) -> None:
+        """A 429: cut, unless it answers a call sent before the last cut, or it is a lone one, or this process
+        sends less than its share anyway."""
+        self.answers.append(True)
         if now < self.cut_hold_until:
+            return
+        if self.cut_at is not None and sum(self.answers) < 2:
+            # A lone 429 among many accepted calls: two processes in one slot, or noise, not a limit too low.
+            self.offset = self._draw(self.every(now))
             return
         rate = self.allowed(now)
         window = max(ACCEPTED_WINDOW, ACCEPTED_CALLS / rate)
+        if not self._busy(now, window, rate):
+            return
         measured = sum(1 for at in self.accepted_at if at > now - window) / window
-        if self.ceiling is None and self.cut_at is None and not measured:
-            return  # nothing to measure a rate from (a first call refused): the Retry-After alone applies
         if self.cut_at is None:
             new = FIRST_CUT * min(rate, measured)
         else:
             new = max(CUT * min(rate, measured), CUT * CUT * rate)
         self.cut_rate = max(self.floor, new)
         self.cut_at, self.calls_since_cut = now, 0
-        self.cut_hold_until = self.held_until
-        if self.ceiling is not None:
-            self.offset = self._draw(self.every(now))
-        else:
-            self.next_free = self.held_until
+        self.cut_hold_until = hold_until
+        self.offset = self._draw(self.every(now))
+
+    def _busy(self, now: float, window: float, rate: float) -> bool:
+        """Whether callers asked for at least ``BUSY_SHARE`` of this process's allowance over the window (or since
+        they first asked, when that was within the window). Asking counts, sent or not: while a Retry-After holds
+        the API, callers still ask."""
+        asked = [at for at in self.asked_at if at > now - window]
+        if not asked:
+            return False
+        span = window if self.asked_at[0] <= now - window else max(now - asked[0], 1.0 / rate)
+        return len(asked) >= BUSY_SHARE * rate * span
 
     def _draw(self, k: int) -> int:
         return min(k - 1, int(self._rand() * k))
@@ -174,14 +193,15 @@ class Pacer:
     ) -> None:
         self._ceilings = dict(DEFAULT_RATE_LIMITS if rates is None else rates)
         self._lanes: dict[str, Lane] = {}
+        self._held_until: dict[str, float] = {}
         self._lock = threading.Lock()
         self._clock = clock
         self._rand = rand
 
-    def _lane(self, api: str) -> Lane:
+    def _lane(self, api: str) -> Lane | None:
         lane = self._lanes.get(api)
-        if lane is None:
-            lane = self._lanes[api] = Lane(self._ceilings.get(api), self._rand)
+        if lane is None and api in self._ceilings:
+            lane = self._lanes[api] = Lane(self._ceilings[api], self._rand)
         return lane
 
     def reserve(self, api: str, limit: float = math.inf) -> float:
@@ -192,40 +212,50 @@ class Pacer:
         """
         with self._lock:
             now = self._clock()
+            start, slot = max(now, self._held_until.get(api, now)), None
             lane = self._lane(api)
-            start, slot = lane.start(now)
+            if lane is not None:
+                lane.asked(now)
+                start, slot = lane.start(start)
             if start - now > limit:
                 return start - now
-            lane.take(start, slot)
+            if lane is not None and slot is not None:
+                lane.take(slot)
             return start - now
 
     def held(self, api: str) -> float:
         """Seconds for which no call to ``api`` may leave this process (0: none). A caller that reserved a slot
         and finds the API held when the slot comes must not send: a 429 arrived meanwhile; it reserves again."""
         with self._lock:
-            lane = self._lanes.get(api)
-            return max(0.0, lane.held_until - self._clock()) if lane else 0.0
+            return max(0.0, self._held_until.get(api, 0.0) - self._clock())
 
     def hold(self, api: str, seconds: float) -> None:
         """No call to ``api`` leaves this process for ``seconds`` (a 5xx's Retry-After); the rate stays."""
         with self._lock:
-            lane = self._lane(api)
-            lane.held_until = max(lane.held_until, self._clock() + seconds)
+            self._hold(api, self._clock() + seconds)
+
+    def _hold(self, api: str, until: float) -> None:
+        self._held_until[api] = max(self._held_until.get(api, until), until)
 
     def accepted(self, api: str) -> None:
         """The API took a call (it answered with anything but 429 or 401): count it towards probing up."""
         with self._lock:
-            self._lane(api).accepted(self._clock())
+            lane = self._lane(api)
+            if lane is not None:
+                lane.accepted(self._clock())
 
     def throttled(self, api: str, seconds: float) -> None:
-        """The API answered 429: hold it for ``seconds`` (its Retry-After) and cut this process's rate."""
+        """The API answered 429: hold it for ``seconds`` (its Retry-After) and, when it has a configured rate,
+        cut this process's rate."""
         with self._lock:
-            self._lane(api).throttled(self._clock(), seconds)
+            now = self._clock()
+            self._hold(api, now + seconds)
+            lane = self._lane(api)
+            if lane is not None:
+                lane.throttled(now, self._held_until[api])
 
     def rate(self, api: str) -> float:
         """The calls per second this process allows itself to ``api`` now (``inf``: not paced)."""
         with self._lock:
-            lane = self._lanes.get(api)
-            if lane is None:
-                return self._ceilings.get(api, math.inf)
-            return lane.allowed(self._clock())
+            lane = self._lane(api)
+            return lane.allowed(self._clock()) if lane is not None else math.inf

@@ -11,7 +11,7 @@ import random
 import pytest
 
 from sandbox.simulator.faults import RateLimiter
-from shared.pacing import CUT, FLOOR_SLOTS, SAFETY, UNCONFIGURED_FLOOR, Pacer
+from shared.pacing import CUT, FLOOR_SLOTS, SAFETY, Lane, Pacer
 
 SLOT = 1 / (6.0 * SAFETY)  # seconds between grid slots at 6/s
 
@@ -30,9 +30,20 @@ def clash_pacer(clock: FakeClock, seed: int = 1, rate: float = 6.0) -> Pacer:
 
 def accept(pacer: Pacer, clock: FakeClock, calls: int, api: str = "clashdetection") -> None:
     """Send ``calls`` calls as fast as the pacer allows, each answered 201."""
+    send(pacer, clock, calls, api)
+
+
+def send(
+    pacer: Pacer, clock: FakeClock, calls: int, api: str = "clashdetection", every: float = 0.0, refused: bool = False
+) -> None:
+    """Send ``calls`` calls, at most one each ``every`` seconds, answered 201 (or 429 with Retry-After: 1)."""
     for _ in range(calls):
+        clock.now += every
         clock.now += pacer.reserve(api)
-        pacer.accepted(api)
+        if refused:
+            pacer.throttled(api, 1.0)
+        else:
+            pacer.accepted(api)
 
 
 def test_at_the_ceiling_calls_take_consecutive_slots_of_a_grid_counted_from_the_epoch():
@@ -60,6 +71,16 @@ def test_after_a_429_every_call_to_that_api_waits_until_retry_after_has_passed()
     assert pacer.reserve("contextcapture") == 0.0
     clock.now += 2.0
     assert pacer.held("export") == 0.0
+
+
+def test_an_api_without_a_configured_rate_is_only_held_after_429s_never_paced():
+    clock = FakeClock()
+    pacer = Pacer({}, clock=clock)
+    send(pacer, clock, 20, "export", every=0.05)
+    send(pacer, clock, 3, "export", every=1.0, refused=True)
+    clock.now += 1.0
+    assert pacer.rate("export") == math.inf
+    assert [pacer.reserve("export") for _ in range(50)] == [0.0] * 50
 
 
 def test_a_5xx_retry_after_holds_the_api_without_cutting_its_rate():
@@ -99,27 +120,53 @@ def test_the_first_429_cuts_to_the_rate_that_got_through_in_the_last_second():
 def test_a_429_with_nothing_accepted_cuts_to_the_floor_a_fixed_share_of_the_ceiling():
     clock = FakeClock()
     pacer = clash_pacer(clock)
-    pacer.throttled("clashdetection", 1.0)
+    send(pacer, clock, 1, refused=True)  # its first call, refused: the platform is busy with others
     assert pacer.rate("clashdetection") == pytest.approx(6.0 / FLOOR_SLOTS)
 
 
 def test_later_cuts_take_a_share_of_what_got_through_but_never_more_than_two_cuts_at_once():
     clock = FakeClock()
-    pacer = Pacer({}, clock=clock)  # no grid, so the rate is not rounded to a share of slots
-    for _ in range(10):
-        clock.now += 0.1
-        pacer.accepted("export")
-    pacer.throttled("export", 1.0)  # first cut: to the 10/s that got through
+    pacer = clash_pacer(clock)
+    accept(pacer, clock, 2)
+    send(pacer, clock, 1, refused=True)
+    assert pacer.rate("clashdetection") == 2.0  # first cut: the 2/s that got through; every third slot
     clock.now += 1.0
-    accept(pacer, clock, 10, "export")
-    pacer.throttled("export", 1.0)
-    assert pacer.rate("export") == pytest.approx(CUT * 10.0, rel=0.02)  # 10/s got through: a share of it
+    accept(pacer, clock, 10)
+    send(pacer, clock, 1, refused=True)  # a second 429 among its last 20 answers
+    # About 2/s got through: 0.85 of it at most, rounded down to a whole share of the slots.
+    cut = pacer.rate("clashdetection")
+    assert 6.0 / math.ceil(6.0 / (CUT * CUT * 2.0)) <= cut <= 6.0 / math.ceil(6.0 / (CUT * 2.0))
+    for _ in range(15):  # callers keep asking, but nothing gets through: the measured rate is 0
+        clock.now += 0.2
+        pacer.reserve("clashdetection", limit=0.0)
+    send(pacer, clock, 1, refused=True)
+    assert pacer.rate("clashdetection") == 6.0 / math.ceil(6.0 / (CUT * CUT * cut))
+
+
+def test_once_cut_a_lone_429_among_accepted_calls_moves_the_process_to_another_slot_without_cutting():
+    clock = FakeClock()
+    pacer = clash_pacer(clock)
+    accept(pacer, clock, 3)
+    send(pacer, clock, 1, refused=True)
     clock.now += 1.0
-    accept(pacer, clock, 3, "export")
-    clock.now += 5.0  # nothing got through lately: the measured rate is far below the allowed one
-    allowed = pacer.rate("export")
-    pacer.throttled("export", 1.0)
-    assert pacer.rate("export") == pytest.approx(CUT * CUT * allowed)
+    accept(pacer, clock, 25)
+    before = pacer.rate("clashdetection")
+    send(pacer, clock, 1, refused=True)
+    assert pacer.rate("clashdetection") == before
+    for _ in range(5):  # while the Retry-After holds, callers keep asking (and are sent back to the queue)
+        clock.now += 0.2
+        pacer.reserve("clashdetection", limit=0.0)
+    send(pacer, clock, 1, refused=True)  # a second 429 among the last 20 answers: now it cuts
+    assert pacer.rate("clashdetection") < before
+
+
+def test_a_process_that_sends_less_than_half_its_allowance_is_not_cut_by_a_429():
+    clock = FakeClock()
+    pacer = clash_pacer(clock)
+    send(pacer, clock, 5, every=2.0)  # one call every 2 s, far below its 6/s
+    send(pacer, clock, 1, every=2.0, refused=True)
+    assert pacer.rate("clashdetection") == 6.0
+    assert pacer.held("clashdetection") > 0  # the Retry-After still holds
 
 
 def test_429s_while_the_cuts_retry_after_lasts_answer_calls_sent_before_it_and_cut_nothing_more():
@@ -135,19 +182,24 @@ def test_429s_while_the_cuts_retry_after_lasts_answer_calls_sent_before_it_and_c
 
 
 def test_after_a_cut_the_rate_grows_with_the_calls_that_go_through_slowly_at_first():
-    clock = FakeClock()
-    pacer = Pacer({}, clock=clock)  # no grid, so the rate is not rounded to a share of slots
-    for _ in range(10):
-        clock.now += 0.1
-        pacer.accepted("export")
-    pacer.throttled("export", 1.0)
-    cut = pacer.rate("export")
-    accept(pacer, clock, 20, "export")
-    after_20 = pacer.rate("export")
-    accept(pacer, clock, 30, "export")
-    assert cut == pytest.approx(10.0)
-    assert cut < after_20 < 1.15 * cut  # a probe is slow where the last 429 was
-    assert pacer.rate("export") > 2 * cut  # then faster and faster
+    lane, now = Lane(12.0, random.Random(1).random), 100.0
+    for slot in range(3):
+        lane.asked(now)
+        lane.take(slot)
+        lane.accepted(now)
+        now += SLOT / 2
+    lane.asked(now)
+    lane.throttled(now, now + 1.0)
+    cut = lane.rate(now)
+
+    def accept_lane(calls: int) -> float:
+        for _ in range(calls):
+            lane.accepted(now)
+        return lane.rate(now)
+
+    assert cut == pytest.approx(3.0)  # three calls in the last second went through
+    assert cut < accept_lane(20) < 1.1 * cut  # a probe is slow where the last 429 was
+    assert accept_lane(30) > 2 * cut  # then faster and faster
 
 
 def test_the_rate_never_passes_the_ceiling():
@@ -163,7 +215,7 @@ def test_the_rate_never_passes_the_ceiling():
 def test_a_process_cut_to_the_floor_comes_back_slowly_in_time_without_calls():
     clock = FakeClock()
     pacer = clash_pacer(clock)
-    pacer.throttled("clashdetection", 1.0)
+    send(pacer, clock, 1, refused=True)
     floor = pacer.rate("clashdetection")
     clock.now += 60.0
     assert floor < pacer.rate("clashdetection") <= 2 * floor
@@ -178,27 +230,6 @@ def test_a_slot_reserved_before_a_429_arrived_is_void_when_it_comes():
     pacer.throttled("clashdetection", 1.0)  # the first call's answer: 429
     clock.now += wait
     assert pacer.held("clashdetection") > 0  # so the waiting thread does not send, it reserves again
-
-
-def test_an_unconfigured_api_is_paced_at_the_rate_that_got_through_after_its_first_429():
-    clock = FakeClock()
-    pacer = Pacer({}, clock=clock, rand=random.Random(3).random)
-    for _ in range(20):
-        clock.now += 0.05
-        pacer.accepted("export")
-    pacer.throttled("export", 1.0)
-    assert pacer.rate("export") == pytest.approx(20.0)
-    pacer.throttled("contextcapture", 1.0)  # its first call refused: no rate to measure, only the wait
-    assert pacer.rate("contextcapture") == math.inf
-    assert pacer.held("contextcapture") == 1.0
-    pacer.accepted("contextcapture")
-    clock.now += 0.5
-    pacer.throttled("contextcapture", 1.0)  # one call went through in the last second
-    assert pacer.rate("contextcapture") == pytest.approx(1.0)
-    for _ in range(3):
-        clock.now += 1.0
-        pacer.throttled("contextcapture", 1.0)
-    assert pacer.rate("contextcapture") == UNCONFIGURED_FLOOR
 
 
 class Platform:
@@ -253,7 +284,7 @@ def test_one_process_follows_its_limit_down_from_6_to_2_and_back_up():
     assert pacer.rate("clashdetection") <= 2.0
     refused_while_low = platform.refused
     run(platform, [pacer], until=clock.now + 50)
-    assert platform.refused - refused_while_low <= 3  # settled: only probes are refused
+    assert platform.refused - refused_while_low <= 6  # settled: only probes are refused (a cut takes two)
     platform.limit = 6.0
     run(platform, [pacer], until=clock.now + 30)
     assert pacer.rate("clashdetection") >= 5.0
