@@ -22,21 +22,12 @@ HOW_TO_READ = """## How to read these figures
   the whole client. The worker's modules (client, MSAL tokens, telemetry) and OpenTelemetry's propagators now load on
   first use.
 - **Spread between runs** on this shared 2-core machine, over eight full runs on 2026-11-22: overhead 1.09 to 1.15;
-<<<<<<< HEAD
-  own modules with bytecode cached 12 to 15 ms; compiled at start 24 to 35 ms, so that row can land either side of its
-  30 ms target. A read-only package deployed without `__pycache__` pays the compiled-at-start figure; one with
-  bytecode compiled for Python 3.11 pays the cached one. On 2026-11-23 the bare DELETE took about 0.8 ms, half its
-  time of the day before, while the worker still added about 0.17 ms: overhead measured 1.17 to 1.26 in five of six
-  runs (once 0.82, when the bare blocks themselves ran slow), the main branch before the ledger benchmark (c2bed52) as
-  high as with it, so that target is now missed.
-=======
   own modules with bytecode cached 12 to 15 ms; compiled at start 24 to 35 ms, so that row can land either side of
   its 30 ms target. A read-only package deployed without `__pycache__` pays the compiled-at-start figure; one with
   bytecode compiled for Python 3.11 pays the cached one. On 2026-11-23 the overhead row gave 1.21-1.29 on a
   nearly idle machine, the same at the commit before the adaptive pacer (1.21): the bare call took 0.7 ms where
   the run above it once took 1.7 ms, while the worker's own time stayed about 0.15 ms, so the ratio rose; the
   pacer costs under 1 µs per call.
->>>>>>> scale-9
 - **Rate limit** is bounded below by the pacer itself, which runs at 95% of the configured rate
   (`ITWIN_RATE_LIMITS=export=50`), so 606 calls take at least 606 / 47.5 s: 1.06 times the floor, with no 429.
 - **Ledger** rows run against Azurite's table and queue services (in memory, on this machine) and count the HTTP
