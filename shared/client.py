@@ -29,9 +29,6 @@ ACCEPT = "application/vnd.bentley.itwin-platform.v1+json"
 USER_AGENT = f"{PROJECT}/{__version__} python-requests/{requests.__version__}"
 DEFAULT_TIMEOUT = (3.05, 10.0)  # connect, read (seconds)
 POOL_SIZE = 32
-# How soon work held back by this instance's pacing is offered again (the queue counts whole seconds): instances
-# that hold their slots for long must not hold the work with them.
-PACED_RETRY_AFTER = 1.0
 
 
 def new_session(*origins: str) -> requests.Session:
@@ -155,20 +152,24 @@ class ITwinClient:
             remaining = max(0.0, deadline - self._clock())
             delay = self.pacer.reserve(api, remaining)
             if delay > remaining:
-                if self.pacer.held(api) > remaining:
+                held = self.pacer.held(api)
+                if held > remaining:
                     raise Throttled(
-                        f"not sent: calls to {api} are held for {delay:.1f} s after a 429 (Retry-After), "
+                        f"not sent: calls to {api} are held for {held:.1f} s after a 429 (Retry-After), "
                         "longer than this invocation waits",
                         operation=operation,
-                        retry_after=delay,
+                        retry_after=held,
                     )
-                # This instance's own next slot: another instance may have one sooner, so the work goes back to
-                # the queue for a short while, not for as long as this instance would hold it.
+                # This instance's own next slot is far: another instance may have one sooner. The work goes back
+                # at once, and this invocation stays busy for the time it would have waited, so that the instance
+                # does not take more work than it can send: a give-back with a visibility delay instead would keep
+                # the work hidden from the instances that can send it.
                 raise Throttled(
                     f"not sent: this instance's next slot for calls to {api} is in {delay:.1f} s, later than this "
                     "invocation waits",
                     operation=operation,
-                    retry_after=min(delay, PACED_RETRY_AFTER),
+                    retry_after=0.0,
+                    linger=remaining,
                 )
             if delay <= 0:
                 return

@@ -21,17 +21,21 @@ it cuts again only on the second 429 among its last ``RECENT_ANSWERS`` answers (
 slot), and a process whose callers asked for less than ``BUSY_SHARE`` of its allowance lately is not cut at all (it
 already sends less than its share; cutting it to what it happened to send would only delay its next burst).
 
-**Probe up by calls more than by seconds.** AWS grows along a CUBIC curve in *time* since the last throttle, with
-absolute constants. With 16 processes that is 16 probes at once: the sum overshoots every few seconds and 429s stay
-common. Here the rate after a cut grows with the calls accepted since, ``cut rate x (1 + C n³)`` with ``C`` = 1e-5:
-flat for the first ~20 calls (+8%), doubled after 46, x11 after 100 (CUBIC's shape: careful near the rate that was
-refused, fast once far past it). Counting calls makes the probing scale-free: a process with 1/16 of the limit makes
-1/16 of the calls, so it probes 16 times more slowly in time, and N processes together probe about as fast as one
-alone, so 429s from probing stay a small share of calls whatever N is. That is also why one process whose limit
-went from 6/s to 2/s and back is back at 6/s in about 60 calls (some 20 s), while 16 processes sharing a limit that
-came back take N times longer to claim it. A growth in time besides, ``x e^(g t)`` with ``g`` = 0.01/s (x1.8 a
-minute), brings back a process that was cut deep and so makes few calls; an additive increase per process would make
-the sum of the probes grow with N, which is what a shared limit cannot afford.
+**Probe up by calls, and go back when a probe fails.** AWS grows along a CUBIC curve in *time* since the last
+throttle, with absolute constants. With 16 processes that is 16 probes at once: the sum overshoots every few seconds
+and 429s stay common. Here the rate after a cut grows with the calls accepted since, ``cut rate x (1 + C (n/p)³)``
+with ``C`` = 1e-5 (CUBIC's shape: careful near the rate that was refused, fast once far past it). Counting calls makes
+probing scale-free: a process with 1/16 of the limit makes 1/16 of the calls, so it probes 16 times more slowly in
+time, and N processes together probe about as fast as one alone. ``p``, the patience, starts at
+``PATIENCE_AFTER_CUT`` (2) after a cut, since the cut rate was measured, not guessed: a process cut to 1/6 of the
+limit first probes above it after about 54 calls. A rate above the last one known to go through is a probe. A 429
+answering a probe sends the process straight back to the known rate, to probe again as patiently: one 429 per
+failed probe, where a cut would take two or more. A probe that holds for ``PROBE_CALLS`` calls becomes the known
+rate, and ``p`` goes to 1: a limit that came back is taken up faster. One process whose limit went from 6/s to 2/s
+and back is back at 6/s in some 20 s, however long the limit was low. Only a
+process whose cut found nothing getting through (one that lost the first second to the others) also grows in time,
+``x e^(g t)`` with ``g`` = 0.01/s (x1.8 a minute), since it makes too few calls to grow by them; an additive
+increase per process would make the sum of the probes grow with N, which is what a shared limit cannot afford.
 
 **Calls on a shared grid of slots.** The platform counts calls in a one-second window: any 7 calls within a second
 break a 6/s limit, even when the average is 5/s, and independent periodic senders bunch up like that often. So a
@@ -39,7 +43,9 @@ configured API's calls go on a grid of slots ``1 / (ceiling x SAFETY)`` apart, c
 (instances' clocks agree to milliseconds, the slots are 175 ms apart at 6/s), and a process at ``ceiling / k`` takes
 every k-th slot from its own offset. A window then holds at most ``ceiling`` slots, so the limit breaks only where
 two processes share a slot; whoever is refused draws a new offset. Rates are therefore ``ceiling / k`` for whole k,
-and the floor is ``ceiling / FLOOR_SLOTS`` (128): up to 128 busy instances can share one limit.
+and the floor is ``ceiling / FLOOR_SLOTS`` (1024). A process at the floor still sends now and then (every three
+minutes at 6/s), and every such call into a full grid is a 429 for someone: the floor is low so that the processes
+that lost the first second add few of them, however many they are.
 
 **APIs without a configured rate** are not paced. With no documented limit there is no ceiling to start from and
 no grid, and a 429 there usually comes from the tier's limit, which counts every API together: what got through to
@@ -73,7 +79,9 @@ ACCEPTED_WINDOW = 1.0  # seconds over which the accepted rate is measured (at le
 ACCEPTED_CALLS = 3  # ... or the time this many calls take at the current rate, when longer
 RECENT_ANSWERS = 20  # after the first cut, a cut needs two 429s among this process's last 20 answers
 BUSY_SHARE = 0.5  # a 429 cuts only a process that used at least this share of its allowance lately
-FLOOR_SLOTS = 128  # the lowest rate is ceiling / FLOOR_SLOTS
+FLOOR_SLOTS = 1024  # the lowest rate is ceiling / FLOOR_SLOTS
+PATIENCE_AFTER_CUT = 2.0  # after a cut, probing counts calls at half speed: the cut rate was measured, not guessed
+PROBE_CALLS = 10  # calls accepted at a higher rate before it counts as known to go through
 
 
 class Lane:
@@ -95,13 +103,18 @@ class Lane:
         self.answers: deque[bool] = deque(maxlen=RECENT_ANSWERS)  # True: refused (429)
         self.offset = 0  # this process's slots are those ≡ offset (mod k)
         self.last_slot: int | None = None  # the last slot taken
+        self.safe = 1  # k known to go through: a smaller k is a probe
+        self.probe_calls = 0  # calls accepted while probing
+        self.patience = 1.0  # growth counts calls divided by this
+        self.starved = False  # the last cut found nothing getting through: grow in time too
 
     def rate(self, now: float) -> float:
         """The rate allowed now, before it is rounded to a whole share of the slots."""
         if self.cut_at is None:
             return self.cut_rate
-        grown = self.cut_rate * (1 + GROWTH_PER_CALL * self.calls_since_cut**3)
-        grown *= math.exp(GROWTH_PER_SECOND * max(0.0, now - self.cut_at))
+        grown = self.cut_rate * (1 + GROWTH_PER_CALL * (self.calls_since_cut / self.patience) ** 3)
+        if self.starved:
+            grown *= math.exp(GROWTH_PER_SECOND * max(0.0, now - self.cut_at))
         return max(self.floor, min(self.ceiling, grown))
 
     def every(self, now: float) -> int:
@@ -136,14 +149,26 @@ class Lane:
         self.accepted_at.append(now)
         while self.accepted_at[0] <= now - self.remembered:
             self.accepted_at.popleft()
-        if self.cut_at is not None:
-            self.calls_since_cut += 1
+        if self.cut_at is None:
+            return
+        self.calls_since_cut += 1
+        k = self.every(now)
+        if k < self.safe:
+            self.probe_calls += 1
+            if self.probe_calls >= PROBE_CALLS:  # the probe held: a new known rate, and probe sooner next time
+                self.safe, self.probe_calls, self.patience = k, 0, 1.0
 
     def throttled(self, now: float, hold_until: float) -> None:
-        """A 429: cut, unless it answers a call sent before the last cut, or it is a lone one, or this process
-        sends less than its share anyway."""
+        """A 429: back to the known rate when it answers a probe; otherwise cut, unless it answers a call sent
+        before the last cut, or it is a lone one, or this process sends less than its share anyway."""
         self.answers.append(True)
         if now < self.cut_hold_until:
+            return
+        if self.cut_at is not None and self.every(now) < self.safe:
+            self.cut_rate = self.ceiling / self.safe
+            self.cut_at, self.calls_since_cut, self.probe_calls = now, 0, 0
+            self.patience = PATIENCE_AFTER_CUT
+            self.cut_hold_until = hold_until
             return
         if self.cut_at is not None and sum(self.answers) < 2:
             # A lone 429 among many accepted calls: two processes in one slot, or noise, not a limit too low.
@@ -159,9 +184,12 @@ class Lane:
         else:
             new = max(CUT * min(rate, measured), CUT * CUT * rate)
         self.cut_rate = max(self.floor, new)
-        self.cut_at, self.calls_since_cut = now, 0
+        self.starved = new <= self.floor
+        self.cut_at, self.calls_since_cut, self.probe_calls = now, 0, 0
+        self.patience = PATIENCE_AFTER_CUT
         self.cut_hold_until = hold_until
-        self.offset = self._draw(self.every(now))
+        self.safe = self.every(now)
+        self.offset = self._draw(self.safe)
 
     def _busy(self, now: float, window: float, rate: float) -> bool:
         """Whether callers asked for at least ``BUSY_SHARE`` of this process's allowance over the window (or since

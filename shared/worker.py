@@ -19,7 +19,7 @@ from opentelemetry.propagate import extract
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from shared.commands import Command, InvalidCommand, decode_json, validate
-from shared.errors import ITwinError, NotFound, Unprocessable
+from shared.errors import ITwinError, NotFound, Throttled, Unprocessable
 from shared.ledger import DEFAULT_CLAIM_TTL, Ledger, LedgerConflict, Record, Resource, child_ids
 from shared.ledger import Status as LedgerStatus
 from shared.outcomes import Outcome, classify_failure, create_outcome_unknown, describe_unknown_create, is_wait
@@ -54,6 +54,7 @@ class Worker:
         owner: str | None = None,
         claim_ttl: timedelta = DEFAULT_CLAIM_TTL,
         now: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.api = api
         self.queue = queue
@@ -65,6 +66,7 @@ class Worker:
         self.claim_ttl = claim_ttl
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._now = now
+        self._sleep = sleep
         self._create_locks = tuple(threading.Lock() for _ in range(64))
 
     def handle(self, raw: bytes | str) -> Outcome:
@@ -100,7 +102,10 @@ class Worker:
             span.set_attribute("itwin.outcome", result.outcome.value)
             if result.outcome is Outcome.DEAD_LETTERED:
                 span.set_status(Status(StatusCode.ERROR, result.detail))
-            return self._record(kind, result, command.correlation_id if command else None)
+            outcome = self._record(kind, result, command.correlation_id if command else None)
+        if result.linger:
+            self._sleep(result.linger)
+        return outcome
 
     def _run(self, command: Command) -> Result:
         if self.ledger is None or command.command_id is None:
@@ -218,7 +223,14 @@ class Worker:
                 again = replace(again, look_up=uncertain)
                 delay = error.retry_after if error.retry_after is not None else self.backoff.delay(command.deliveries)
                 self.queue.send(again.to_message(), delay=delay)
-                return Result(outcome, f"{error}; back in {delay:.1f} s", error=error.to_dict(), uncertain=uncertain)
+                linger = error.linger if isinstance(error, Throttled) else 0.0
+                return Result(
+                    outcome,
+                    f"{error}; back in {delay:.1f} s",
+                    error=error.to_dict(),
+                    uncertain=uncertain,
+                    linger=linger,
+                )
             if outcome is Outcome.DEAD_LETTERED:
                 return self._dead_letter_error(command, error, age)
             return Result(outcome, str(error), error=error.to_dict())
@@ -368,6 +380,7 @@ class Result:
     error: Mapping[str, Any] | None = None
     children: tuple[str, ...] = ()
     uncertain: bool = False
+    linger: float = 0.0  # seconds the invocation stays busy after giving the command back (see `Throttled`)
 
 
 def _repeat(record: Record) -> Result:

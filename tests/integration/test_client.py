@@ -25,12 +25,9 @@ from shared.errors import (
     Unauthorized,
     Unprocessable,
 )
-from shared.pacing import FLOOR_SLOTS, SAFETY
 from shared.resources import ITwinApi
 from shared.retry import RetryPolicy
 from shared.settings import Settings
-
-SLOWEST_CLASH_PERIOD = FLOOR_SLOTS / (6.0 * SAFETY)
 
 
 def make_api(simulator, captured, policy=None, **overrides) -> ITwinApi:
@@ -233,8 +230,7 @@ def test_after_a_long_429_other_calls_to_that_api_are_not_sent_and_not_slept_thr
     with pytest.raises(Throttled) as caught:
         api.get_run("an-unrelated-run")
     assert time.monotonic() - started < 0.5
-    # The Retry-After, then this process's next slot at its cut rate (at most the slowest period later).
-    assert 1790 < caught.value.retry_after <= 1800 + SLOWEST_CLASH_PERIOD
+    assert 1790 < caught.value.retry_after <= 1800  # the Retry-After, whatever this process's own pace
     assert caught.value.transient
     assert [r.path for r in simulator.api_calls()] == ["/clashdetection/runs/first-run"]
 

@@ -13,7 +13,7 @@ from samples import IMODEL, JOB_BODY, MISSING, OTHER_IMODEL
 
 from shared.client import ITwinClient
 from shared.outcomes import Outcome
-from shared.pacing import FLOOR_SLOTS, SAFETY
+from shared.pacing import FLOOR_SLOTS
 from shared.queues import CommandQueue
 from shared.resources import ITwinApi
 from shared.runtime import WORKER_POLICY
@@ -350,8 +350,26 @@ def test_after_a_long_429_the_next_message_goes_back_to_the_queue_at_once_instea
     started = time.monotonic()
     assert worker.handle(message(action="delete", resource="run", id="another-run")) is Outcome.RESCHEDULED
     assert time.monotonic() - started < 1.0
-    assert sender.delays[0] == 1800
-    assert 1790 <= sender.delays[1] <= 1800 + FLOOR_SLOTS / (6.0 * SAFETY)  # and this process's next slot
+    assert sender.delays == [1800, 1800]  # the Retry-After, whatever this process's own pace
+    assert len(simulator.api_calls()) == 1
+
+
+def test_a_command_this_instance_cannot_send_soon_goes_back_visible_at_once_and_the_invocation_stays_busy(
+    simulator, queues, captured
+):
+    worker, sender = recording_worker(simulator, queues, captured)
+    lingered: list[float] = []
+    worker._sleep = lingered.append
+    simulator.fail_next("DELETE", "/clashdetection/runs/", 429, headers={"Retry-After": "1"})
+    assert worker.handle(message(action="delete", resource="run", id=MISSING)) is Outcome.RESCHEDULED
+    assert worker.api.client.pacer.rate("clashdetection") == 6.0 / FLOOR_SLOTS  # nothing got through: the floor
+    time.sleep(1.1)  # the Retry-After is over; this instance's next slot is minutes away
+    assert worker.handle(message(action="delete", resource="run", id="another-run")) is Outcome.RESCHEDULED
+    # Visible at once for an instance that has a slot sooner, and this invocation busy for the time it would
+    # have waited, so that its instance does not take the next command it cannot send either.
+    assert sender.delays == [1, None]  # None: no visibility delay
+    assert len(lingered) == 1
+    assert 0.5 < lingered[0] <= WORKER_POLICY.budget
     assert len(simulator.api_calls()) == 1
 
 
