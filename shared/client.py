@@ -119,7 +119,10 @@ class ITwinClient:
         attempt = 0
         while True:
             attempt += 1
-            self._pace(api, operation, deadline)
+            if stale is None:
+                self._pace(api, operation, deadline)
+            # else: the repeat with a fresh token after a 401 takes the refused call's slot: a call refused for its
+            # token was not carried out, and pacing it again could turn a lost credential into endless waits.
             token = self.tokens.token(stale=stale)
             stale = None
             response, error = self._attempt(method, url, params, data, token, operation, headers)

@@ -181,6 +181,17 @@ def test_a_second_401_after_the_refresh_is_raised(api, simulator, captured):
     assert len(simulator.api_calls()) == 2
 
 
+def test_a_lost_credential_is_raised_within_one_call_even_on_an_api_paced_slower_than_the_budget(simulator, captured):
+    # One call per 2 s, a budget of 1 s: the repeat with a fresh token takes the refused call's slot, or a
+    # credential that is gone would come back as an endless pacing wait instead of 401 InvalidToken.
+    api = make_api(simulator, captured, policy=RetryPolicy(budget=1.0), ITWIN_RATE_LIMITS="clashdetection=0.5")
+    simulator.fail_next("DELETE", "/clashdetection/runs/", 401, times=2)
+    with pytest.raises(Unauthorized):
+        api.delete_run("a-run")
+    assert [r.status for r in simulator.api_calls()] == [401, 401]
+    assert simulator.token_requests == 2
+
+
 def test_a_token_is_renewed_before_it_expires(make_simulator, captured):
     simulator = make_simulator(token_lifetime=3)
     api = make_api(simulator, captured)
