@@ -7,6 +7,7 @@ import time
 
 import pytest
 from app_settings import settings_for
+from manual_clock import ManualClock
 from opentelemetry.trace import SpanKind, StatusCode
 from samples import IMODEL, JOB_BODY, MISSING, OTHER_IMODEL
 
@@ -25,6 +26,7 @@ from shared.errors import (
     Unauthorized,
     Unprocessable,
 )
+from shared.pacing import SAFETY, Pacer
 from shared.resources import ITwinApi
 from shared.retry import RetryPolicy
 from shared.settings import Settings
@@ -182,12 +184,21 @@ def test_a_second_401_after_the_refresh_is_raised(api, simulator, captured):
 
 
 def test_a_lost_credential_is_raised_within_one_call_even_on_an_api_paced_slower_than_the_budget(simulator, captured):
-    # One call per 2 s, a budget of 1 s: the repeat with a fresh token takes the refused call's slot, or a
-    # credential that is gone would come back as an endless pacing wait instead of 401 InvalidToken.
-    api = make_api(simulator, captured, policy=RetryPolicy(budget=1.0), ITWIN_RATE_LIMITS="clashdetection=0.5")
+    # One call per 2.1 s on the pacer's clock, which starts on a slot, and a budget of 1 s: the repeat with a fresh
+    # token takes the refused call's slot, or a credential that is gone would come back as an endless pacing wait.
+    slot = 1 / (0.5 * SAFETY)
+    clock = ManualClock(1000 * slot)
+    client = ITwinClient(
+        Settings.from_env(settings_for(simulator)),
+        telemetry=captured.telemetry,
+        policy=RetryPolicy(budget=1.0),
+        pacer=Pacer({"clashdetection": 0.5}, clock=clock),
+        clock=clock,
+        sleep=clock.advance,
+    )
     simulator.fail_next("DELETE", "/clashdetection/runs/", 401, times=2)
     with pytest.raises(Unauthorized):
-        api.delete_run("a-run")
+        ITwinApi(client).delete_run("a-run")
     assert [r.status for r in simulator.api_calls()] == [401, 401]
     assert simulator.token_requests == 2
 

@@ -8,12 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from app_settings import settings_for
+from manual_clock import ManualClock
 from opentelemetry.trace import SpanKind
 from samples import IMODEL, JOB_BODY, MISSING, OTHER_IMODEL
 
 from shared.client import ITwinClient
 from shared.outcomes import Outcome
-from shared.pacing import FLOOR_SLOTS
+from shared.pacing import FLOOR_SLOTS, SAFETY, Pacer
 from shared.queues import CommandQueue
 from shared.resources import ITwinApi
 from shared.runtime import WORKER_POLICY
@@ -360,10 +361,13 @@ def test_a_command_this_instance_cannot_send_soon_goes_back_visible_at_once_and_
     worker, sender = recording_worker(simulator, queues, captured)
     lingered: list[float] = []
     worker._sleep = lingered.append
+    # The pacer's clock starts on a slot that is also the first of the floor's, where the cut puts this instance.
+    clock = ManualClock(1000 * FLOOR_SLOTS / (6.0 * SAFETY))
+    worker.api.client.pacer = Pacer({"clashdetection": 6.0}, clock=clock, rand=lambda: 0.0)
     simulator.fail_next("DELETE", "/clashdetection/runs/", 429, headers={"Retry-After": "1"})
     assert worker.handle(message(action="delete", resource="run", id=MISSING)) is Outcome.RESCHEDULED
     assert worker.api.client.pacer.rate("clashdetection") == 6.0 / FLOOR_SLOTS  # nothing got through: the floor
-    time.sleep(1.1)  # the Retry-After is over; this instance's next slot is minutes away
+    clock.advance(1.1)  # the Retry-After is over; this instance's next slot is three minutes away
     assert worker.handle(message(action="delete", resource="run", id="another-run")) is Outcome.RESCHEDULED
     # Visible at once for an instance that has a slot sooner, and this invocation busy for the time it would
     # have waited, so that its instance does not take the next command it cannot send either.
