@@ -349,16 +349,19 @@ class Ledger:
         from azure.core.exceptions import ResourceExistsError
 
         day, key = split_id(command_id)
-        try:
-            written = self.table.create_entity(
-                {"PartitionKey": day, "RowKey": key + CLAIM_SUFFIX, "owner": owner, "claimedAt": now}
-            )
-            return Claim(ours=True, owner=owner, claimed_at=now, etag=written.get("etag"))
-        except ResourceExistsError:
-            pass
-        rows = self._with_claim(command_id)
-        held = rows.get("claim")
-        if held is None:  # released between the insert and the read: try once more next delivery
+        for _ in range(2):  # a claim released between the insert and the read is claimed anew, once
+            try:
+                written = self.table.create_entity(
+                    {"PartitionKey": day, "RowKey": key + CLAIM_SUFFIX, "owner": owner, "claimedAt": now}
+                )
+                return Claim(ours=True, owner=owner, claimed_at=now, etag=written.get("etag"))
+            except ResourceExistsError:
+                pass
+            rows = self._with_claim(command_id)
+            held = rows.get("claim")
+            if held is not None:
+                break
+        else:  # released twice over: not stale (no ETag to take it over with); the next delivery tries again
             return Claim(ours=False, record=rows.get("row"), claimed_at=now)
         return Claim(
             ours=False,
@@ -375,6 +378,8 @@ class Ledger:
         from azure.core.exceptions import HttpResponseError
         from azure.data.tables import UpdateMode
 
+        if not claim.etag:
+            return None
         day, key = split_id(command_id)
         entity = {"PartitionKey": day, "RowKey": key + CLAIM_SUFFIX, "owner": owner, "claimedAt": now}
         try:

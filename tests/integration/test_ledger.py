@@ -330,6 +330,24 @@ def test_a_release_never_deletes_a_claim_someone_else_took_over(ledger):
     assert claim_owner(ledger, command_id) is None
 
 
+class ReleasedBeforeTheRead(Ledger):
+    """The real ledger, with the claim's holder releasing it between this delivery's insert and its read."""
+
+    def _with_claim(self, command_id):
+        day, key = split_id(command_id)
+        self.table.delete_entity(day, key + CLAIM_SUFFIX)
+        return super()._with_claim(command_id)
+
+
+def test_a_claim_released_between_the_insert_and_the_read_is_claimed_anew(ledger):
+    command_id = new_id(datetime.now(UTC))
+    now = datetime.now(UTC)
+    assert ledger.claim(command_id, "a", now).ours
+    claim = ReleasedBeforeTheRead(ledger.table).claim(command_id, "b", now)
+    assert claim.ours
+    assert claim_owner(ledger, command_id) == "b"
+
+
 class TakenOverAfterTheResult(Ledger):
     """The real ledger, with another delivery taking the claim over as soon as this one has written its result."""
 
