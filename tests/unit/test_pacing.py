@@ -181,27 +181,6 @@ def test_429s_while_the_cuts_retry_after_lasts_answer_calls_sent_before_it_and_c
     assert pacer.held("clashdetection") == pytest.approx(1.0)  # the later Retry-After still holds
 
 
-def test_after_a_cut_the_rate_grows_with_the_calls_that_go_through_slowly_at_first():
-    lane, now = Lane(12.0, random.Random(1).random), 100.0
-    for slot in range(3):
-        lane.asked(now)
-        lane.take(slot)
-        lane.accepted(now)
-        now += SLOT / 2
-    lane.asked(now)
-    lane.throttled(now, now + 1.0)
-    cut = lane.rate(now)
-
-    def accept_lane(calls: int) -> float:
-        for _ in range(calls):
-            lane.accepted(now)
-        return lane.rate(now)
-
-    assert cut == pytest.approx(3.0)  # three calls in the last second went through
-    assert cut < accept_lane(20) < 1.02 * cut  # a probe is slow where the last 429 was
-    assert accept_lane(80) > 2 * cut  # then faster and faster
-
-
 def cut_lane(ceiling: float = 12.0) -> tuple[Lane, float]:
     """A lane cut to 3/s: three calls went through in the last second, then a 429."""
     lane, now = Lane(ceiling, random.Random(1).random), 100.0
@@ -213,6 +192,20 @@ def cut_lane(ceiling: float = 12.0) -> tuple[Lane, float]:
     lane.asked(now)
     lane.throttled(now, now + 1.0)
     return lane, now + 1.0
+
+
+def test_after_a_cut_the_rate_grows_with_the_calls_that_go_through_slowly_at_first():
+    lane, now = cut_lane()
+    cut = lane.rate(now)
+
+    def accept_lane(calls: int) -> float:
+        for _ in range(calls):
+            lane.accepted(now)
+        return lane.rate(now)
+
+    assert cut == pytest.approx(3.0)  # three calls in the last second went through
+    assert cut < accept_lane(20) < 1.02 * cut  # a probe is slow where the last 429 was
+    assert accept_lane(80) > 2 * cut  # then faster and faster
 
 
 def grow_until_probing(lane: Lane, now: float) -> float:
