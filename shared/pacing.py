@@ -32,10 +32,10 @@ limit first probes above it after about 54 calls. A rate above the last one know
 answering a probe sends the process straight back to the known rate, to probe again as patiently: one 429 per
 failed probe, where a cut would take two or more. A probe that holds for ``PROBE_CALLS`` calls becomes the known
 rate, and ``p`` goes to 1: a limit that came back is taken up faster. One process whose limit went from 6/s to 2/s
-and back is back at 6/s in some 20 s, however long the limit was low. Only a
-process whose cut found nothing getting through (one that lost the first second to the others) also grows in time,
-``x e^(g t)`` with ``g`` = 0.01/s (x1.8 a minute), since it makes too few calls to grow by them; an additive
-increase per process would make the sum of the probes grow with N, which is what a shared limit cannot afford.
+and back is back at 6/s in some 20 s, however long the limit was low. Only a process whose cut found nothing
+getting through (one that lost the first second to the others) also grows in time, ``x e^(g t)`` with ``g`` =
+0.01/s (x1.8 a minute), since it makes too few calls to grow by them; an additive increase per process would make
+the sum of the probes grow with N, which is what a shared limit cannot afford.
 
 **Calls on a shared grid of slots.** The platform counts calls in a one-second window: any 7 calls within a second
 break a 6/s limit, even when the average is 5/s, and independent periodic senders bunch up like that often. So a
