@@ -10,9 +10,7 @@ enqueued it, so every instance derives the same id from a replay; ``<parent key>
 Rows. The command's row holds the command (JSON), its status, attempts and waits, timestamps, the resource a create
 made (type, id, href), the last error in the iTwin error shape, and a fan-out's children. Before a create, the
 worker inserts a second row, the claim (RowKey ``<key>~claim``: who, since when): the insert succeeds for exactly one
-delivery, on any instance, which then owns the create. A holder whose delivery only waited (the API refused the
-create with a 429 or a busy connection, or this process held it back) deletes its claim again (`Ledger.release`):
-nothing was made, and the next delivery claims it at once. Every write is conditional: inserts only if absent (the
+delivery, on any instance, which then owns the create. Every write is conditional: inserts only if absent (the
 accepted batch is one transaction, all or none), updates only if the row is unchanged since it was read (ETag), or,
 for the owner of a claim, only if the row still exists.
 
@@ -344,24 +342,20 @@ class Ledger:
 
     # -- the worker ---------------------------------------------------------------------------------------------
     def claim(self, command_id: str, owner: str, now: datetime) -> Claim:
-        """Claim a create (insert-if-absent): ours, with the claim's ETag (for `release`); when someone holds it,
-        what the row and the claim say."""
+        """Claim a create (insert-if-absent); when someone holds it, what the row and the claim say."""
         from azure.core.exceptions import ResourceExistsError
 
         day, key = split_id(command_id)
-        for _ in range(2):  # a claim released between the insert and the read is claimed anew, once
-            try:
-                written = self.table.create_entity(
-                    {"PartitionKey": day, "RowKey": key + CLAIM_SUFFIX, "owner": owner, "claimedAt": now}
-                )
-                return Claim(ours=True, owner=owner, claimed_at=now, etag=written.get("etag"))
-            except ResourceExistsError:
-                pass
-            rows = self._with_claim(command_id)
-            held = rows.get("claim")
-            if held is not None:
-                break
-        else:  # released twice over: not stale (no ETag to take it over with); the next delivery tries again
+        try:
+            self.table.create_entity(
+                {"PartitionKey": day, "RowKey": key + CLAIM_SUFFIX, "owner": owner, "claimedAt": now}
+            )
+            return Claim(ours=True)
+        except ResourceExistsError:
+            pass
+        rows = self._with_claim(command_id)
+        held = rows.get("claim")
+        if held is None:  # released between the insert and the read: try once more next delivery
             return Claim(ours=False, record=rows.get("row"), claimed_at=now)
         return Claim(
             ours=False,
@@ -371,46 +365,24 @@ class Ledger:
             etag=held.metadata.get("etag"),
         )
 
-    def take_over(self, command_id: str, claim: Claim, owner: str, now: datetime) -> str | None:
-        """Take a stale claim over, if nobody else did first (If-Match on the claim's ETag): the claim's new ETag
-        (for `release`), or None when it changed or went first."""
+    def take_over(self, command_id: str, claim: Claim, owner: str, now: datetime) -> bool:
+        """Take a stale claim over, if nobody else did first (If-Match on the claim's ETag). False without an ETag:
+        a claim deleted between a delivery's insert and its read (a replay's requeue drops claims) is not taken
+        over; the next delivery claims it."""
         from azure.core import MatchConditions
         from azure.core.exceptions import HttpResponseError
         from azure.data.tables import UpdateMode
 
         if not claim.etag:
-            return None
+            return False
         day, key = split_id(command_id)
         entity = {"PartitionKey": day, "RowKey": key + CLAIM_SUFFIX, "owner": owner, "claimedAt": now}
         try:
-            written = self.table.update_entity(
+            self.table.update_entity(
                 entity, mode=UpdateMode.REPLACE, etag=claim.etag, match_condition=MatchConditions.IfNotModified
             )
         except HttpResponseError as error:
             if error.status_code in (404, 412):
-                return None
-            raise
-        return written.get("etag") or None
-
-    def release(self, command_id: str, etag: str | None) -> bool:
-        """Delete a create's claim, only as its holder left it (If-Match on ``etag``, the ETag `claim` or
-        `take_over` returned), so that the next delivery, on any instance, claims the create at once.
-
-        For a holder whose delivery only waited (the API refused the create, or this process never sent it):
-        nothing was made, so there is nothing to guard. A claim that changed since (taken over by another
-        delivery, or dropped and claimed anew) has another ETag and is left alone: False. Also False without an
-        ETag. True when the claim was deleted (or was gone already: a delete of nothing is not an error here).
-        """
-        from azure.core import MatchConditions
-        from azure.core.exceptions import HttpResponseError
-
-        if not etag:
-            return False
-        day, key = split_id(command_id)
-        try:
-            self.table.delete_entity(day, key + CLAIM_SUFFIX, etag=etag, match_condition=MatchConditions.IfNotModified)
-        except HttpResponseError as error:
-            if error.status_code == 412:
                 return False
             raise
         return True

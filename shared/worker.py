@@ -122,23 +122,16 @@ class Worker:
 
         Another delivery finds the claim: the result when there is one; a wait while the claim is fresh; or, when
         the holder gave up with the outcome unknown or died, a look-up through the API before anything is repeated.
-        A holder that only waited lets the claim go (`_release_after_wait`), so the next delivery claims it at once.
-
-        A claim with this worker's own ``owner`` is not taken for ours: one process runs several invocations at once
-        under the same owner (two copies of a message may be handled side by side), and a claim it left behind with
-        no result recorded means one of its deliveries ended mid-create, with the outcome unknown.
         """
         assert self.ledger is not None
         now = self._clock()
         claim = self.ledger.claim(command_id, self.owner, now)
         if claim.ours:
-            result = self._finish(command, self._attempt(command, look_up=command.look_up))
-            return self._release_after_wait(command_id, claim.etag, result)
+            return self._finish(command, self._attempt(command, look_up=command.look_up))
         record = claim.record
         if record is not None and record.final:
             return _repeat(record)
-        taken = self.ledger.take_over(command_id, claim, self.owner, now) if claim.stale(now, self.claim_ttl) else None
-        if taken is None:
+        if not claim.stale(now, self.claim_ttl) or not self.ledger.take_over(command_id, claim, self.owner, now):
             self.queue.send(command.after_wait(now).to_message(), delay=CLAIM_RECHECK_SECONDS)
             return Result(Outcome.RESCHEDULED, f"another delivery holds this create; back in {CLAIM_RECHECK_SECONDS} s")
         died = (
@@ -153,27 +146,7 @@ class Worker:
             )
             return self._finish(command, self._dead_letter_error(command, error))
         look_up = died or record.uncertain or command.look_up
-        result = self._finish(command, self._attempt(command, look_up=look_up))
-        return self._release_after_wait(command_id, taken, result)
-
-    def _release_after_wait(self, command_id: str, etag: str | None, result: Result) -> Result:
-        """Let this delivery's claim go (`Ledger.release`, If-Match on ``etag``) when it was rescheduled only to
-        wait (`Result.refused`): the API did not carry the create out, so another delivery may make it now.
-
-        Runs after `_finish` wrote ``rescheduled`` (so the row stays consistent, and status no longer shows
-        ``running``). A claim another delivery took over meanwhile has another ETag and stays. After a 5xx or no
-        answer the claim stays, for the look-up. A failed release only logs: the claim is stale anyway, since the
-        row records a result made after it.
-        """
-        from azure.core.exceptions import AzureError
-
-        assert self.ledger is not None
-        if result.outcome is Outcome.RESCHEDULED and result.refused:
-            try:
-                self.ledger.release(command_id, etag)
-            except AzureError as error:
-                log.warning("could not release the claim on %s: %s; the next delivery takes it over", command_id, error)
-        return result
+        return self._finish(command, self._attempt(command, look_up=look_up))
 
     def _look_up(self, command: Command) -> Resource | None:
         """The run an earlier create of ``command`` made, if the API can find it; None when it made none.
@@ -251,14 +224,12 @@ class Worker:
                 delay = error.retry_after if error.retry_after is not None else self.backoff.delay(command.deliveries)
                 self.queue.send(again.to_message(), delay=delay)
                 linger = error.linger if isinstance(error, Throttled) else 0.0
-                refused = is_wait(error) and not uncertain
                 return Result(
                     outcome,
                     f"{error}; back in {delay:.1f} s",
                     error=error.to_dict(),
                     uncertain=uncertain,
                     linger=linger,
-                    refused=refused,
                 )
             if outcome is Outcome.DEAD_LETTERED:
                 return self._dead_letter_error(command, error, age)
@@ -400,8 +371,7 @@ class Worker:
 class Result:
     """What one delivery came to: the outcome, a line for the log, for dead letters the error code; and for the
     ledger the resource a create made, the error in the iTwin shape, a fan-out's children, and whether a create
-    may have been carried out without an answer, or, for a rescheduled wait, that it certainly was not (``refused``:
-    a 429, a busy connection, or held back by this process's pacing, with nothing left uncertain from before)."""
+    may have been carried out without an answer."""
 
     outcome: Outcome
     detail: str = ""
@@ -411,7 +381,6 @@ class Result:
     children: tuple[str, ...] = ()
     uncertain: bool = False
     linger: float = 0.0  # seconds the invocation stays busy after giving the command back (see `Throttled`)
-    refused: bool = False  # only waited, nothing carried out: a create's claim can go
 
 
 def _repeat(record: Record) -> Result:

@@ -240,6 +240,13 @@ def test_a_job_create_whose_holder_died_is_dead_lettered_saying_why_it_cannot_be
     assert ledger.get(command_id).status is Status.DEAD_LETTERED
 
 
+def test_a_claim_that_vanished_before_it_was_read_is_not_taken_over(ledger):
+    command_id = new_id(datetime.now(UTC))
+    assert (
+        ledger.take_over(command_id, Claim(ours=False, claimed_at=datetime.now(UTC)), "b", datetime.now(UTC)) is False
+    )
+
+
 def test_a_fresh_claim_held_elsewhere_shows_as_running_and_makes_the_other_delivery_wait(
     simulator, queues, captured, ledger
 ):
@@ -250,126 +257,6 @@ def test_a_fresh_claim_held_elsewhere_shows_as_running_and_makes_the_other_deliv
     assert command_status(command_id, lambda: ledger).body["status"] == "running"
     assert instance(simulator, queues, captured, ledger, "b").handle(message) is Outcome.RESCHEDULED
     assert simulator.api_calls() == []
-
-
-def claim_owner(ledger, command_id) -> str | None:
-    """Who holds the create's claim row, or None when there is none."""
-    day, key = split_id(command_id)
-    return next(
-        (
-            e["owner"]
-            for e in ledger.table.query_entities(
-                "PartitionKey eq @day and RowKey eq @claim", parameters={"day": day, "claim": key + CLAIM_SUFFIX}
-            )
-        ),
-        None,
-    )
-
-
-def rescheduled_copy(queues) -> str:
-    """The copy a delivery sent back to the queue (the original, received but not deleted, shows again too)."""
-    deadline = time.monotonic() + 12
-    while time.monotonic() < deadline:
-        copies = [m for m in received(queues[COMMAND_QUEUE]) if json.loads(m).get("waits")]
-        if copies:
-            return copies[0]
-        time.sleep(0.1)
-    raise AssertionError("no rescheduled copy on the queue")
-
-
-def refuse_with_a_429(simulator, worker):
-    simulator.fail_next("POST", "/clashdetection/runs", 429, headers={"Retry-After": "1"})
-
-
-def hold_in_the_pacer(simulator, worker):
-    worker.api.client.pacer.hold("clashdetection", 1.5)  # this instance sends nothing for longer than it may wait
-
-
-@pytest.mark.parametrize(("wait", "posts"), [(refuse_with_a_429, [429, 201]), (hold_in_the_pacer, [201])])
-def test_a_create_that_only_waited_lets_its_claim_go_and_another_instance_makes_it_at_once(
-    simulator, queues, captured, ledger, wait, posts
-):
-    reply = post(queues, ledger, run_command(simulator))
-    command_id = reply.body["commands"][0]["id"]
-    [message] = received(queues[COMMAND_QUEUE])
-    first = instance(simulator, queues, captured, ledger, "a")
-    wait(simulator, first)
-    assert first.handle(message) is Outcome.RESCHEDULED
-    assert claim_owner(ledger, command_id) is None
-    assert command_status(command_id, lambda: ledger).body["status"] == "rescheduled"
-    copy = rescheduled_copy(queues)
-    started = time.monotonic()
-    assert instance(simulator, queues, captured, ledger, "b").handle(copy) is Outcome.SUCCEEDED
-    assert time.monotonic() - started < 5
-    assert claim_owner(ledger, command_id) == "b"
-    assert [r.status for r in simulator.api_calls() if r.method == "POST"] == posts
-    [run] = simulator.runs.values()
-    assert ledger.get(command_id).resource.id == run["id"]
-
-
-@pytest.mark.parametrize("status", [500, 503])
-def test_a_create_that_met_a_5xx_keeps_its_claim(simulator, queues, captured, ledger, status):
-    reply = post(queues, ledger, run_command(simulator))
-    command_id = reply.body["commands"][0]["id"]
-    [message] = received(queues[COMMAND_QUEUE])
-    simulator.fail_next("POST", "/clashdetection/runs", status)
-    assert instance(simulator, queues, captured, ledger, "a").handle(message) is Outcome.RESCHEDULED
-    assert claim_owner(ledger, command_id) == "a"
-    assert ledger.get(command_id).status is Status.RESCHEDULED
-
-
-def test_a_release_never_deletes_a_claim_someone_else_took_over(ledger):
-    command_id = new_id(datetime.now(UTC))
-    now = datetime.now(UTC)
-    mine = ledger.claim(command_id, "a", now)
-    taken = ledger.take_over(command_id, mine, "b", now + timedelta(minutes=6))
-    assert taken is not None
-    assert ledger.release(command_id, mine.etag) is False
-    assert claim_owner(ledger, command_id) == "b"
-    assert ledger.release(command_id, taken) is True
-    assert claim_owner(ledger, command_id) is None
-
-
-class ReleasedBeforeTheRead(Ledger):
-    """The real ledger, with the claim's holder releasing it between this delivery's insert and its read."""
-
-    def _with_claim(self, command_id):
-        day, key = split_id(command_id)
-        self.table.delete_entity(day, key + CLAIM_SUFFIX)
-        return super()._with_claim(command_id)
-
-
-def test_a_claim_released_between_the_insert_and_the_read_is_claimed_anew(ledger):
-    command_id = new_id(datetime.now(UTC))
-    now = datetime.now(UTC)
-    assert ledger.claim(command_id, "a", now).ours
-    claim = ReleasedBeforeTheRead(ledger.table).claim(command_id, "b", now)
-    assert claim.ours
-    assert claim_owner(ledger, command_id) == "b"
-
-
-class TakenOverAfterTheResult(Ledger):
-    """The real ledger, with another delivery taking the claim over as soon as this one has written its result."""
-
-    def finish(self, command_id, *args, **kwargs):
-        written = super().finish(command_id, *args, **kwargs)
-        day, key = split_id(command_id)
-        held = self.table.get_entity(day, key + CLAIM_SUFFIX)
-        now = datetime.now(UTC)
-        assert self.take_over(command_id, Claim(False, etag=held.metadata["etag"]), "c", now) is not None
-        return written
-
-
-def test_a_delivery_that_only_waited_leaves_alone_a_claim_taken_over_after_its_result(
-    simulator, queues, captured, ledger
-):
-    reply = post(queues, ledger, run_command(simulator))
-    command_id = reply.body["commands"][0]["id"]
-    [message] = received(queues[COMMAND_QUEUE])
-    simulator.fail_next("POST", "/clashdetection/runs", 429, headers={"Retry-After": "1"})
-    racing = TakenOverAfterTheResult(ledger.table)
-    assert instance(simulator, queues, captured, racing, "a").handle(message) is Outcome.RESCHEDULED
-    assert claim_owner(ledger, command_id) == "c"
 
 
 def test_a_fan_out_records_its_children_and_each_child_its_own_result(simulator, queues, captured, ledger):
