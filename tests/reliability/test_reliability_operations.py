@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 import requests
 from fault_plan import FAULTS, Planned, plan_commands
+from host_process import HostProcess
 from pycep import BicepParser
 from reliability_kit import (
     REPO_ROOT,
@@ -41,7 +42,6 @@ from reliability_kit import (
     size,
     wait_until,
 )
-from test_reliability_restart import HostProcess
 from test_reliability_webhooks import CREATED, DELETED, SECRET, event
 
 from observability import panels
