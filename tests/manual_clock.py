@@ -2,7 +2,7 @@
 
 
 class ManualClock:
-    def __init__(self, now: float) -> None:
+    def __init__(self, now: float = 0.0) -> None:
         self.now = now
 
     def __call__(self) -> float:

@@ -9,6 +9,7 @@ import math
 import random
 
 import pytest
+from manual_clock import ManualClock
 
 from sandbox.simulator.faults import RateLimiter
 from shared.pacing import CUT, FLOOR_SLOTS, PROBE_CALLS, SAFETY, Lane, Pacer
@@ -16,25 +17,17 @@ from shared.pacing import CUT, FLOOR_SLOTS, PROBE_CALLS, SAFETY, Lane, Pacer
 SLOT = 1 / (6.0 * SAFETY)  # seconds between grid slots at 6/s
 
 
-class FakeClock:
-    def __init__(self, now: float = 100.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def clash_pacer(clock: FakeClock, seed: int = 1, rate: float = 6.0) -> Pacer:
+def clash_pacer(clock: ManualClock, seed: int = 1, rate: float = 6.0) -> Pacer:
     return Pacer({"clashdetection": rate}, clock=clock, rand=random.Random(seed).random)
 
 
-def accept(pacer: Pacer, clock: FakeClock, calls: int, api: str = "clashdetection") -> None:
+def accept(pacer: Pacer, clock: ManualClock, calls: int, api: str = "clashdetection") -> None:
     """Send ``calls`` calls as fast as the pacer allows, each answered 201."""
     send(pacer, clock, calls, api)
 
 
 def send(
-    pacer: Pacer, clock: FakeClock, calls: int, api: str = "clashdetection", every: float = 0.0, refused: bool = False
+    pacer: Pacer, clock: ManualClock, calls: int, api: str = "clashdetection", every: float = 0.0, refused: bool = False
 ) -> None:
     """Send ``calls`` calls, at most one each ``every`` seconds, answered 201 (or 429 with Retry-After: 1)."""
     for _ in range(calls):
@@ -47,7 +40,7 @@ def send(
 
 
 def test_at_the_ceiling_calls_take_consecutive_slots_of_a_grid_counted_from_the_epoch():
-    clock = FakeClock(100.0 + SLOT / 3)
+    clock = ManualClock(100.0 + SLOT / 3)
     pacer = clash_pacer(clock)
     waits = [pacer.reserve("clashdetection") for _ in range(7)]
     first = math.ceil(clock.now / SLOT) * SLOT - clock.now
@@ -57,13 +50,13 @@ def test_at_the_ceiling_calls_take_consecutive_slots_of_a_grid_counted_from_the_
 
 
 def test_an_api_without_a_configured_rate_is_not_delayed_until_it_answers_429():
-    pacer = Pacer({"clashdetection": 6.0}, clock=FakeClock())
+    pacer = Pacer({"clashdetection": 6.0}, clock=ManualClock(100.0))
     assert [pacer.reserve("export") for _ in range(100)] == [0.0] * 100
     assert pacer.rate("export") == math.inf
 
 
 def test_after_a_429_every_call_to_that_api_waits_until_retry_after_has_passed():
-    clock = FakeClock()
+    clock = ManualClock(100.0)
     pacer = Pacer({}, clock=clock)
     pacer.throttled("export", 2.0)
     assert pacer.reserve("export") == 2.0
@@ -74,7 +67,7 @@ def test_after_a_429_every_call_to_that_api_waits_until_retry_after_has_passed()
 
 
 def test_an_api_without_a_configured_rate_is_only_held_after_429s_never_paced():
-    clock = FakeClock()
+    clock = ManualClock(100.0)
     pacer = Pacer({}, clock=clock)
     send(pacer, clock, 20, "export", every=0.05)
     send(pacer, clock, 3, "export", every=1.0, refused=True)
@@ -84,7 +77,7 @@ def test_an_api_without_a_configured_rate_is_only_held_after_429s_never_paced():
 
 
 def test_a_5xx_retry_after_holds_the_api_without_cutting_its_rate():
-    clock = FakeClock()
+    clock = ManualClock(100.0)
     pacer = clash_pacer(clock)
     pacer.hold("clashdetection", 120.0)
     assert pacer.reserve("clashdetection") >= 120.0
@@ -92,7 +85,7 @@ def test_a_5xx_retry_after_holds_the_api_without_cutting_its_rate():
 
 
 def test_a_wait_longer_than_the_callers_limit_is_reported_and_reserves_nothing():
-    clock = FakeClock()
+    clock = ManualClock(100.0)
     pacer = clash_pacer(clock)
     pacer.throttled("clashdetection", 1800.0)
     wait = pacer.reserve("clashdetection", limit=1.0)
@@ -103,7 +96,7 @@ def test_a_wait_longer_than_the_callers_limit_is_reported_and_reserves_nothing()
 
 
 def test_the_first_429_cuts_to_the_rate_that_got_through_in_the_last_second():
-    clock = FakeClock()
+    clock = ManualClock(100.0)
     pacer = clash_pacer(clock)
     accept(pacer, clock, 2)  # two calls went through, then the platform (shared with others) refused
     pacer.throttled("clashdetection", 1.0)
@@ -118,14 +111,14 @@ def test_the_first_429_cuts_to_the_rate_that_got_through_in_the_last_second():
 
 
 def test_a_429_with_nothing_accepted_cuts_to_the_floor_a_fixed_share_of_the_ceiling():
-    clock = FakeClock()
+    clock = ManualClock(100.0)
     pacer = clash_pacer(clock)
     send(pacer, clock, 1, refused=True)  # its first call, refused: the platform is busy with others
     assert pacer.rate("clashdetection") == pytest.approx(6.0 / FLOOR_SLOTS)
 
 
 def test_later_cuts_take_a_share_of_what_got_through_but_never_more_than_two_cuts_at_once():
-    clock = FakeClock()
+    clock = ManualClock(100.0)
     pacer = clash_pacer(clock)
     accept(pacer, clock, 2)
     send(pacer, clock, 1, refused=True)
@@ -144,7 +137,7 @@ def test_later_cuts_take_a_share_of_what_got_through_but_never_more_than_two_cut
 
 
 def test_once_cut_a_lone_429_among_accepted_calls_moves_the_process_to_another_slot_without_cutting():
-    clock = FakeClock()
+    clock = ManualClock(100.0)
     pacer = clash_pacer(clock)
     accept(pacer, clock, 3)
     send(pacer, clock, 1, refused=True)
@@ -161,7 +154,7 @@ def test_once_cut_a_lone_429_among_accepted_calls_moves_the_process_to_another_s
 
 
 def test_a_process_that_sends_less_than_half_its_allowance_is_not_cut_by_a_429():
-    clock = FakeClock()
+    clock = ManualClock(100.0)
     pacer = clash_pacer(clock)
     send(pacer, clock, 5, every=2.0)  # one call every 2 s, far below its 6/s
     send(pacer, clock, 1, every=2.0, refused=True)
@@ -170,7 +163,7 @@ def test_a_process_that_sends_less_than_half_its_allowance_is_not_cut_by_a_429()
 
 
 def test_429s_while_the_cuts_retry_after_lasts_answer_calls_sent_before_it_and_cut_nothing_more():
-    clock = FakeClock()
+    clock = ManualClock(100.0)
     pacer = clash_pacer(clock)
     accept(pacer, clock, 4)
     pacer.throttled("clashdetection", 1.0)
@@ -239,7 +232,7 @@ def test_a_probe_that_holds_for_some_calls_becomes_the_rate_to_go_back_to():
 
 
 def test_the_rate_never_passes_the_ceiling():
-    clock = FakeClock()
+    clock = ManualClock(100.0)
     pacer = clash_pacer(clock)
     accept(pacer, clock, 3)
     pacer.throttled("clashdetection", 1.0)
@@ -249,7 +242,7 @@ def test_the_rate_never_passes_the_ceiling():
 
 
 def test_a_process_cut_to_the_floor_comes_back_slowly_in_time_without_calls():
-    clock = FakeClock()
+    clock = ManualClock(100.0)
     pacer = clash_pacer(clock)
     send(pacer, clock, 1, refused=True)
     floor = pacer.rate("clashdetection")
@@ -258,7 +251,7 @@ def test_a_process_cut_to_the_floor_comes_back_slowly_in_time_without_calls():
 
 
 def test_a_slot_reserved_before_a_429_arrived_is_void_when_it_comes():
-    clock = FakeClock()
+    clock = ManualClock(100.0)
     pacer = clash_pacer(clock)
     accept(pacer, clock, 1)
     wait = pacer.reserve("clashdetection")  # another thread's slot, 175 ms away
@@ -271,7 +264,7 @@ def test_a_slot_reserved_before_a_429_arrived_is_void_when_it_comes():
 class Platform:
     """The simulator's sliding-window limiter at ``limit`` calls/s, on the fake clock."""
 
-    def __init__(self, clock: FakeClock, limit: float = 6.0):
+    def __init__(self, clock: ManualClock, limit: float = 6.0):
         self.clock = clock
         self.limit = limit
         self.limiter = RateLimiter()
@@ -304,7 +297,7 @@ def run(platform: Platform, pacers: list[Pacer], until: float, seed: int = 0) ->
 
 
 def test_one_process_alone_at_the_documented_limit_is_never_refused():
-    clock = FakeClock()
+    clock = ManualClock(100.0)
     platform, pacer = Platform(clock), clash_pacer(clock)
     run(platform, [pacer], until=clock.now + 60)
     assert platform.refused == 0
@@ -312,7 +305,7 @@ def test_one_process_alone_at_the_documented_limit_is_never_refused():
 
 
 def test_one_process_follows_its_limit_down_from_6_to_2_and_back_up():
-    clock = FakeClock()
+    clock = ManualClock(100.0)
     platform, pacer = Platform(clock), clash_pacer(clock)
     run(platform, [pacer], until=clock.now + 10)
     platform.limit = 2.0
@@ -328,7 +321,7 @@ def test_one_process_follows_its_limit_down_from_6_to_2_and_back_up():
 
 @pytest.mark.parametrize(("processes", "most_refused", "least_throughput"), [(4, 0.08, 0.85), (16, 0.08, 0.9)])
 def test_processes_starting_together_find_their_share_with_few_429s(processes, most_refused, least_throughput):
-    clock = FakeClock()
+    clock = ManualClock(100.0)
     platform = Platform(clock)
     pacers = [clash_pacer(clock, seed) for seed in range(processes)]
     run(platform, pacers, until=clock.now + 60)

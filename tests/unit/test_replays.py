@@ -1,11 +1,6 @@
+from manual_clock import ManualClock
+
 from shared.replays import RecentDeliveries
-
-
-class Clock:
-    now = 0.0
-
-    def __call__(self):
-        return self.now
 
 
 def test_a_message_id_is_new_once():
@@ -16,7 +11,7 @@ def test_a_message_id_is_new_once():
 
 
 def test_a_message_id_is_new_again_after_it_expires_or_is_forgotten():
-    clock = Clock()
+    clock = ManualClock()
     deliveries = RecentDeliveries(ttl=10, clock=clock)
     assert deliveries.first_time("m-1")
     clock.now = 10.0
