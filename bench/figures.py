@@ -461,6 +461,7 @@ KINDS = (
             "action": "create",
             "resource": "run",
             "body": {"testId": f"test-{i}", "iModelId": IMODEL, "namedVersionId": f"nv-{i}"},
+            "projectId": sim.itwin_id,
         },
         Outcome.SUCCEEDED,
         1.0,

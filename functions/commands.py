@@ -28,4 +28,4 @@ def commands(req: func.HttpRequest) -> func.HttpResponse:
 @bp.function_name("command_status")
 @bp.route(route="commands/{id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def command_status_function(req: func.HttpRequest) -> func.HttpResponse:
-    return respond(command_status(req.route_params.get("id", ""), runtime.ledger, runtime.claim_ttl()))
+    return respond(command_status(req.route_params.get("id", ""), runtime.ledger))

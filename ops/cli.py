@@ -60,7 +60,6 @@ class Context:
         """The command ledger (`ops.command_status.CommandLedger`), from ``AzureWebJobsStorage`` in either form."""
         from ops.command_status import CommandLedger
         from shared.ledger import Ledger
-        from shared.runtime import claim_ttl_for
 
         try:
             ledger = Ledger.from_environment(self.environ)
@@ -68,7 +67,7 @@ class Context:
             raise UsageError(f"{error}. Set it in {self.where()}") from None
         except ValueError as error:  # the SDK's word for a connection string it cannot read
             raise UsageError(f"AzureWebJobsStorage is not a usable connection string ({error})") from None
-        return CommandLedger(ledger, claim_ttl_for(self.environ))
+        return CommandLedger(ledger)
 
     def retention_days(self) -> int:
         """``ITWIN_LEDGER_RETENTION`` in days: how far back the ledger keeps commands."""

@@ -48,15 +48,10 @@ def kind_of(record: Record) -> str:
 
 
 class CommandLedger:
-    """The ledger as the tool reads and changes it: bad ids and storage failures become errors that say what to do.
+    """The ledger as the tool reads and changes it: bad ids and storage failures become errors that say what to do."""
 
-    ``claim_ttl``: how long a create's claim is held (the app's function timeout plus a margin), so that a command
-    shows as ``running`` exactly when ``GET /api/commands/{id}`` says so.
-    """
-
-    def __init__(self, ledger: Ledger, claim_ttl: timedelta) -> None:
+    def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
-        self.claim_ttl = claim_ttl
 
     def _call(self, what: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         from azure.core.exceptions import AzureError
@@ -93,7 +88,7 @@ class CommandLedger:
 
     def get(self, command_id: str) -> Record | None:
         """The row (``running`` while a create is claimed), or None when there is none."""
-        return self._call("read the command ledger", self.ledger.status, command_id, self.claim_ttl)
+        return self._call("read the command ledger", self.ledger.status, command_id)
 
     def recent(self, status: Status | None, days: int, now: datetime, limit: int) -> list[Record]:
         """Up to ``limit`` rows with ``status`` (None: any) accepted within the last ``days`` days, newest first."""
@@ -101,7 +96,7 @@ class CommandLedger:
 
         def newest() -> list[Record]:
             found = []
-            for record in self.ledger.recent(status, oldest, now, self.claim_ttl):
+            for record in self.ledger.recent(status, oldest, now, limit):
                 found.append(record)
                 if len(found) >= limit:
                     break

@@ -102,13 +102,15 @@ class ITwinClient:
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         budget: float | None = None,
+        not_after: float | None = None,
     ) -> requests.Response:
         """Send ``method path`` (a path under ITWIN_API_URL, or a link the API returned) until it succeeds.
 
         Repeats within the retry policy and ``budget`` seconds (default: the policy's), and never waits past the
         budget, for pacing either: when the next try would come later, raises the last error (or `Throttled`,
         when nothing was sent) with ``retry_after`` set only where the API said how long to wait. Raises
-        `ITwinError` subclasses.
+        `ITwinError` subclasses. ``not_after`` (this client's clock): no attempt is sent later; `Throttled` then
+        says nothing was (a create whose lease ran out, see `shared.ledger`).
         """
         url = self._url(path)
         api = urlsplit(url).path.strip("/").split("/", 1)[0]
@@ -125,6 +127,13 @@ class ITwinClient:
             # token was not carried out, and pacing it again could turn a lost credential into endless waits.
             token = self.tokens.token(stale=stale)
             stale = None
+            if not_after is not None and self._clock() > not_after:
+                raise Throttled(
+                    f"not sent: {operation} would go out after this delivery's lease on it ran out; the command goes "
+                    "back to the queue",
+                    operation=operation,
+                    retry_after=0.0,
+                )
             response, error = self._attempt(method, url, params, data, token, operation, headers)
             if error is None:
                 self.pacer.accepted(api)

@@ -23,7 +23,9 @@ MAX_WAITS = 100_000
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _OPAQUE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _COMMAND_ID = re.compile(r"^[0-9]{8}-[A-Za-z0-9][A-Za-z0-9.-]{0,99}$")
-_IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{1,200}$")
+IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{1,200}$")
+_LEASE_TOKEN = re.compile(r"^[0-9a-f]{32}$")
+MAX_LEASE_WAITED = 7 * 24 * 3600
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _TRACEPARENT = re.compile(r"^(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
 CORRELATION_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
@@ -56,6 +58,8 @@ _TOP_LEVEL = {
     "idempotencyKey",
     "projectId",
     "lookUp",
+    "leaseSeen",
+    "leaseWaited",
 }
 
 
@@ -82,6 +86,8 @@ class Command:
     idempotency_key: str | None = field(default=None, compare=False)
     project_id: str | None = None
     look_up: bool = False  # an earlier delivery's create got no clear answer: look for what it made first
+    lease_seen: str | None = None  # the lease on this create that earlier deliveries of this message found held
+    lease_waited: int = 0  # seconds this message has waited on ``lease_seen`` (its visibility delays, added up)
 
     @property
     def kind(self) -> str:
@@ -110,6 +116,9 @@ class Command:
             message["firstEnqueued"] = format_instant(self.first_enqueued)
         if self.look_up:
             message["lookUp"] = True
+        if self.lease_seen:
+            message["leaseSeen"] = self.lease_seen
+            message["leaseWaited"] = self.lease_waited
         return message
 
     @property
@@ -218,12 +227,8 @@ def _matches(pattern: re.Pattern[str]) -> Callable[[Any], bool]:
     return lambda v: isinstance(v, str) and bool(pattern.match(v))
 
 
-def _attempt(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ATTEMPT
-
-
-def _waits(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_WAITS
+def _whole(low: int, high: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
 
 
 def _instant(value: Any) -> bool:
@@ -310,12 +315,16 @@ def validate(data: Any, prefix: str = "") -> Command:
     resource = c.require(data, "resource", "resource", _one_of(*RESOURCES), f"one of {', '.join(RESOURCES)}")
     c.optional(data, "correlationId", "correlationId", _matches(CORRELATION_ID), "1-128 printable characters")
     c.optional(data, "traceparent", "traceparent", _matches(_TRACEPARENT), "a W3C traceparent")
-    c.optional(data, "attempt", "attempt", _attempt, f"a whole number from 1 to {MAX_ATTEMPT}")
-    c.optional(data, "waits", "waits", _waits, f"a whole number from 0 to {MAX_WAITS}")
+    c.optional(data, "attempt", "attempt", _whole(1, MAX_ATTEMPT), f"a whole number from 1 to {MAX_ATTEMPT}")
+    c.optional(data, "waits", "waits", _whole(0, MAX_WAITS), f"a whole number from 0 to {MAX_WAITS}")
     c.optional(data, "firstEnqueued", "firstEnqueued", _instant, "an ISO 8601 time with a zone")
     c.optional(data, "commandId", "commandId", _matches(_COMMAND_ID), "a command id such as 20261123-c0a1b2...")
-    c.optional(data, "idempotencyKey", "idempotencyKey", _matches(_IDEMPOTENCY_KEY), "1-200 printable characters")
+    c.optional(data, "idempotencyKey", "idempotencyKey", _matches(IDEMPOTENCY_KEY), "1-200 printable characters")
     c.optional(data, "lookUp", "lookUp", lambda v: isinstance(v, bool), "true or false")
+    c.optional(data, "leaseSeen", "leaseSeen", _matches(_LEASE_TOKEN), "a lease token (32 hex digits)")
+    c.optional(
+        data, "leaseWaited", "leaseWaited", _whole(0, MAX_LEASE_WAITED), f"whole seconds from 0 to {MAX_LEASE_WAITED}"
+    )
     if "projectId" in data and (action, resource) != ("create", "run"):
         c.add("UnknownProperty", "projectId", "projectId belongs only to a create run command.")
     else:
@@ -355,6 +364,8 @@ def validate(data: Any, prefix: str = "") -> Command:
         idempotency_key=data.get("idempotencyKey"),
         project_id=data.get("projectId"),
         look_up=data.get("lookUp", False),
+        lease_seen=data.get("leaseSeen"),
+        lease_waited=data.get("leaseWaited", 0),
     )
 
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from shared.commands import Command, InvalidCommand, decode_json, parse_batch
+from shared.commands import IDEMPOTENCY_KEY, Command, InvalidCommand, decode_json, parse_batch
 from shared.errors import ErrorDetail
 from shared.intake import Accepted, IdempotencyKeyReused, accept
-from shared.ledger import DEFAULT_CLAIM_TTL, Ledger, LedgerConflict, delivery_ids, split_id
+from shared.ledger import Ledger, delivery_ids, split_id
 from shared.queues import CommandQueue, EnqueueFailed
 from shared.replays import DEFAULT_TTL, RecentDeliveries
 from shared.rules import Rule, commands_for, parse_event
@@ -145,8 +145,6 @@ def accept_commands(
         return _misconfigured(error)
     except EnqueueFailed as failure:
         return _not_enqueued(failure, len(commands))
-    except LedgerConflict:  # the same ids appeared twice while this request ran: nothing was enqueued
-        return error_reply(409, "Conflict", "Another request recorded the same commands at the same moment; retry.")
     except IdempotencyKeyReused as reused:
         return error_reply(
             409,
@@ -184,12 +182,12 @@ def _keyed(commands: list[Command], header: str | None) -> list[Command]:
                     "Idempotency-Key",
                 )
             )
-        elif not key or len(key) > 200 or not key.isprintable() or (commands[0].idempotency_key not in (None, key)):
+        elif not IDEMPOTENCY_KEY.match(key) or commands[0].idempotency_key not in (None, key):
             problems.append(
                 ErrorDetail(
                     "InvalidValue",
-                    "Idempotency-Key must be 1-200 printable characters, and equal the "
-                    "command's idempotencyKey when both are given.",
+                    "Idempotency-Key must be 1-200 printable ASCII characters (no letters outside ASCII: the same "
+                    "rule as idempotencyKey in the body), and equal the command's idempotencyKey when both are given.",
                     "Idempotency-Key",
                 )
             )
@@ -203,14 +201,15 @@ def _keyed(commands: list[Command], header: str | None) -> list[Command]:
     return commands
 
 
-def command_status(command_id: str, ledger: Callable[[], Ledger], claim_ttl: timedelta = DEFAULT_CLAIM_TTL) -> Reply:
-    """``GET /api/commands/{id}``: the command's row, or 404 ``CommandNotFound``."""
+def command_status(command_id: str, ledger: Callable[[], Ledger]) -> Reply:
+    """``GET /api/commands/{id}``: the command's row, or 404 ``CommandNotFound`` (without reading storage for a
+    string that is not a command id)."""
     try:
         split_id(command_id)
-    except ValueError:
-        return error_reply(404, "CommandNotFound", f"{command_id!r} is not a command id.")
+    except ValueError as error:
+        return error_reply(404, "CommandNotFound", f"{error}: ids look like 20261123-c0a1b2... (day, then key).")
     try:
-        record = ledger().status(command_id, claim_ttl)
+        record = ledger().status(command_id)
     except SettingsError as error:
         return _misconfigured(error)
     except Exception as error:

@@ -5,14 +5,39 @@ Ids and partitions. A command id is ``<day>-<key>``: ``day`` (``yyyymmdd``, UTC)
 ``key`` its RowKey, so a lookup by id is one point read and a whole day is dropped at once when it leaves the
 retention period. Keys: ``c<uuid>`` for a command posted without an idempotency key; ``k<hash of the key>`` with
 one; ``w<hash of the delivery's messageId>-<n>`` for the n-th command of a webhook delivery, on the day the platform
-enqueued it, so every instance derives the same id from a replay; ``<parent key>.<n>`` for a fan-out's children.
+enqueued it, so every instance derives the same id from a replay; ``<parent key>.<hash of the connection id>`` for
+a fan-out's children, so that a redelivered fan-out names each connection as the first delivery did.
 
-Rows. The command's row holds the command (JSON), its status, attempts and waits, timestamps, the resource a create
-made (type, id, href), the last error in the iTwin error shape, and a fan-out's children. Before a create, the
-worker inserts a second row, the claim (RowKey ``<key>~claim``: who, since when): the insert succeeds for exactly one
-delivery, on any instance, which then owns the create. Every write is conditional: inserts only if absent (the
-accepted batch is one transaction, all or none), updates only if the row is unchanged since it was read (ETag), or,
-for the owner of a claim, only if the row still exists.
+An idempotency key is bound to its command by an index row (PartitionKey ``keys<2 hex digits>``, RowKey the key's
+``k<hash>``, holding the command id): whoever inserts it first decides the day, so the same key posted twice at once
+across midnight is one command, and a keyed POST is a point read or insert whatever the table's size. Retention
+deletes the index row with the day of the command it points to.
+
+The protocol. Every write is conditional: an insert only where nothing is (409 otherwise), an update only on the
+ETag read (412 otherwise). No decision compares two machines' clocks; times in rows are for people.
+
+- **Accepted**: the front end inserts the row unsent (``sent`` false), enqueues the message, then marks it sent.
+  A repeat of the command (same key or messageId) that finds the row unsent and not final enqueues it again: a
+  front end that failed between insert and enqueue loses nothing, and a second message is harmless (below).
+- **Held**: a delivery of a create claims the row by writing a fresh lease token and its process (``holder``) on
+  the ETag it read; exactly one of any number of concurrent deliveries succeeds. Only the holder may call the API's
+  create, and only within `LEASE` minus `LEASE_MARGIN` of sending its claim, by its own monotonic clock: a holder
+  delayed past that (a hanging token service, a paused VM) gives the command back instead of creating.
+- **Finished** or **given back**: the holder writes its result (and clears the lease) on the ETag its claim
+  returned; a write that finds the ETag changed re-reads and writes again while the lease is still its own. A
+  result the store could not take stays in the process and is written by its next invocation.
+- **Taken over**: another delivery that finds the lease held waits, carrying the lease token it saw in its
+  message, and takes over only when the same token is still there after its queue delays add up to `LEASE`. The
+  queue's visibility delay measures that time, so clock skew between instances cannot shorten it; a holder alive
+  that long has stopped creating (above), so the taker cannot race it. The taker then looks up what the holder may
+  have made (Export connections by iModel and name, Clash Detection runs by test and version, minus the runs that
+  existed before the holder's create: ``before``) before creating; a ContextCapture v1 job, which cannot be looked
+  up, is dead-lettered with ``CreateOutcomeUnknown``. A delivery that finds its own process's lease, with no
+  invocation of this process working on it, knows the holder ended: it writes a result the process kept, or takes
+  the lease over at once.
+
+Deletes, submits and cancels take no lease: two deliveries at once may both call the API, which is harmless, and
+`shared.worker` decides which result the row keeps.
 
 Operations. ``python -m ops`` lists rows by status a day partition at a time (never the whole table), and a replay
 of a dead letter sets its command's row back to ``queued`` (`Ledger.requeue`) before sending it again.
@@ -21,6 +46,7 @@ of a dead letter sets its command's row back to ``queued`` (`Ledger.requeue`) be
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -30,11 +56,14 @@ from enum import StrEnum
 from typing import Any
 
 LEDGER_TABLE = "itwincommands"
-CLAIM_SUFFIX = "~claim"
-# A claim is held for the function timeout (no invocation runs longer) plus this, for clocks that disagree.
-CLAIM_MARGIN = timedelta(seconds=30)
-DEFAULT_CLAIM_TTL = timedelta(minutes=5) + CLAIM_MARGIN  # host.json's functionTimeout is 5 minutes
+# How long a create's lease keeps other deliveries from taking the create over. The holder sends no create later
+# than LEASE - LEASE_MARGIN after sending its claim: the margin covers the time from that check to the request
+# reaching the API, and is measured on the holder's own clock, so it needs no agreement between machines.
+LEASE = timedelta(minutes=2)
+LEASE_MARGIN = timedelta(seconds=30)
 _MAX_ERROR_BYTES = 30_000
+_KEY_INDEX = "keys"
+_TRANSACTION = 100  # the table service's limit on operations in one transaction
 
 
 class Status(StrEnum):
@@ -53,16 +82,8 @@ class Status(StrEnum):
 FINAL_STATUSES = frozenset(
     {Status.SUCCEEDED, Status.ALREADY_DONE, Status.FANNED_OUT, Status.DEAD_LETTERED, Status.IMODEL_UNAVAILABLE}
 )
-# `running` is not stored: it is a queued or rescheduled row whose create is claimed right now.
+# `running` is not stored: it is a queued or rescheduled row whose create is held right now.
 _STORED_AS = {Status.RUNNING: (Status.QUEUED, Status.RESCHEDULED)}
-
-
-class LedgerConflict(Exception):
-    """Some rows of a batch exist already; ``existing`` maps their ids to what the ledger holds."""
-
-    def __init__(self, existing: Mapping[str, Record]) -> None:
-        super().__init__(f"{len(existing)} command(s) are in the ledger already")
-        self.existing = dict(existing)
 
 
 @dataclass(frozen=True)
@@ -93,6 +114,10 @@ class Record:
     children: tuple[str, ...] = ()
     uncertain: bool = False  # a create may have been carried out without an answer
     requeued_by: str | None = None  # who last set a dead-lettered row back to queued (a replay's token)
+    sent: bool = True  # False until the front end saw its message on the queue
+    holder: str | None = None  # the process holding the create's lease
+    lease: str | None = None  # the lease's token: a new one for every claim and take-over
+    before: tuple[str, ...] | None = None  # runs that matched before the holder's create: not made by it
     etag: str | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -116,33 +141,34 @@ class Record:
 
 
 @dataclass(frozen=True)
-class Claim:
-    """The result of trying to claim a create: ``ours``, or the row and claim someone else holds."""
+class Lease:
+    """A create's lease as its holder has it: the token it wrote and the row's ETag after writing it."""
 
-    ours: bool
-    record: Record | None = None
-    owner: str | None = None
-    claimed_at: datetime | None = None
-    etag: str | None = None
-
-    def stale(self, now: datetime, ttl: timedelta) -> bool:
-        """True when the holder recorded a result after claiming, or its invocation must have ended (``ttl``)."""
-        if self.claimed_at is None:
-            return True
-        record = self.record
-        finished = record is not None and record.updated is not None and record.updated > self.claimed_at
-        return finished or now - self.claimed_at > ttl
+    token: str
+    etag: str
 
 
 def day_of(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y%m%d")
 
 
+_ID_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-")
+
+
 def split_id(command_id: str) -> tuple[str, str]:
-    """``(PartitionKey, RowKey)`` of a command id; raises `ValueError` for a string that is not one."""
+    """``(PartitionKey, RowKey)`` of a command id; raises `ValueError` for a string that is not one (at most 109
+    characters: the day, a dash, and a key of up to 100 letters, digits, dots and dashes)."""
     day, sep, key = command_id.partition("-")
-    if not (sep and len(day) == 8 and day.isdigit() and key and key.replace("-", "").replace(".", "").isalnum()):
-        raise ValueError(f"{command_id!r} is not a command id")
+    if not (
+        sep
+        and len(day) == 8
+        and day.isdigit()
+        and day.isascii()
+        and 0 < len(key) <= 100
+        and key[0].isalnum()
+        and set(key) <= _ID_CHARS
+    ):
+        raise ValueError(f"{command_id[:120]!r} is not a command id")
     return day, key
 
 
@@ -160,8 +186,9 @@ def delivery_ids(message_id: str, enqueued_at: datetime, count: int) -> list[str
     return [f"{day_of(enqueued_at)}-w{digest}-{n}" for n in range(count)]
 
 
-def child_ids(parent_id: str, count: int) -> list[str]:
-    return [f"{parent_id}.{n}" for n in range(count)]
+def child_id(parent_id: str, connection_id: str) -> str:
+    """The id of a fan-out's delete of ``connection_id``: the same whenever the parent is delivered."""
+    return f"{parent_id}.{hashlib.sha256(connection_id.encode()).hexdigest()[:16]}"
 
 
 def _iso(when: datetime | None) -> str | None:
@@ -175,6 +202,10 @@ def _error_json(error: Mapping[str, Any] | None) -> str | None:
     if len(text.encode()) > _MAX_ERROR_BYTES:
         text = json.dumps({**error, "details": [], "message": str(error.get("message", ""))[:2000]})
     return text
+
+
+def _key_index(row_key: str) -> tuple[str, str]:
+    return f"{_KEY_INDEX}{row_key[1:3]}", row_key
 
 
 class Ledger:
@@ -200,24 +231,86 @@ class Ledger:
         return cls(service.get_table_client(LEDGER_TABLE))
 
     # -- acceptance ---------------------------------------------------------------------------------------------
-    def record(self, rows: Iterable[tuple[str, Mapping[str, Any]]], now: datetime) -> None:
-        """Insert a queued row per ``(id, command message)``, all or none, in one transaction per day.
+    def key_owner(self, row_key: str, candidate_id: str, oldest_day: str) -> str:
+        """The command id an idempotency key (its ``k<hash>`` row key) stands for: the one its index row names,
+        unless that command's day is before ``oldest_day`` (past retention), else ``candidate_id``, which the
+        index then names. One insert, or an insert and a point read; concurrent callers all get the same id."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 
-        Raises `LedgerConflict` with what the ledger holds when any of the ids is there already.
+        partition, key = _key_index(row_key)
+        entity = {"PartitionKey": partition, "RowKey": key, "commandId": candidate_id}
+        for _ in range(3):
+            try:
+                self.table.create_entity(entity)
+                return candidate_id
+            except ResourceExistsError:
+                pass
+            try:
+                found = self.table.get_entity(partition, key)
+            except ResourceNotFoundError:
+                continue
+            if found["commandId"] >= oldest_day:  # ids start with their day
+                return found["commandId"]
+            try:  # the key's command is past retention: the key is free again
+                self.table.update_entity(
+                    entity, etag=found.metadata["etag"], match_condition=MatchConditions.IfNotModified
+                )
+                return candidate_id
+            except HttpResponseError as failure:
+                if failure.status_code not in (404, 412):
+                    raise
+        raise RuntimeError(f"the idempotency index row {key} kept changing; retry")
+
+    def insert_absent(
+        self, rows: Iterable[tuple[str, Mapping[str, Any]]], now: datetime, *, sent: bool = False
+    ) -> dict[str, Record]:
+        """Insert a queued row per ``(id, command message)`` where none is; what the ledger held for the others.
+
+        Rows go in one transaction per day and 100 rows; a transaction that meets a row already there is sent again
+        without it, so every absent row is inserted whatever its place in the batch.
         """
         from azure.data.tables import TableTransactionError
 
-        batch = [self._new_entity(command_id, message, now) for command_id, message in rows]
-        for day in sorted({e["PartitionKey"] for e in batch}):
-            operations = [("create", e) for e in batch if e["PartitionKey"] == day]
-            for start in range(0, len(operations), 100):
+        held: dict[str, Record] = {}
+        entities = [self._new_entity(command_id, message, now, sent) for command_id, message in rows]
+        for day in sorted({e["PartitionKey"] for e in entities}):
+            of_day = [e for e in entities if e["PartitionKey"] == day]
+            for start in range(0, len(of_day), _TRANSACTION):
+                pending = of_day[start : start + _TRANSACTION]
+                for _ in range(len(pending) + 2):  # each retry finds one row there at least, or the rows went
+                    if not pending:
+                        break
+                    try:
+                        self.table.submit_transaction([("create", e) for e in pending])
+                        break
+                    except TableTransactionError as error:
+                        if error.error_code != "EntityAlreadyExists":
+                            raise
+                    there = {i: r for e in pending if (r := self.get(i := f"{day}-{e['RowKey']}")) is not None}
+                    held.update(there)
+                    pending = [e for e in pending if f"{day}-{e['RowKey']}" not in there]
+                else:
+                    raise RuntimeError(f"rows of {day} kept appearing and vanishing while being inserted; retry")
+        return held
+
+    def mark_sent(self, command_ids: Iterable[str]) -> None:
+        """Note that the commands' messages are on the queue (one transaction per day and 100 rows)."""
+        from azure.core.exceptions import HttpResponseError
+        from azure.data.tables import UpdateMode
+
+        keys = [split_id(i) for i in command_ids]
+        for day in sorted({d for d, _ in keys}):
+            of_day = [k for d, k in keys if d == day]
+            for start in range(0, len(of_day), _TRANSACTION):
+                chunk = [{"PartitionKey": day, "RowKey": k, "sent": True} for k in of_day[start : start + _TRANSACTION]]
                 try:
-                    self.table.submit_transaction(operations[start : start + 100])
-                except TableTransactionError as error:
-                    if error.error_code != "EntityAlreadyExists":
+                    self.table.submit_transaction([("update", e, {"mode": UpdateMode.MERGE}) for e in chunk])
+                except HttpResponseError as failure:  # a row went (forgotten, or past retention): mark the others
+                    if failure.status_code != 404:
                         raise
-                    ids = [f"{e['PartitionKey']}-{e['RowKey']}" for _, e in operations[start : start + 100]]
-                    raise LedgerConflict({i: r for i in ids if (r := self.get(i)) is not None}) from None
+                    for entity in chunk:
+                        self._merge(entity, None)
 
     def forget(self, command_ids: Iterable[str]) -> None:
         """Delete rows recorded for commands that were then not enqueued."""
@@ -226,7 +319,7 @@ class Ledger:
             self.table.delete_entity(day, key)
 
     @staticmethod
-    def _new_entity(command_id: str, message: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    def _new_entity(command_id: str, message: Mapping[str, Any], now: datetime, sent: bool) -> dict[str, Any]:
         day, key = split_id(command_id)
         return {
             "PartitionKey": day,
@@ -237,6 +330,7 @@ class Ledger:
             "waits": 0,
             "created": now,
             "updated": now,
+            "sent": sent,
         }
 
     # -- reading ------------------------------------------------------------------------------------------------
@@ -250,12 +344,10 @@ class Ledger:
         except ResourceNotFoundError:
             return None
 
-    def find_key(self, row_key: str, oldest_day: str) -> Record | None:
-        """The row with ``row_key`` on any day from ``oldest_day`` on (an idempotency key's earlier use)."""
-        query = "PartitionKey ge @oldest and RowKey eq @key"
-        for entity in self.table.query_entities(query, parameters={"oldest": oldest_day, "key": row_key}):
-            return _record(f"{entity['PartitionKey']}-{row_key}", entity)
-        return None
+    def status(self, command_id: str) -> Record | None:
+        """The row, shown as ``running`` while a create's lease on it is held."""
+        record = self.get(command_id)
+        return _shown(record) if record else None
 
     def ids_starting(self, prefix: str, limit: int = 2) -> list[str]:
         """Up to ``limit`` ids of commands whose id starts with ``prefix`` (a whole day, then the start of a key):
@@ -263,129 +355,71 @@ class Ledger:
         day, key = split_id(prefix)
         after = key[:-1] + chr(ord(key[-1]) + 1)
         query = "PartitionKey eq @day and RowKey ge @key and RowKey lt @after"
-        found: list[str] = []
         entities = self.table.query_entities(
-            query, parameters={"day": day, "key": key, "after": after}, select=["RowKey"], results_per_page=limit + 1
+            query, parameters={"day": day, "key": key, "after": after}, select=["RowKey"], results_per_page=limit
         )
+        found: list[str] = []
         for entity in entities:
-            if not entity["RowKey"].endswith(CLAIM_SUFFIX):
-                found.append(f"{day}-{entity['RowKey']}")
-                if len(found) >= limit:
-                    break
+            found.append(f"{day}-{entity['RowKey']}")
+            if len(found) >= limit:
+                break
         return found
 
-    def status(self, command_id: str, claim_ttl: timedelta) -> Record | None:
-        """The row, shown as ``running`` while a claim on it is held: one query over the row and its claim."""
-        rows = self._with_claim(command_id)
-        record, claim = rows.get("row"), rows.get("claim")
-        if record is None or record.final or claim is None:
-            return record
-        held = not Claim(False, record, claimed_at=claim["claimedAt"]).stale(datetime.now(UTC), claim_ttl)
-        return replace(record, status=Status.RUNNING) if held else record
-
-    def _with_claim(self, command_id: str) -> dict[str, Any]:
-        day, key = split_id(command_id)
-        found: dict[str, Any] = {}
-        query = "PartitionKey eq @day and ( RowKey eq @key or RowKey eq @claim )"  # spaces: the SDK splits on them
-        for entity in self.table.query_entities(
-            query, parameters={"day": day, "key": key, "claim": key + CLAIM_SUFFIX}
-        ):
-            if entity["RowKey"] == key:
-                found["row"] = _record(command_id, entity)
-            else:
-                found["claim"] = entity
-        return found
-
-    def recent(
-        self, status: Status | None, oldest_day: str, now: datetime, claim_ttl: timedelta = DEFAULT_CLAIM_TTL
-    ) -> Iterator[Record]:
-        """The rows with ``status`` (None: any) of the days from ``oldest_day`` to ``now``'s, newest first.
-
-        Each day is one partition, queried by its PartitionKey and the status, newest day first, so a caller that
-        stops early reads no further. A row whose create is claimed right now shows as ``running``, as `status`
-        shows it (a second query per day, for claims taken within ``claim_ttl``). Claims themselves are not rows.
+    def recent(self, status: Status | None, oldest_day: str, now: datetime, limit: int) -> Iterator[Record]:
+        """Up to ``limit`` rows per day with ``status`` (None: any), newest first, from ``now``'s day back to
+        ``oldest_day``. A day is read by its PartitionKey (and status), a few small columns of each row, keeping
+        only the newest ``limit``; those are then read whole. A caller that stops early reads no further day.
         """
         day = now
         while (partition := day_of(day)) >= oldest_day:
-            yield from self._recent_day(partition, status, now, claim_ttl)
+            for key in self._newest_of_day(partition, status, limit):
+                record = self.get(f"{partition}-{key}")
+                if record is not None and (status is None or _shown(record).status is status):
+                    yield _shown(record)
             day -= timedelta(days=1)
 
-    def _recent_day(self, day: str, status: Status | None, now: datetime, claim_ttl: timedelta) -> list[Record]:
+    def _newest_of_day(self, day: str, status: Status | None, limit: int) -> list[str]:
         stored = _STORED_AS.get(status, (status,)) if status else ()
         names = {f"s{n}": s.value for n, s in enumerate(stored)}
         query = "PartitionKey eq @day"
         if names:  # spaces around the brackets: the SDK splits the filter on them
             query += " and ( " + " or ".join(f"status eq @{name}" for name in names) + " )"
-        records = [
-            _record(f"{day}-{e['RowKey']}", e)
-            for e in self.table.query_entities(query, parameters={"day": day, **names})
-            if not e["RowKey"].endswith(CLAIM_SUFFIX)
-        ]
-        if status in (None, Status.QUEUED, Status.RESCHEDULED, Status.RUNNING) and records:
-            held = {
-                e["RowKey"].removesuffix(CLAIM_SUFFIX): e["claimedAt"]
-                for e in self.table.query_entities(
-                    "PartitionKey eq @day and claimedAt ge @since", parameters={"day": day, "since": now - claim_ttl}
-                )
-            }
-            records = [
-                replace(r, status=Status.RUNNING)
-                if not r.final
-                and (at := held.get(r.id.partition("-")[2]))
-                and not Claim(False, r, claimed_at=at).stale(now, claim_ttl)
-                else r
-                for r in records
-            ]
-        if status is not None:
-            records = [r for r in records if r.status is status]
-        return sorted(records, key=lambda r: r.created or datetime.min.replace(tzinfo=UTC), reverse=True)
+        newest: list[tuple[datetime, str]] = []
+        columns = ["RowKey", "created", "lease", "status"]
+        for entity in self.table.query_entities(query, parameters={"day": day, **names}, select=columns):
+            if entity.get("created") is None:
+                continue  # not a command's row
+            held = bool(entity.get("lease"))
+            if (status in (Status.QUEUED, Status.RESCHEDULED) and held) or (status is Status.RUNNING and not held):
+                continue
+            item = (entity["created"], entity["RowKey"])
+            if len(newest) < limit:
+                heapq.heappush(newest, item)
+            else:
+                heapq.heappushpop(newest, item)
+        return [key for _, key in sorted(newest, reverse=True)]
 
     # -- the worker ---------------------------------------------------------------------------------------------
-    def claim(self, command_id: str, owner: str, now: datetime) -> Claim:
-        """Claim a create (insert-if-absent); when someone holds it, what the row and the claim say."""
-        from azure.core.exceptions import ResourceExistsError
+    def adopt(self, command_id: str, message: Mapping[str, Any], now: datetime) -> Record:
+        """The row of a command whose message came without one (a producer that wrote to the queue itself, or a
+        replay after the row left retention): inserted as sent, or the row another delivery inserted first."""
+        held = self.insert_absent([(command_id, message)], now, sent=True)
+        record = held.get(command_id) or self.get(command_id)
+        if record is None:
+            raise RuntimeError(f"the row of {command_id} vanished as it was inserted; retry")
+        return record
 
-        day, key = split_id(command_id)
-        try:
-            self.table.create_entity(
-                {"PartitionKey": day, "RowKey": key + CLAIM_SUFFIX, "owner": owner, "claimedAt": now}
-            )
-            return Claim(ours=True)
-        except ResourceExistsError:
-            pass
-        rows = self._with_claim(command_id)
-        held = rows.get("claim")
-        if held is None:  # released between the insert and the read: try once more next delivery
-            return Claim(ours=False, record=rows.get("row"), claimed_at=now)
-        return Claim(
-            ours=False,
-            record=rows.get("row"),
-            owner=held.get("owner"),
-            claimed_at=held.get("claimedAt"),
-            etag=held.metadata.get("etag"),
-        )
-
-    def take_over(self, command_id: str, claim: Claim, owner: str, now: datetime) -> bool:
-        """Take a stale claim over, if nobody else did first (If-Match on the claim's ETag). False without an ETag:
-        a claim deleted between a delivery's insert and its read (a replay's requeue drops claims) is not taken
-        over; the next delivery claims it."""
-        from azure.core import MatchConditions
-        from azure.core.exceptions import HttpResponseError
-        from azure.data.tables import UpdateMode
-
-        if not claim.etag:
-            return False
-        day, key = split_id(command_id)
-        entity = {"PartitionKey": day, "RowKey": key + CLAIM_SUFFIX, "owner": owner, "claimedAt": now}
-        try:
-            self.table.update_entity(
-                entity, mode=UpdateMode.REPLACE, etag=claim.etag, match_condition=MatchConditions.IfNotModified
-            )
-        except HttpResponseError as error:
-            if error.status_code in (404, 412):
-                return False
-            raise
-        return True
+    def hold(self, record: Record, holder: str, now: datetime, *, before: Iterable[str] | None = None) -> Lease | None:
+        """Claim or take over ``record``'s create: a fresh lease, written only on the ETag read. None when the row
+        changed first. ``before``: the runs that match the create now (see the module's docstring)."""
+        assert record.etag is not None
+        token = uuid.uuid4().hex
+        day, key = split_id(record.id)
+        entity: dict[str, Any] = {"PartitionKey": day, "RowKey": key, "holder": holder, "lease": token, "heldAt": now}
+        if before is not None:
+            entity["before"] = json.dumps(sorted(before))
+        etag = self._merge(entity, record.etag)
+        return Lease(token, etag) if etag else None
 
     def finish(
         self,
@@ -400,13 +434,11 @@ class Ledger:
         error: Mapping[str, Any] | None = None,
         children: Iterable[str] = (),
         uncertain: bool = False,
-    ) -> bool:
-        """Write a delivery's result to the row: only if it is unchanged since read (``etag``), or, without one
-        (the caller owns the claim), only if it exists. False when someone else changed it first."""
-        from azure.core import MatchConditions
-        from azure.core.exceptions import HttpResponseError
-        from azure.data.tables import UpdateMode
-
+        release: bool = False,
+    ) -> str | None:
+        """Write a delivery's result to the row, only if it is unchanged since read (``etag``; without one, only if
+        it exists); ``release`` clears the lease. The row's new ETag, or None when someone else changed it first.
+        """
         day, key = split_id(command_id)
         entity: dict[str, Any] = {
             "PartitionKey": day,
@@ -417,6 +449,8 @@ class Ledger:
             "updated": now,
             "uncertain": uncertain,
         }
+        if release:
+            entity.update(holder="", lease="")
         if resource:
             entity.update(resourceType=resource.type, resourceId=resource.id, resourceHref=resource.href or "")
         error_text = _error_json(error)
@@ -425,15 +459,32 @@ class Ledger:
         children = list(children)
         if children:
             entity["children"] = json.dumps(children)
+        return self._merge(entity, etag)
+
+    def _merge(self, entity: Mapping[str, Any], etag: str | None) -> str | None:
+        """MERGE ``entity`` if the row's ETag is ``etag`` (None: if the row exists); its new ETag, or None."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import HttpResponseError
+        from azure.data.tables import UpdateMode
+
         try:  # If-Match: the ETag read, or "*" (the row must still exist)
-            self.table.update_entity(
+            written = self.table.update_entity(
                 entity, mode=UpdateMode.MERGE, etag=etag or "*", match_condition=MatchConditions.IfNotModified
             )
         except HttpResponseError as failure:
             if failure.status_code in (404, 412):
-                return False
+                return None
             raise
-        return True
+        return written["etag"]
+
+    def children_of(self, parent_id: str) -> list[str]:
+        """The ids of the children a fan-out recorded: one RowKey range within the parent's partition."""
+        day, key = split_id(parent_id)
+        query = "PartitionKey eq @day and RowKey gt @first and RowKey lt @after"
+        entities = self.table.query_entities(
+            query, parameters={"day": day, "first": key + ".", "after": key + "/"}, select=["RowKey"]
+        )
+        return [f"{day}-{e['RowKey']}" for e in entities]
 
     # -- operations ---------------------------------------------------------------------------------------------
     def requeue(self, command_id: str, now: datetime, etag: str, *, requeued_by: str | None = None) -> bool:
@@ -441,16 +492,11 @@ class Ledger:
         carried out again rather than answered ``already_done`` (``python -m ops poison replay`` does this before
         it sends the command back).
 
-        Attempts and waits go back to 0; the last error stays (it is what the command last met); a create's
-        claim is dropped, so that the next delivery claims it anew. ``requeued_by`` (a replay's token) is kept
-        in the row, for the replay to recognise its own requeue. One transaction, done only if the row is
-        unchanged since it was read dead-lettered (``etag``) and the claim unchanged since read here; False when
-        either changed first.
+        Attempts and waits go back to 0; the last error stays (it is what the command last met); a create's lease
+        is cleared, so that the next delivery claims it anew. ``requeued_by`` (a replay's token) is kept in the row,
+        for the replay to recognise its own requeue. Done only if the row is unchanged since it was read
+        dead-lettered (``etag``); False when it changed first.
         """
-        from azure.core import MatchConditions
-        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
-        from azure.data.tables import UpdateMode
-
         day, key = split_id(command_id)
         row = {
             "PartitionKey": day,
@@ -460,44 +506,62 @@ class Ledger:
             "waits": 0,
             "updated": now,
             "uncertain": False,
+            "holder": "",
+            "lease": "",
             "requeuedBy": requeued_by or "",
         }
-        unchanged = {"etag": etag, "match_condition": MatchConditions.IfNotModified}
-        operations: list[tuple[Any, ...]] = [("update", row, {"mode": UpdateMode.MERGE, **unchanged})]
-        try:
-            claim = self.table.get_entity(day, key + CLAIM_SUFFIX, select=["PartitionKey", "RowKey"])
-        except ResourceNotFoundError:
-            claim = None
-        if claim is not None:
-            claim_unchanged = {**unchanged, "etag": claim.metadata["etag"]}
-            operations.append(("delete", {"PartitionKey": day, "RowKey": key + CLAIM_SUFFIX}, claim_unchanged))
-        try:
-            self.table.submit_transaction(operations)
-        except HttpResponseError as failure:  # TableTransactionError is one
-            if failure.status_code in (404, 412):
-                return False
-            raise
-        return True
+        return self._merge(row, etag) is not None
 
     # -- retention ----------------------------------------------------------------------------------------------
     def drop_days_before(self, oldest_kept: datetime, lookback_days: int = 30) -> int:
         """Delete every row of the days before ``oldest_kept``'s, looking back ``lookback_days`` days; the count.
 
-        Each day is one partition: it is read by its PartitionKey alone and deleted 100 rows per transaction.
+        Each day is one partition, read by its PartitionKey alone a page at a time and deleted 100 rows per
+        transaction as it is read, so memory stays flat whatever a day holds. The idempotency index row of a keyed
+        command goes with it, if it still names that command.
         """
         dropped = 0
         for back in range(1, lookback_days + 1):
             day = day_of(oldest_kept - timedelta(days=back))
-            keys = [
-                e["RowKey"]
-                for e in self.table.query_entities("PartitionKey eq @day", parameters={"day": day}, select=["RowKey"])
-            ]
-            for start in range(0, len(keys), 100):
-                self.table.submit_transaction(
-                    [("delete", {"PartitionKey": day, "RowKey": k}) for k in keys[start : start + 100]]
-                )
-            dropped += len(keys)
+            pages = self.table.query_entities(
+                "PartitionKey eq @day", parameters={"day": day}, select=["RowKey"], results_per_page=_TRANSACTION
+            ).by_page()
+            for page in pages:
+                keys = [e["RowKey"] for e in page]
+                if not keys:
+                    continue
+                self.table.submit_transaction([("delete", {"PartitionKey": day, "RowKey": k}) for k in keys])
+                for key in keys:
+                    if key.startswith("k"):
+                        self._drop_key_index(key, f"{day}-{key}")
+                dropped += len(keys)
         return dropped
+
+    def _drop_key_index(self, row_key: str, command_id: str) -> None:
+        from azure.core import MatchConditions
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+        partition, key = _key_index(row_key)
+        try:
+            found = self.table.get_entity(partition, key)
+        except ResourceNotFoundError:
+            return
+        if found.get("commandId") != command_id:
+            return  # the key was taken again by a later command
+        try:
+            self.table.delete_entity(
+                partition, key, etag=found.metadata["etag"], match_condition=MatchConditions.IfNotModified
+            )
+        except HttpResponseError as failure:
+            if failure.status_code not in (404, 412):
+                raise
+
+
+def _shown(record: Record) -> Record:
+    """A row as the status API shows it: ``running`` while a create's lease is held."""
+    if record.lease and not record.final:
+        return replace(record, status=Status.RUNNING)
+    return record
 
 
 def _record(command_id: str, entity: Mapping[str, Any]) -> Record:
@@ -518,5 +582,9 @@ def _record(command_id: str, entity: Mapping[str, Any]) -> Record:
         children=tuple(json.loads(entity["children"])) if entity.get("children") else (),
         uncertain=bool(entity.get("uncertain")),
         requeued_by=entity.get("requeuedBy") or None,
+        sent=entity.get("sent") is not False,
+        holder=entity.get("holder") or None,
+        lease=entity.get("lease") or None,
+        before=tuple(json.loads(entity["before"])) if entity.get("before") else None,
         etag=getattr(entity, "metadata", {}).get("etag"),
     )

@@ -36,7 +36,7 @@ def create_outcome_unknown(error: ITwinError, command: Command) -> bool:
     """A job or run create whose request may have been carried out: no answer, or a 5xx other than 503.
 
     Connection creates are safe to repeat (the worker lists before creating). Jobs and runs are not repeated
-    blindly: a run with a project is looked up on its next delivery, anything else is dead-lettered.
+    blindly: a run is looked up on its next delivery, a ContextCapture v1 job is dead-lettered.
     """
     if command.action != "create" or command.resource == "connection":
         return False
@@ -70,14 +70,9 @@ def classify_failure(
 
 
 def describe_unknown_create(command: Command) -> str:
-    """Why a create was dead-lettered instead of repeated, why it could not be looked up, and what to do."""
-    why = (
-        "ContextCapture v1 has no job list to look it up in"
-        if command.resource == "job"
-        else "the command has no projectId to look the run up by"
-    )
+    """Why a create was dead-lettered instead of repeated, and what to do."""
     return (
-        f"the {command.resource} create got no clear answer, so it may have been carried out, and {why}; it was not "
-        f"repeated, to avoid a second {command.resource}. Check whether it exists, then resend the command if it "
-        "does not (python -m ops poison replay checks what it can)."
+        f"the {command.resource} create got no clear answer, so it may have been carried out, and ContextCapture v1 "
+        f"has no job list to look it up in; it was not repeated, to avoid a second {command.resource}. Check whether "
+        "it exists, then resend the command if it does not (python -m ops poison replay checks what it can)."
     )

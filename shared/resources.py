@@ -16,6 +16,7 @@ from shared.errors import ITwinError
 log = logging.getLogger(__name__)
 
 MAX_PAGES = 1000
+IMODELS_ACCEPT = "application/vnd.bentley.itwin-platform.v2+json"  # the iModels API is at v2
 
 
 def _href(links: Any, name: str) -> str | None:
@@ -163,9 +164,18 @@ class ITwinApi:
         raise ITwinError(f"the API's paging for {operation} went past {MAX_PAGES} pages; stopped")
 
     # Export connections
-    def create_connection(self, imodel_id: str, display_name: str, authentication_type: str = "Service") -> Connection:
+    def create_connection(
+        self,
+        imodel_id: str,
+        display_name: str,
+        authentication_type: str = "Service",
+        *,
+        not_after: float | None = None,
+    ) -> Connection:
         body = {"iModelId": imodel_id, "displayName": display_name, "authenticationType": authentication_type}
-        response = self.client.call("POST", "/export/connections", operation="connections.create", body=body)
+        response = self.client.call(
+            "POST", "/export/connections", operation="connections.create", body=body, not_after=not_after
+        )
         return Connection.from_json(_object(response, "connection", "connections.create"))
 
     def get_connection(self, connection_id: str) -> Connection:
@@ -192,8 +202,10 @@ class ITwinApi:
         return mine
 
     # ContextCapture jobs
-    def create_job(self, body: Mapping[str, Any]) -> Job:
-        response = self.client.call("POST", "/contextcapture/jobs", operation="jobs.create", body=body)
+    def create_job(self, body: Mapping[str, Any], *, not_after: float | None = None) -> Job:
+        response = self.client.call(
+            "POST", "/contextcapture/jobs", operation="jobs.create", body=body, not_after=not_after
+        )
         return Job.from_json(_object(response, "job", "jobs.create"))
 
     def get_job(self, job_id: str) -> Job:
@@ -218,8 +230,10 @@ class ITwinApi:
         self.client.call("DELETE", f"/contextcapture/jobs/{_id(job_id)}", operation="jobs.delete")
 
     # Clash Detection runs
-    def create_run(self, body: Mapping[str, Any]) -> Run:
-        response = self.client.call("POST", "/clashdetection/runs", operation="runs.create", body=body)
+    def create_run(self, body: Mapping[str, Any], *, not_after: float | None = None) -> Run:
+        response = self.client.call(
+            "POST", "/clashdetection/runs", operation="runs.create", body=body, not_after=not_after
+        )
         return Run.from_json(_object(response, "run", "runs.create"))
 
     def get_run(self, run_id: str) -> Run:
@@ -242,6 +256,16 @@ class ITwinApi:
             and run.imodel_id in (None, imodel_id)
             and run.named_version_id in (None, named_version_id)
         ]
+
+    def imodel_itwin(self, imodel_id: str) -> str:
+        """The id of the iTwin (project) an iModel belongs to (iModels v2, "Get iModel details")."""
+        path = f"/imodels/{_id(imodel_id)}"
+        headers = {"Accept": IMODELS_ACCEPT}
+        response = self.client.call("GET", path, operation="imodels.get", headers=headers)
+        itwin_id = _object(response, "iModel", "imodels.get").get("iTwinId")
+        if not isinstance(itwin_id, str) or not itwin_id:
+            raise ITwinError(f"the API answered imodels.get for {imodel_id} without an iTwinId")
+        return itwin_id
 
     def delete_run(self, run_id: str) -> None:
         self.client.call("DELETE", f"/clashdetection/runs/{_id(run_id)}", operation="runs.delete")

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Mapping
-from datetime import timedelta
-from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from shared.queues import CommandQueue
 from shared.replays import RecentDeliveries
 from shared.retry import RetryPolicy
 from shared.rules import Rule, load_rules
-from shared.settings import Settings, function_timeout
+from shared.settings import Settings
 
 if TYPE_CHECKING:
     from shared.ledger import Ledger
@@ -65,22 +63,6 @@ def recent_deliveries() -> RecentDeliveries:
     return RecentDeliveries()
 
 
-APP_ROOT = Path(__file__).resolve().parent.parent
-
-
-def claim_ttl_for(environ: Mapping[str, str]) -> timedelta:
-    """How long a create's claim is held: the function timeout (host.json or its app setting) plus a margin."""
-    from shared.ledger import CLAIM_MARGIN
-
-    return timedelta(seconds=function_timeout(environ, APP_ROOT / "host.json")) + CLAIM_MARGIN
-
-
-@_once
-def claim_ttl() -> timedelta:
-    """`claim_ttl_for` this process's environment."""
-    return claim_ttl_for(os.environ)
-
-
 @_once
 def ledger() -> Ledger:
     from shared.ledger import Ledger
@@ -103,11 +85,10 @@ def worker() -> Worker:
         max_attempts=settings().max_attempts,
         max_age=settings().max_command_age,
         ledger=ledger(),
-        claim_ttl=claim_ttl(),
     )
 
 
 def reset() -> None:
     """Forget every built object (tests and the local host call this after changing the environment)."""
-    for get in (settings, command_queue, event_rules, recent_deliveries, ledger, claim_ttl, worker):
+    for get in (settings, command_queue, event_rules, recent_deliveries, ledger, worker):
         get.reset()  # type: ignore[attr-defined]

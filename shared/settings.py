@@ -6,7 +6,6 @@ and the Bicep app settings are all checked against it by the tests.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -166,29 +165,6 @@ def parse_duration(name: str, text: str) -> float:
     return seconds
 
 
-# When neither host.json nor an app setting says: the Functions host's own default on Flex Consumption.
-DEFAULT_FUNCTION_TIMEOUT = 30 * 60.0
-
-
-def function_timeout(environ: Mapping[str, str], host_json: str | os.PathLike[str]) -> float:
-    """Seconds an invocation may run: the ``AzureFunctionsJobHost__functionTimeout`` app setting (which overrides
-    host.json in Azure), else host.json's ``functionTimeout`` (``hh:mm:ss``)."""
-    text = environ.get("AzureFunctionsJobHost__functionTimeout", "").strip()
-    if not text:
-        try:
-            with open(host_json, encoding="utf-8") as file:
-                text = str(json.load(file).get("functionTimeout") or "")
-        except (OSError, ValueError):
-            text = ""
-    parts = text.split(":")
-    try:
-        hours, minutes, seconds = (float(part) for part in parts) if len(parts) == 3 else (0.0, 0.0, 0.0)
-    except ValueError:
-        hours = minutes = seconds = 0.0
-    total = hours * 3600 + minutes * 60 + seconds
-    return total if total > 0 else DEFAULT_FUNCTION_TIMEOUT
-
-
 def parse_days(name: str, text: str) -> int:
     """``"7d"`` or ``"7"`` as whole days from 1 to 30."""
     value = text.strip().lower().removesuffix("d")
@@ -231,6 +207,17 @@ class Settings:
         if not raw_attempts.isdigit() or not 1 <= int(raw_attempts) <= 100:
             raise SettingsError(f"ITWIN_MAX_ATTEMPTS must be a whole number from 1 to 100; got {raw_attempts!r}")
         clash_ids = tuple(t.strip() for t in (get("ITWIN_CLASH_TEST_IDS") or "").split(",") if t.strip())
+        max_age_text = get("ITWIN_MAX_COMMAND_AGE") or DEFAULT_MAX_COMMAND_AGE
+        retention_text = get("ITWIN_LEDGER_RETENTION") or DEFAULT_LEDGER_RETENTION
+        max_age = parse_duration("ITWIN_MAX_COMMAND_AGE", max_age_text)
+        retention = parse_days("ITWIN_LEDGER_RETENTION", retention_text)
+        if retention * 86400 < max_age + 86400:
+            raise SettingsError(
+                f"ITWIN_LEDGER_RETENTION ({retention_text}) must be at least ITWIN_MAX_COMMAND_AGE ({max_age_text}) "
+                "plus one day: a command may wait that long, and its ledger row (which keeps it from being carried "
+                "out twice) must outlive it; a webhook's commands are recorded on the day the platform enqueued the "
+                "event, up to a day earlier. Raise the retention or lower the age."
+            )
         return cls(
             client_id=get("ITWIN_CLIENT_ID") or "",
             client_secret=get("ITWIN_CLIENT_SECRET") or "",
@@ -242,11 +229,7 @@ class Settings:
             clash_test_ids=clash_ids,
             event_rules=get("ITWIN_EVENT_RULES"),
             max_attempts=int(raw_attempts),
-            max_command_age=parse_duration(
-                "ITWIN_MAX_COMMAND_AGE", get("ITWIN_MAX_COMMAND_AGE") or DEFAULT_MAX_COMMAND_AGE
-            ),
-            ledger_retention_days=parse_days(
-                "ITWIN_LEDGER_RETENTION", get("ITWIN_LEDGER_RETENTION") or DEFAULT_LEDGER_RETENTION
-            ),
+            max_command_age=max_age,
+            ledger_retention_days=retention,
             rate_limits=parse_rate_limits(get("ITWIN_RATE_LIMITS")),
         )

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from opentelemetry import trace
@@ -20,20 +20,22 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from shared.commands import Command, InvalidCommand, decode_json, validate
 from shared.errors import ITwinError, NotFound, Throttled, Unprocessable
-from shared.ledger import DEFAULT_CLAIM_TTL, Ledger, LedgerConflict, Record, Resource, child_ids
+from shared.ledger import LEASE, LEASE_MARGIN, Lease, Ledger, Record, Resource, child_id, split_id
 from shared.ledger import Status as LedgerStatus
 from shared.outcomes import Outcome, classify_failure, create_outcome_unknown, describe_unknown_create, is_wait
 from shared.poison import encode_envelope
 from shared.queues import CommandQueue
-from shared.resources import Connection, ITwinApi
+from shared.resources import Connection, ITwinApi, Run
 from shared.retry import RedeliveryBackoff
 from shared.settings import COMMAND_QUEUE
 from shared.telemetry import Telemetry, current_traceparent
 
 log = logging.getLogger(__name__)
 
-# How soon a delivery that found another one's fresh claim on a create looks again.
-CLAIM_RECHECK_SECONDS = 10
+# How soon a delivery that found another delivery's lease on a create first looks again; later looks wait out the
+# rest of the lease (see `shared.ledger`).
+LEASE_RECHECK_SECONDS = 10
+_MAX_ITWINS_REMEMBERED = 4096
 # A submitted job moves on from "active" by itself; any of these means the submit happened.
 SUBMITTED_STATES = {"active", "success", "failed"}
 
@@ -52,10 +54,11 @@ class Worker:
         backoff: RedeliveryBackoff | None = None,
         ledger: Ledger | None = None,
         owner: str | None = None,
-        claim_ttl: timedelta = DEFAULT_CLAIM_TTL,
         now: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``monotonic`` must be the API client's clock: a create's lease deadline is handed to it."""
         self.api = api
         self.queue = queue
         self.telemetry = telemetry
@@ -63,14 +66,18 @@ class Worker:
         self.max_age = max_age
         self.backoff = backoff or RedeliveryBackoff()
         self.ledger = ledger
-        self.claim_ttl = claim_ttl
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._now = now
         self._sleep = sleep
+        self._monotonic = monotonic
         self._create_locks = tuple(threading.Lock() for _ in range(64))
+        self._book = LeaseBook()
+        self._itwins: dict[str, str] = {}
 
     def handle(self, raw: bytes | str) -> Outcome:
-        """Process one queue message body. Raises only when the queue itself fails (the host then retries)."""
+        """Process one queue message body. Raises only when storage fails (the host then retries)."""
+        if self.ledger is not None:
+            self._write_kept_results()
         command: Command | None = None
         original: Any = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
         try:
@@ -96,7 +103,8 @@ class Worker:
         ) as span:
             if command is None:
                 self._dead_letter(original, problem.to_dict(), attempts=1)
-                result = Result(Outcome.DEAD_LETTERED, problem.message, problem.code)
+                result = Result(Outcome.DEAD_LETTERED, problem.message, problem.code, error=problem.to_dict())
+                self._record_invalid(original, result)
             else:
                 result = self._run(command)
             span.set_attribute("itwin.outcome", result.outcome.value)
@@ -112,83 +120,194 @@ class Worker:
             return self._attempt(command, look_up=command.look_up)
         if command.action == "create":
             return self._create_once(command, command.command_id)
-        record = self.ledger.get(command.command_id)
-        if record is not None and record.final:
+        record = self._row(command, command.command_id)
+        if record.final:
             return _repeat(record)
-        return self._finish(command, self._attempt(command), etag=record.etag if record else None)
+        return self._finish(command, self._attempt(command), etag=record.etag)
+
+    def _row(self, command: Command, command_id: str) -> Record:
+        """The command's row; one inserted from the message when it has none (see `Ledger.adopt`)."""
+        assert self.ledger is not None
+        return self.ledger.get(command_id) or self.ledger.adopt(command_id, command.to_message(), self._clock())
+
+    def _record_invalid(self, original: Any, result: Result) -> None:
+        """A dead-lettered message that names its command: the command's row says so too."""
+        command_id = original.get("commandId") if isinstance(original, dict) else None
+        try:
+            day_and_key = split_id(command_id) if isinstance(command_id, str) else None
+        except ValueError:
+            day_and_key = None
+        record = self.ledger.get(command_id) if self.ledger is not None and day_and_key else None
+        if record is None or record.final:
+            return
+        self.ledger.finish(
+            record.id,
+            LedgerStatus.DEAD_LETTERED,
+            self._clock(),
+            attempts=record.attempts + 1,
+            waits=record.waits,
+            etag=record.etag,
+            error=result.error,
+            release=True,
+        )
 
     def _create_once(self, command: Command, command_id: str) -> Result:
-        """A create happens once across instances: the delivery that claims the command makes the API call.
+        """A create happens once across instances: only the delivery holding the row's lease calls the API.
 
-        Another delivery finds the claim: the result when there is one; a wait while the claim is fresh; or, when
-        the holder gave up with the outcome unknown or died, a look-up through the API before anything is repeated.
+        The protocol and why it holds are in `shared.ledger`'s docstring. A delivery reads the row; a final row is
+        answered from the ledger; a free one is held (a fresh lease on the ETag read) and created; a lease of this
+        process that no invocation here works on is written or taken over at once; another's lease is waited on,
+        and taken over once this message has waited `LEASE` on the same lease token.
         """
         assert self.ledger is not None
-        now = self._clock()
-        claim = self.ledger.claim(command_id, self.owner, now)
-        if claim.ours:
-            return self._finish(command, self._attempt(command, look_up=command.look_up))
-        record = claim.record
-        if record is not None and record.final:
-            return _repeat(record)
-        if not claim.stale(now, self.claim_ttl) or not self.ledger.take_over(command_id, claim, self.owner, now):
-            self.queue.send(command.after_wait(now).to_message(), delay=CLAIM_RECHECK_SECONDS)
-            return Result(Outcome.RESCHEDULED, f"another delivery holds this create; back in {CLAIM_RECHECK_SECONDS} s")
-        died = (
-            record is None or record.updated is None or claim.claimed_at is None or record.updated <= claim.claimed_at
+        for _ in range(3):  # a row changed between read and hold is read again
+            record = self._row(command, command_id)
+            if record.final:
+                return _repeat(record)
+            maybe_made = record.uncertain or command.look_up
+            if record.lease and record.holder == self.owner:
+                kept = self._book.kept(record.lease)
+                if kept is RUNNING:
+                    return self._wait_on_lease(command, record)
+                if kept is not None and kept.result is not None:
+                    self._write_kept(kept)
+                    continue
+                maybe_made = maybe_made or kept is not None  # None: this process never sent the create
+            elif record.lease:
+                if command.lease_seen != record.lease or command.lease_waited < LEASE.total_seconds():
+                    return self._wait_on_lease(command, record)
+                maybe_made = True  # the holder may have sent its create before its process ended
+            result = self._hold_and_create(command, record, maybe_made)
+            if result is not None:
+                return result
+        self.queue.send(command.after_wait(self._clock()).to_message(), delay=LEASE_RECHECK_SECONDS)
+        return Result(
+            Outcome.RESCHEDULED, f"the row kept changing under this create; back in {LEASE_RECHECK_SECONDS} s"
         )
-        if (died or record.uncertain) and not _can_look_up(command):
-            error = ITwinError(
-                f"an earlier delivery began this {command.resource} create at {claim.claimed_at} and recorded no "
-                f"result (its process ended), and the API cannot list {command.resource}s to tell whether it was "
-                f"made. {describe_unknown_create(command)}",
-                code="CreateOutcomeUnknown",
-            )
-            return self._finish(command, self._dead_letter_error(command, error))
-        look_up = died or record.uncertain or command.look_up
-        return self._finish(command, self._attempt(command, look_up=look_up))
 
-    def _look_up(self, command: Command) -> Resource | None:
-        """The run an earlier create of ``command`` made, if the API can find it; None when it made none.
+    def _wait_on_lease(self, command: Command, record: Record) -> Result:
+        """Give the message back until the lease on ``record`` has been seen held for `LEASE`, by queue delays."""
+        waited = command.lease_waited if command.lease_seen == record.lease else 0
+        delay = LEASE_RECHECK_SECONDS if waited == 0 else max(LEASE_RECHECK_SECONDS, LEASE.total_seconds() - waited)
+        again = replace(command.after_wait(self._clock()), lease_seen=record.lease, lease_waited=int(waited + delay))
+        self.queue.send(again.to_message(), delay=delay)
+        return Result(Outcome.RESCHEDULED, f"another delivery holds this create; back in {delay:g} s")
 
-        Connection creates need no look-up here: they always list the iModel's connections before creating.
+    def _hold_and_create(self, command: Command, record: Record, maybe_made: bool) -> Result | None:
+        """Hold the row's lease and carry the create out (looking first for what an earlier holder may have made,
+        with ``maybe_made``); None when the row changed before the hold.
+
+        A run create lists the matching runs first, and the hold stores their ids (``before``): the runs it did not
+        make. Later attempts that follow one which surely sent nothing (a 429, this instance's pacing) keep that
+        list rather than spend another call at the API's 6 calls a second; after an attempt that may have made the
+        run, the list is taken again, as the look-up.
         """
-        body = command.body or {}
-        if command.resource != "run" or not command.project_id:
+        assert self.ledger is not None
+        command = replace(command, lease_seen=None, lease_waited=0)
+        runs: list[Run] | None = None
+        if command.resource == "run" and (maybe_made or record.before is None):
+            try:
+                runs = self._matching_runs(command)
+            except ITwinError as error:
+                return self._finish(command, self._failed(command, error, uncertain=maybe_made), etag=record.etag)
+        started = self._monotonic()
+        # After a create that may have made the run, the runs listed now may include it: the list from before that
+        # create stays the one this create is told apart by (the look-up below finds it, or finds none of its own).
+        keep = runs is None or (maybe_made and record.before is not None)
+        lease = self.ledger.hold(record, self.owner, self._clock(), before=None if keep else _ids(runs or []))
+        if lease is None:
             return None
-        runs = self.api.find_runs(command.project_id, body["testId"], body["iModelId"], body["namedVersionId"])
-        if len(runs) > 1:
-            raise ITwinError(
-                f"the run create got no clear answer, and the project has {len(runs)} runs of test "
-                f"{body['testId']} that could be it ({', '.join(r.id for r in runs)}); it was not repeated. "
-                "Check which one this command made, or delete the extra ones and resend it.",
-                code="CreateOutcomeUnknown",
-            )
-        return Resource("run", runs[0].id, runs[0].href) if runs else None
+        self._book.start(lease.token, command)
+        result: Result | None = None
+        try:
+            if maybe_made and not _can_look_up(command):
+                error = ITwinError(
+                    f"an earlier delivery of this {command.resource} create held it and recorded no result, and the "
+                    f"API cannot list {command.resource}s to tell whether it was made. "
+                    f"{describe_unknown_create(command)}",
+                    code="CreateOutcomeUnknown",
+                )
+                result = self._dead_letter_error(command, error)
+            else:
+                not_after = started + (LEASE - LEASE_MARGIN).total_seconds()
+                result = self._attempt(
+                    command, look_up=maybe_made, runs=runs, before=record.before, not_after=not_after
+                )
+        finally:
+            self._book.stop(lease.token, result)
+        return self._write_held(command, lease, result)
+
+    def _write_held(self, command: Command, lease: Lease, result: Result) -> Result:
+        """Write the holder's result on its lease's ETag, and clear the lease.
+
+        When the ETag moved: while the lease is still this one's (someone only marked the row sent), write again on
+        the new ETag; when another delivery took the lease over (this one outlived it), write only a resource this
+        one made over a row that has none, so the row says what happened. A write the store refused with an error
+        stays in this process's book and is written by its next invocation (see `_write_kept_results`).
+        """
+        assert self.ledger is not None
+        assert command.command_id is not None
+        etag = lease.etag
+        for _ in range(3):
+            if self._finish_row(command, result, etag, release=True):
+                break
+            current = self.ledger.get(command.command_id)
+            if current is None:
+                break
+            made = result.outcome is Outcome.SUCCEEDED and result.resource is not None
+            if current.lease != lease.token and not (made and current.resource is None):
+                break
+            etag = current.etag
+        self._book.forget(lease.token)
+        return result
+
+    def _write_kept(self, kept: KeptResult) -> None:
+        """Write a result this process kept because the store refused it, if the lease is still this process's."""
+        assert self.ledger is not None
+        assert kept.result is not None
+        record = self.ledger.get(kept.command.command_id or "")
+        if record is not None and record.lease == kept.token:
+            self._write_held(kept.command, Lease(kept.token, record.etag or ""), kept.result)
+        else:
+            self._book.forget(kept.token)
+
+    def _write_kept_results(self) -> None:
+        """Write the results this process kept; a store that still fails leaves them for the next invocation."""
+        from azure.core.exceptions import AzureError
+
+        for kept in self._book.results():
+            try:
+                self._write_kept(kept)
+            except AzureError as error:
+                log.warning("a kept result of %s is still not written: %s", kept.command.command_id, error)
+                return
+
+    def _matching_runs(self, command: Command) -> list[Run]:
+        """The runs that a create of ``command`` could be confused with, listed before its lease is held."""
+        body = command.body or {}
+        project = command.project_id or self._itwin_of(body["iModelId"])
+        return self.api.find_runs(project, body["testId"], body["iModelId"], body["namedVersionId"])
+
+    def _itwin_of(self, imodel_id: str) -> str:
+        """The iModel's iTwin (the run's project), asked once per process: an iModel never moves."""
+        key = imodel_id.lower()
+        if key not in self._itwins:
+            if len(self._itwins) >= _MAX_ITWINS_REMEMBERED:
+                self._itwins.clear()
+            self._itwins[key] = self.api.imodel_itwin(imodel_id)
+        return self._itwins[key]
 
     def _finish(self, command: Command, result: Result, etag: str | None = None) -> Result:
-        """Record the delivery's result in the command's row (conditional: see `Ledger.finish`).
+        """Record the result of a delivery that holds no lease (conditional: see `Ledger.finish`).
 
-        Deliveries of a delete, submit or cancel take no claim, so two may write at once. When the row changed since
+        Deliveries of a delete, submit or cancel take no lease, so two may write at once. When the row changed since
         it was read, this one writes again over what is there, once, if that is not final (a copy that only waited),
         or if this one did the work and the other found it done: the row then says what happened.
         """
         assert self.ledger is not None
         assert command.command_id is not None
-        for _ in range(2):
-            written = self.ledger.finish(
-                command.command_id,
-                LedgerStatus(result.outcome.value),
-                self._clock(),
-                attempts=command.attempt,
-                waits=command.waits,
-                etag=etag,
-                resource=result.resource,
-                error=result.error,
-                children=result.children,
-                uncertain=result.uncertain,
-            )
-            if written or etag is None:
+        for _ in range(4):  # each retry follows a write by another delivery, or the front end marking the row sent
+            if self._finish_row(command, result, etag) or etag is None:
                 break
             current = self.ledger.get(command.command_id)
             did_it = result.outcome is Outcome.SUCCEEDED and current is not None
@@ -197,55 +316,87 @@ class Worker:
             etag = current.etag
         return result
 
+    def _finish_row(self, command: Command, result: Result, etag: str | None, *, release: bool = False) -> bool:
+        assert self.ledger is not None
+        assert command.command_id is not None
+        written = self.ledger.finish(
+            command.command_id,
+            LedgerStatus(result.outcome.value),
+            self._clock(),
+            attempts=command.attempt,
+            waits=command.waits,
+            etag=etag,
+            resource=result.resource,
+            error=result.error,
+            children=result.children,
+            uncertain=result.uncertain,
+            release=release,
+        )
+        return written is not None
+
     def _clock(self) -> datetime:
         return datetime.fromtimestamp(self._now(), UTC)
 
-    def _attempt(self, command: Command, *, look_up: bool = False) -> Result:
-        """Carry the command out once (after looking up what an earlier create made, with ``look_up``); a failure
-        is rescheduled or dead-lettered here."""
-        looked = False
-        try:
-            found = self._look_up(command) if look_up else None
-            looked = True
-            if found is not None:
-                return _created(found.type, found.id, f"{found.id} (found: made earlier)", Outcome.ALREADY_DONE, found)
-            return self._execute(command)
-        except ITwinError as error:
-            now = self._clock()
-            age = command.age(now)
-            outcome = classify_failure(error, command, self.max_attempts, age=age, max_age=self.max_age)
-            lookable = create_outcome_unknown(error, command) and _can_look_up(command)
-            uncertain = lookable or (look_up and not looked)
-            if lookable:
-                outcome = Outcome.RESCHEDULED if command.attempt < self.max_attempts else Outcome.DEAD_LETTERED
-            if outcome is Outcome.RESCHEDULED:
-                again = command.after_wait(now) if is_wait(error) else command.next_attempt(now)
-                again = replace(again, look_up=uncertain)
-                delay = error.retry_after if error.retry_after is not None else self.backoff.delay(command.deliveries)
-                self.queue.send(again.to_message(), delay=delay)
-                linger = error.linger if isinstance(error, Throttled) else 0.0
-                return Result(
-                    outcome,
-                    f"{error}; back in {delay:.1f} s",
-                    error=error.to_dict(),
-                    uncertain=uncertain,
-                    linger=linger,
-                )
-            if outcome is Outcome.DEAD_LETTERED:
-                return self._dead_letter_error(command, error, age)
-            return Result(outcome, str(error), error=error.to_dict())
+    def _attempt(
+        self,
+        command: Command,
+        *,
+        look_up: bool = False,
+        runs: list[Run] | None = None,
+        before: tuple[str, ...] | None = None,
+        not_after: float | None = None,
+    ) -> Result:
+        """Carry the command out once; a failure is rescheduled or dead-lettered here.
 
-    def _execute(self, command: Command) -> Result:
+        ``look_up``: an earlier create may have been carried out, so a run create first looks for what it made
+        among the matching ``runs`` (listed now, unless given) that were not there ``before`` it (see
+        `_made_earlier`); connections are always listed before they are created. ``not_after``: the client's
+        clock after which a create is not sent (the lease's end).
+        """
+        try:
+            if look_up and command.resource == "run":
+                found = _made_earlier(command, self._matching_runs(command) if runs is None else runs, before)
+                if found is not None:
+                    shown = f"{found.id} (found: made earlier)"
+                    return _created(found.type, found.id, shown, Outcome.ALREADY_DONE, found)
+            return self._execute(command, not_after)
+        except ITwinError as error:
+            return self._failed(command, error, uncertain=look_up)
+
+    def _failed(self, command: Command, error: ITwinError, *, uncertain: bool = False) -> Result:
+        """Reschedule or dead-letter ``command`` after ``error``. ``uncertain``: an earlier create may have been
+        carried out, so the next delivery looks before creating."""
+        now = self._clock()
+        age = command.age(now)
+        outcome = classify_failure(error, command, self.max_attempts, age=age, max_age=self.max_age)
+        lookable = create_outcome_unknown(error, command) and _can_look_up(command)
+        uncertain = uncertain or lookable
+        if lookable:
+            outcome = Outcome.RESCHEDULED if command.attempt < self.max_attempts else Outcome.DEAD_LETTERED
+        if outcome is Outcome.RESCHEDULED:
+            again = command.after_wait(now) if is_wait(error) else command.next_attempt(now)
+            again = replace(again, look_up=uncertain)
+            delay = error.retry_after if error.retry_after is not None else self.backoff.delay(command.deliveries)
+            self.queue.send(again.to_message(), delay=delay)
+            linger = error.linger if isinstance(error, Throttled) else 0.0
+            return Result(
+                outcome, f"{error}; back in {delay:.1f} s", error=error.to_dict(), uncertain=uncertain, linger=linger
+            )
+        if outcome is Outcome.DEAD_LETTERED:
+            return self._dead_letter_error(command, error, age)
+        return Result(outcome, str(error), error=error.to_dict())
+
+    def _execute(self, command: Command, not_after: float | None = None) -> Result:
         api = self.api
         match command.action, command.resource:
             case "create", "connection":
-                return self._create_connection(command.body or {})
+                return self._create_connection(command.body or {}, leased=not_after is not None, not_after=not_after)
             case "delete", "connection" if command.imodel_id:
                 return self._fan_out(command)
             case "delete", "connection":
                 api.delete_connection(command.id or "")
             case "create", "job":
-                job = api.create_job(command.body or {})
+                job = api.create_job(command.body or {}, not_after=not_after)
                 href = f"{api.client.api_url}/contextcapture/jobs/{job.id}"
                 shown = f"{job.id} (state {job.state}; submit it with a submit job command)"
                 return _created("job", job.id, shown, found=Resource("job", job.id, href))
@@ -256,7 +407,7 @@ class Worker:
             case "delete", "job":
                 api.delete_job(command.id or "")
             case "create", "run":
-                run = api.create_run(command.body or {})
+                run = api.create_run(command.body or {}, not_after=not_after)
                 return _created("run", run.id, run.href or run.id, found=Resource("run", run.id, run.href))
             case "delete", "run":
                 api.delete_run(command.id or "")
@@ -273,16 +424,20 @@ class Worker:
             raise
         return Outcome.SUCCEEDED
 
-    def _create_connection(self, body: Mapping[str, Any]) -> Result:
-        """Create unless a connection with this iModel and name exists. The lock keeps two deliveries handled at
-        once by this process from both finding none; across instances the list-first check is what remains."""
+    def _create_connection(
+        self, body: Mapping[str, Any], *, leased: bool = False, not_after: float | None = None
+    ) -> Result:
+        """Create unless a connection with this iModel and name exists. Under a lease (``leased``) no other
+        delivery creates it; without one, the lock keeps two deliveries handled at once by this process from both
+        finding none, and across instances the list-first check is what remains."""
         key = (body["iModelId"].lower(), body["displayName"])
-        with self._create_locks[hash(key) % len(self._create_locks)]:
+        lock = contextlib.nullcontext() if leased else self._create_locks[hash(key) % len(self._create_locks)]
+        with lock:
             existing = [c for c in self._connections(body["iModelId"]) if c.display_name == body["displayName"]]
             if existing:
                 return _created("connection", existing[0].id, existing[0].id, Outcome.ALREADY_DONE)
             connection = self.api.create_connection(
-                body["iModelId"], body["displayName"], body.get("authenticationType", "Service")
+                body["iModelId"], body["displayName"], body.get("authenticationType", "Service"), not_after=not_after
             )
         return _created("connection", connection.id, connection.id)
 
@@ -307,8 +462,7 @@ class Worker:
         if not connections:
             return Result(Outcome.ALREADY_DONE)
         traceparent = current_traceparent()
-        recorded = self.ledger is not None and command.command_id is not None
-        ids = child_ids(command.command_id, len(connections)) if recorded else [None] * len(connections)
+        parent_id = command.command_id if self.ledger is not None else None
         deletes = [
             Command(
                 "delete",
@@ -316,24 +470,37 @@ class Worker:
                 id=connection.id,
                 correlation_id=command.correlation_id,
                 traceparent=traceparent,
-                command_id=child_id,
+                command_id=child_id(parent_id, connection.id) if parent_id else None,
                 first_enqueued=self._clock(),
             )
-            for connection, child_id in zip(connections, ids, strict=True)
+            for connection in connections
         ]
-        if recorded:
-            # LedgerConflict: an earlier delivery of this fan-out recorded them; deleting twice is harmless.
-            with contextlib.suppress(LedgerConflict):
-                self.ledger.record([(d.command_id, d.to_message()) for d in deletes], self._clock())
-        for delete in deletes:
+        if parent_id is None:
+            for delete in deletes:
+                self.queue.send(delete.to_message())
+            return Result(Outcome.FANNED_OUT, f"{len(deletes)} delete(s) enqueued")
+        assert self.ledger is not None
+        # A redelivered fan-out finds the rows its first delivery recorded: the same ids, since they name the
+        # connection, not its place in the list. Those already done are not sent again.
+        held = self.ledger.insert_absent([(d.command_id or "", d.to_message()) for d in deletes], self._clock())
+        sending = [d for d in deletes if not (d.command_id in held and held[d.command_id].final)]
+        for delete in sending:
             self.queue.send(delete.to_message())
-        return Result(Outcome.FANNED_OUT, f"{len(connections)} delete(s) enqueued", children=tuple(i for i in ids if i))
+        self.ledger.mark_sent(d.command_id or "" for d in sending)
+        children = sorted({d.command_id or "" for d in deletes} | set(self.ledger.children_of(parent_id)))
+        return Result(Outcome.FANNED_OUT, f"{len(sending)} delete(s) enqueued", children=tuple(children))
 
     def _dead_letter_error(self, command: Command, error: ITwinError, age: float = 0.0) -> Result:
         """Dead-letter ``command`` for ``error``, with a message that says why and what to do."""
         details = error.to_dict()
-        if create_outcome_unknown(error, command):
+        if create_outcome_unknown(error, command) and not _can_look_up(command):
             details.update(code="CreateOutcomeUnknown", message=describe_unknown_create(command))
+        elif create_outcome_unknown(error, command):
+            details.update(
+                code="CreateOutcomeUnknown",
+                message=f"{error.message} (gave up after {command.attempt} attempts; the {command.resource} may have "
+                "been made: look for it before resending the command)",
+            )
         elif is_wait(error):
             details["message"] = (
                 f"{error.message} (waited {age / 3600:.1f} h on rate limits or a busy resource since it was "
@@ -391,8 +558,37 @@ def _repeat(record: Record) -> Result:
 
 def _can_look_up(command: Command) -> bool:
     """Whether the API can find what a create of ``command`` made: connections by iModel and name, Clash
-    Detection runs by project, test and named version. ContextCapture v1 has no job list."""
-    return command.resource == "connection" or (command.resource == "run" and command.project_id is not None)
+    Detection runs by project (the iModel's iTwin), test and named version. ContextCapture v1 has no job list."""
+    return command.resource in ("connection", "run")
+
+
+def _ids(runs: list[Run]) -> list[str]:
+    return [run.id for run in runs]
+
+
+def _made_earlier(command: Command, runs: list[Run], before: tuple[str, ...] | None) -> Resource | None:
+    """The run an earlier create of ``command`` made: the one matching run that was not there ``before`` that
+    create (the ids its holder listed, see `Ledger.hold`); None when there is none. Raises `ITwinError`
+    (``CreateOutcomeUnknown``) when it cannot be told: no list from before (a message without a ledger row), or
+    more than one new run."""
+    body = command.body or {}
+    if before is None:
+        candidates = runs
+        why = "there is no list of the runs that existed before it (the command has no ledger row)"
+    else:
+        candidates = [run for run in runs if run.id not in before]
+        why = "more than one appeared since it was sent"
+    if not candidates:
+        return None
+    if before is not None and len(candidates) == 1:
+        run = candidates[0]
+        return Resource("run", run.id, run.href)
+    raise ITwinError(
+        f"the run create got no clear answer, and it cannot be told whether one of the project's runs of test "
+        f"{body['testId']} ({', '.join(r.id for r in candidates)}) is the one it made: {why}. It was not repeated. "
+        "Check which one this command made, or delete the extra ones and resend it.",
+        code="CreateOutcomeUnknown",
+    )
 
 
 def _created(
@@ -403,3 +599,52 @@ def _created(
     span.set_attribute("itwin.resource.type", resource)
     span.set_attribute("itwin.resource.id", resource_id)
     return Result(outcome, f"{resource} {shown}", resource=found or Resource(resource, resource_id))
+
+
+RUNNING = "running"
+
+
+@dataclass
+class KeptResult:
+    """A lease of this process whose invocation sent, or may have sent, the create: ``result`` None while it may
+    have been sent without an answer yet, else the result the store has not taken yet."""
+
+    token: str
+    command: Command
+    result: Result | None = None
+
+
+class LeaseBook:
+    """This process's own leases: those an invocation works on right now, and those whose result is not in the
+    ledger yet. A delivery that finds its own process's lease asks here whether its holder is still at work."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[str] = set()
+        self._kept: dict[str, KeptResult] = {}
+
+    def start(self, token: str, command: Command) -> None:
+        with self._lock:
+            self._running.add(token)
+            self._kept[token] = KeptResult(token, command)
+
+    def stop(self, token: str, result: Result | None) -> None:
+        """The invocation ended: with its result, or with None when it raised (the create may have been sent)."""
+        with self._lock:
+            self._running.discard(token)
+            if result is not None:
+                self._kept[token].result = result
+
+    def forget(self, token: str) -> None:
+        with self._lock:
+            self._kept.pop(token, None)
+
+    def kept(self, token: str) -> KeptResult | str | None:
+        """`RUNNING`, what this process kept for the lease, or None when it never worked on it."""
+        with self._lock:
+            return RUNNING if token in self._running else self._kept.get(token)
+
+    def results(self) -> list[KeptResult]:
+        """Results written nowhere yet, of invocations that ended."""
+        with self._lock:
+            return [k for t, k in self._kept.items() if t not in self._running and k.result is not None]

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from . import clashdetection, contextcapture, export, webhooks
+from . import clashdetection, contextcapture, export, imodels, webhooks
 from .events import DEFAULT_RESEND_DELAYS, DEFAULT_TIMEOUT, Deliverer, DeliveryAttempt, Event
 from .faults import FaultPicker, Faults, RateLimiter, Scripted
 from .identity import API_SCOPE, Identity
@@ -40,7 +40,7 @@ def _compile(routes: Iterable[tuple[str, dict[str, Handler]]]) -> list[tuple[re.
     return compiled
 
 
-_ROUTES = _compile((*export.ROUTES, *contextcapture.ROUTES, *clashdetection.ROUTES, *webhooks.ROUTES))
+_ROUTES = _compile((*export.ROUTES, *contextcapture.ROUTES, *clashdetection.ROUTES, *imodels.ROUTES, *webhooks.ROUTES))
 COMPLETED_JOB_STATES = ("success", "failed")
 
 
@@ -426,6 +426,24 @@ class Simulator:
             raise ValueError("times must be at least 1")
         with self._lock:
             self._scripted.append(entry)
+
+    def answer_in_process(self, request: RecordedRequest) -> Response:
+        """Answer ``request`` without a socket, as the server would (recorded, faults and scripts applied): for
+        tests that drive the simulator step by step from their own threads. Links point at `url` as set."""
+        self._record(request)
+        response = self._answer(request)
+        if not response.drop:
+            request.status = response.status
+        self._answered(request)
+        return response
+
+    def clear_resources(self) -> None:
+        """Forget every connection, job and run (iModels and tokens stay): a fresh world for the next scenario."""
+        with self._world.lock:
+            self._world.connections.clear()
+            self._world.in_use_until.clear()
+            self._world.jobs.clear()
+            self._world.runs.clear()
 
     # -- the pipeline (called from the server's connection threads) --------------------------------------
     def _record(self, request: RecordedRequest) -> None:

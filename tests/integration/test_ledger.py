@@ -16,7 +16,8 @@ from samples import IMODEL, JOB_BODY
 from shared.client import ITwinClient
 from shared.commands import validate
 from shared.http_api import accept_commands, command_status, receive_webhook
-from shared.ledger import CLAIM_SUFFIX, Claim, Ledger, Status, day_of, new_id, split_id
+from shared.intake import accept
+from shared.ledger import LEASE, Ledger, Status, day_of, new_id
 from shared.outcomes import Outcome
 from shared.queues import CommandQueue
 from shared.replays import RecentDeliveries
@@ -95,8 +96,8 @@ def test_the_idempotency_key_header_works_for_one_command_and_a_different_comman
 def test_a_key_used_on_an_earlier_day_is_still_found_within_the_retention_period(queues, ledger):
     earlier = datetime.now(UTC) - timedelta(days=3)
     command = {"action": "delete", "resource": "run", "id": "r1", "idempotencyKey": "from-monday"}
-    key_id = f"{day_of(earlier)}-k" + __import__("hashlib").sha256(b"from-monday").hexdigest()[:40]
-    ledger.record([(key_id, validate(command).to_message())], earlier)
+    [key_id] = accept([validate(command)], queue_of(queues), ledger, earlier).ids
+    assert key_id.startswith(day_of(earlier))
     reply = post(queues, ledger, command)
     assert reply.body["commands"][0] == {"id": key_id, "status": f"/api/commands/{key_id}", "duplicate": True}
 
@@ -188,26 +189,20 @@ def test_a_run_create_whose_answer_was_lost_is_looked_up_not_repeated(simulator,
     assert received(queues[POISON_QUEUE]) == []
 
 
-def abandoned(ledger, command) -> str:
-    """A command accepted ten minutes ago whose create was claimed by an instance that then died."""
+def abandoned(ledger, command) -> tuple[str, str]:
+    """A command accepted ten minutes ago whose create was held by an instance that then died; its id, and its
+    message as a delivery that has waited out the lease sees it."""
     accepted = datetime.now(UTC) - timedelta(minutes=10)
     command_id = new_id(accepted)
-    ledger.record([(command_id, {**validate(command).to_message(), "commandId": command_id})], accepted)
-    day, key = split_id(command_id)
-    claim = {
-        "PartitionKey": day,
-        "RowKey": key + CLAIM_SUFFIX,
-        "owner": "dead",
-        "claimedAt": accepted + timedelta(seconds=1),
-    }
-    ledger.table.create_entity(claim)
-    return command_id
+    ledger.insert_absent([(command_id, {**validate(command).to_message(), "commandId": command_id})], accepted)
+    lease = ledger.hold(ledger.get(command_id), "dead", accepted, before=[])
+    waited = {"leaseSeen": lease.token, "leaseWaited": int(LEASE.total_seconds())}
+    return command_id, json.dumps({**command, "commandId": command_id, **waited})
 
 
 def test_a_create_whose_holder_died_is_looked_up_and_made_when_it_was_not(simulator, queues, captured, ledger):
     command = run_command(simulator)
-    command_id = abandoned(ledger, command)
-    message = json.dumps({**command, "commandId": command_id})
+    _, message = abandoned(ledger, command)
     assert instance(simulator, queues, captured, ledger, "b").handle(message) is Outcome.SUCCEEDED
     assert [r.method for r in simulator.api_calls()] == ["GET", "POST"]  # looked, found none, created
     assert len(simulator.runs) == 1
@@ -215,11 +210,9 @@ def test_a_create_whose_holder_died_is_looked_up_and_made_when_it_was_not(simula
 
 def test_a_create_whose_holder_died_after_making_it_is_found_not_repeated(simulator, queues, captured, ledger):
     command = run_command(simulator)
+    command_id, message = abandoned(ledger, command)
     made = simulator.add_run(test_id=TEST_ID, imodel_id=IMODEL, named_version_id=VERSION)
-    command_id = abandoned(ledger, command)
-    assert instance(simulator, queues, captured, ledger, "b").handle(
-        json.dumps({**command, "commandId": command_id})
-    ) is (Outcome.ALREADY_DONE)
+    assert instance(simulator, queues, captured, ledger, "b").handle(message) is Outcome.ALREADY_DONE
     assert [r.method for r in simulator.api_calls()] == ["GET"]
     assert ledger.get(command_id).resource.id == made["id"]
 
@@ -228,10 +221,8 @@ def test_a_job_create_whose_holder_died_is_dead_lettered_saying_why_it_cannot_be
     simulator, queues, captured, ledger
 ):
     command = {"action": "create", "resource": "job", "body": JOB_BODY}
-    command_id = abandoned(ledger, command)
-    outcome = instance(simulator, queues, captured, ledger, "b").handle(
-        json.dumps({**command, "commandId": command_id})
-    )
+    command_id, message = abandoned(ledger, command)
+    outcome = instance(simulator, queues, captured, ledger, "b").handle(message)
     assert outcome is Outcome.DEAD_LETTERED
     [envelope] = [json.loads(m) for m in received(queues[POISON_QUEUE])]
     assert envelope["error"]["code"] == "CreateOutcomeUnknown"
@@ -240,20 +231,13 @@ def test_a_job_create_whose_holder_died_is_dead_lettered_saying_why_it_cannot_be
     assert ledger.get(command_id).status is Status.DEAD_LETTERED
 
 
-def test_a_claim_that_vanished_before_it_was_read_is_not_taken_over(ledger):
-    command_id = new_id(datetime.now(UTC))
-    assert (
-        ledger.take_over(command_id, Claim(ours=False, claimed_at=datetime.now(UTC)), "b", datetime.now(UTC)) is False
-    )
-
-
 def test_a_fresh_claim_held_elsewhere_shows_as_running_and_makes_the_other_delivery_wait(
     simulator, queues, captured, ledger
 ):
     reply = post(queues, ledger, run_command(simulator))
     [message] = received(queues[COMMAND_QUEUE])
     command_id = reply.body["commands"][0]["id"]
-    ledger.claim(command_id, "busy-instance", datetime.now(UTC))
+    ledger.hold(ledger.get(command_id), "busy-instance", datetime.now(UTC))
     assert command_status(command_id, lambda: ledger).body["status"] == "running"
     assert instance(simulator, queues, captured, ledger, "b").handle(message) is Outcome.RESCHEDULED
     assert simulator.api_calls() == []
@@ -279,8 +263,8 @@ def test_a_fan_out_records_its_children_and_each_child_its_own_result(simulator,
 def test_retention_drops_whole_days_past_the_period_and_keeps_the_rest(ledger):
     now = datetime.now(UTC)
     old, recent = new_id(now - timedelta(days=9)), new_id(now - timedelta(days=2))
-    ledger.record([(old, {"action": "delete", "resource": "run", "id": "a"})], now - timedelta(days=9))
-    ledger.record([(recent, {"action": "delete", "resource": "run", "id": "b"})], now - timedelta(days=2))
+    ledger.insert_absent([(old, {"action": "delete", "resource": "run", "id": "a"})], now - timedelta(days=9))
+    ledger.insert_absent([(recent, {"action": "delete", "resource": "run", "id": "b"})], now - timedelta(days=2))
     assert drop_expired(ledger, retention_days=7, now=now) == 1
     assert (ledger.get(old), ledger.get(recent).id) == (None, recent)
 

@@ -51,7 +51,9 @@ def recorded(ledger, days_ago: float, status: Status, run_id: str) -> str:
     """A delete run command accepted ``days_ago`` days ago that ended with ``status``: its id."""
     when = datetime.now(UTC) - timedelta(days=days_ago)
     command_id = new_id(when)
-    ledger.record([(command_id, {"action": "delete", "resource": "run", "id": run_id, "commandId": command_id})], when)
+    ledger.insert_absent(
+        [(command_id, {"action": "delete", "resource": "run", "id": run_id, "commandId": command_id})], when
+    )
     if status is not Status.QUEUED:
         error = FORBIDDEN if status is Status.DEAD_LETTERED else None
         ledger.finish(command_id, status, when + timedelta(seconds=2), attempts=1, waits=0, error=error)
@@ -126,7 +128,7 @@ def test_list_looks_back_as_many_days_as_asked_and_without_a_status_lists_them_a
 
 def test_a_create_being_made_right_now_is_listed_as_running_not_queued(settings, ledger):
     command_id = recorded(ledger, 0, Status.QUEUED, "r-1")
-    ledger.claim(command_id, "an-instance", datetime.now(UTC))
+    ledger.hold(ledger.get(command_id), "an-instance", datetime.now(UTC))
 
     running = json.loads(run_ops(settings, "commands", "list", "--status", "running", "--json").out)
     queued = json.loads(run_ops(settings, "commands", "list", "--status", "queued", "--json").out)

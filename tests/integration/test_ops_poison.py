@@ -185,7 +185,8 @@ def test_malformed_truncated_and_host_moved_messages_are_shown_and_only_commands
 def test_an_unknown_create_is_looked_up_first_and_replayed_only_when_absent(settings, worker, simulator, queues):
     simulator.add_imodel(IMODEL)
     run_body = {"testId": "t-1", "iModelId": IMODEL, "namedVersionId": "nv-1"}
-    dead_letter(worker, simulator, {"action": "create", "resource": "run", "body": run_body}, 500, "/clashdetection/")
+    last_attempt = {"action": "create", "resource": "run", "body": run_body, "attempt": 8}
+    dead_letter(worker, simulator, last_attempt, 500, "/clashdetection/")
     dead_letter(worker, simulator, {"action": "create", "resource": "job", "body": JOB_BODY}, 500, "/contextcapture/")
     codes = [x["code"] for x in json.loads(run_ops(settings, "poison", "list", "--json").out)]
     assert codes == ["CreateOutcomeUnknown", "CreateOutcomeUnknown"]

@@ -551,7 +551,7 @@ def test_clash_detection_answers_429_with_retry_after_beyond_six_calls_per_secon
 
 # -- routing ----------------------------------------------------------------------------------------------
 def test_unknown_path_answers_404_with_an_itwin_error_body(api):
-    response = api("GET", "/imodels/whatever")
+    response = api("GET", "/nothing/here")
 
     assert response.status_code == 404
     assert error_of(response)["code"] == "ResourceNotFound"

@@ -141,7 +141,6 @@ def build_worker(
         max_age=settings.max_command_age,
         backoff=FAST_REDELIVERY,
         ledger=runtime.ledger(),
-        claim_ttl=runtime.claim_ttl(),
         owner=owner,
     )
 

@@ -42,7 +42,7 @@ from shared.outcomes import FINAL_OUTCOMES
 from shared.resources import ITwinApi
 from shared.rules import format_enqueued
 from shared.runtime import WORKER_POLICY
-from shared.settings import COMMAND_QUEUE, POISON_QUEUE, Settings
+from shared.settings import COMMAND_QUEUE, DEFAULT_MAX_ATTEMPTS, POISON_QUEUE, Settings
 from shared.signature import sign
 from shared.worker import Worker
 
@@ -111,7 +111,7 @@ def worker_commands(simulator: Simulator) -> dict[str, dict[str, Any]]:
         "500 until giving up": {"action": "delete", "resource": "run", "id": runs["500"]},
         "dropped until giving up": {"action": "delete", "resource": "job", "id": dropped},
         "503 on a create": {"action": "create", "resource": "job", "body": job_body},
-        "500 on a create": {"action": "create", "resource": "run", "body": run_body},
+        "500 on a create": {"action": "create", "resource": "run", "body": run_body, "attempt": DEFAULT_MAX_ATTEMPTS},
         "fan-out": {"action": "delete", "resource": "connection", "iModelId": imodel},
         "create connection": {
             "action": "create",
