@@ -54,9 +54,10 @@ bench: $(STAMP) $(AZURITE)
 	$(PY) -m bench --markdown BENCHMARKS.md
 
 # The reliability suite at full size: 1,008 commands through faults, 400 through a host restart, 1,116 through the
-# operations run that measures memory and exports telemetry (about 8 minutes).
+# operations run that measures memory and exports telemetry (about 8 minutes); and the create protocol explored with
+# three deliveries that may all die and lose answers (longer).
 soak: $(STAMP) $(AZURITE)
-	SOAK=1 $(PY) -m pytest tests/reliability -q -s
+	SOAK=1 $(PY) -m pytest tests/reliability tests/integration/test_create_interleavings.py -q -s
 
 # The operators' workbook drawn locally: an operations run at soak size (tests/reliability/test_reliability_operations.py,
 # about 2 minutes) exports what the app sends to Application Insights, and each panel is drawn into docs/workbook/.

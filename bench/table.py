@@ -33,15 +33,14 @@ HOW_TO_READ = """## How to read these figures
 - **Ledger** rows run against Azurite's table and queue services (in memory, on this machine) and count the HTTP
   requests the ledger's table client sends, through azure-core's request and response hooks on the client that
   `Ledger.from_environment` builds (a retry would count as another request). Accepting a batch of up to 100 commands
-  is one transaction (`$batch`) in the day's partition; a command with an idempotency key adds one query, over the
-  partitions of the retention period, since its key may have been used on an earlier day. On Azurite that query is
-  one round trip; in Azure a query that crosses a partition boundary may be answered in pages, each another request,
-  even pages with no results (the Table service's "Query Timeout and Pagination"), so it may take several. In the
-  worker every command kind takes two round trips (a create: its claim and its result; anything else: a read and its
-  result), with the same API calls as without the ledger; a second delivery of a command already done takes one (a
-  delete: the read) or two (a create: the refused claim and a query of the row and its claim), with no API call. A
-  delete by iModel takes three: it also records its children's rows, one transaction per 100 children, which is
-  their acceptance; that row is informational.
+  is two transactions (`$batch`) in the day's partition: the rows, inserted unsent, and once the messages are on the
+  queue the one marking them sent; a command with an idempotency key adds one insert of its key's index row (a point
+  write, and a point read when the key is taken), whatever the table's size. In the worker a create takes three round
+  trips (the read, the lease, the result) and every other kind two (a read and its result), with the same API calls
+  as without the ledger except a run create, which first lists the matching runs; a second delivery of a command
+  already done takes one (the read), with no API call. A delete by iModel takes five: it also records its children's
+  rows (one transaction per 100 children, which is their acceptance), marks them sent, and lists the children
+  recorded under it; that row is informational.
 - **Wall time with the ledger** is dominated by the table round trips: on loopback a bare DELETE to the simulator
   takes about 1 ms, each of the ledger's two table requests about 2 ms, so the worker with the ledger runs at several
   times the bare requests (about 8 here) where the worker without it stays at 1.1 to 1.3. Most of each round trip is

@@ -15,7 +15,7 @@ from shared.ledger import Ledger, delivery_ids, split_id
 from shared.queues import CommandQueue, EnqueueFailed
 from shared.replays import DEFAULT_TTL, RecentDeliveries
 from shared.rules import Rule, commands_for, parse_event
-from shared.settings import SettingsError, missing_required
+from shared.settings import SETTINGS, Settings, SettingsError, missing_required
 from shared.signature import WebhookSecrets, verify
 
 if TYPE_CHECKING:
@@ -328,13 +328,22 @@ def _receive_webhook(
 
 
 def health(environ: Mapping[str, str], rules: Callable[[], tuple[Rule, ...]]) -> Reply:
-    """``GET /api/health``: 200 when the required settings are present and valid, else 503 naming them."""
+    """``GET /api/health``: 200 when the required settings are present and valid, else 503 naming them (and, for
+    settings that are malformed or break a guarantee together, ``problems``: what is wrong, never a value)."""
     missing = missing_required(environ)
-    invalid = []
+    invalid: list[str] = []
+    problems: list[str] = []
     try:
         rules()
     except SettingsError:
         invalid.append("ITWIN_EVENT_RULES")
+    if not missing:
+        try:
+            Settings.from_env(environ)
+        except SettingsError as error:
+            problems.append(str(error))
+            invalid.extend(s.name for s in SETTINGS if s.name in str(error) and s.name not in invalid)
     if missing or invalid:
-        return Reply(503, {"status": "unhealthy", "missing": missing, "invalid": invalid})
+        body = {"status": "unhealthy", "missing": missing, "invalid": invalid}
+        return Reply(503, {**body, "problems": problems} if problems else body)
     return Reply(200, {"status": "ok"})

@@ -167,8 +167,8 @@ class Worker:
             maybe_made = record.uncertain or command.look_up
             if record.lease and record.holder == self.owner:
                 kept = self._book.kept(record.lease)
-                if kept is RUNNING:
-                    return self._wait_on_lease(command, record)
+                if kept is RUNNING:  # alive, in this process: look again soon, without counting towards a take-over
+                    return self._look_again(command, "this process is making this create")
                 if kept is not None and kept.result is not None:
                     self._write_kept(kept)
                     continue
@@ -180,10 +180,11 @@ class Worker:
             result = self._hold_and_create(command, record, maybe_made)
             if result is not None:
                 return result
+        return self._look_again(command, "the row kept changing under this create")
+
+    def _look_again(self, command: Command, why: str) -> Result:
         self.queue.send(command.after_wait(self._clock()).to_message(), delay=LEASE_RECHECK_SECONDS)
-        return Result(
-            Outcome.RESCHEDULED, f"the row kept changing under this create; back in {LEASE_RECHECK_SECONDS} s"
-        )
+        return Result(Outcome.RESCHEDULED, f"{why}; back in {LEASE_RECHECK_SECONDS} s")
 
     def _wait_on_lease(self, command: Command, record: Record) -> Result:
         """Give the message back until the lease on ``record`` has been seen held for `LEASE`, by queue delays."""
@@ -353,15 +354,17 @@ class Worker:
         `_made_earlier`); connections are always listed before they are created. ``not_after``: the client's
         clock after which a create is not sent (the lease's end).
         """
+        looked = False
         try:
             if look_up and command.resource == "run":
                 found = _made_earlier(command, self._matching_runs(command) if runs is None else runs, before)
                 if found is not None:
                     shown = f"{found.id} (found: made earlier)"
                     return _created(found.type, found.id, shown, Outcome.ALREADY_DONE, found)
+            looked = True  # nothing made earlier: a create refused now leaves nothing to look for
             return self._execute(command, not_after)
         except ITwinError as error:
-            return self._failed(command, error, uncertain=look_up)
+            return self._failed(command, error, uncertain=look_up and not looked)
 
     def _failed(self, command: Command, error: ITwinError, *, uncertain: bool = False) -> Result:
         """Reschedule or dead-letter ``command`` after ``error``. ``uncertain``: an earlier create may have been

@@ -5,7 +5,7 @@ import pytest
 from otel_capture import Captured
 from samples import IMODEL
 
-from shared.http_api import MAX_REQUEST_BYTES, accept_commands, health, receive_webhook
+from shared.http_api import MAX_REQUEST_BYTES, accept_commands, command_status, health, receive_webhook
 from shared.replays import RecentDeliveries
 from shared.rules import format_enqueued, load_rules
 from shared.settings import SettingsError
@@ -197,3 +197,20 @@ def test_a_delivery_whose_commands_cannot_be_enqueued_is_counted_as_refused_with
         receive_webhook(body, sign(body, SECRET), SECRET, rules, {}, unreachable_queue, telemetry=captured.telemetry)
 
     assert delivery_counts(captured) == {("refused", "ConnectionError"): 1}
+
+
+def test_health_refuses_a_retention_shorter_than_a_command_may_wait():
+    reply = health({**ENV, "ITWIN_LEDGER_RETENTION": "1d", "ITWIN_MAX_COMMAND_AGE": "2d"}, rules)
+    assert reply.status == 503
+    assert reply.body["invalid"] == ["ITWIN_MAX_COMMAND_AGE", "ITWIN_LEDGER_RETENTION"]
+    assert "plus one day" in reply.body["problems"][0]
+
+
+def test_a_status_request_for_something_that_is_not_a_command_id_never_reads_storage():
+    def unreachable():
+        raise AssertionError("storage was read")
+
+    for text in ("20261203-" + "a" * 40_000, "20261203-k\u00e9", "../etc", "2026120-kabc"):
+        reply = command_status(text, unreachable)
+        assert (reply.status, reply.body["error"]["code"]) == (404, "CommandNotFound")
+        assert len(reply.body["error"]["message"]) < 300

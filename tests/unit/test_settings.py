@@ -89,3 +89,13 @@ def test_rate_limits_add_to_the_documented_clash_detection_limit():
 )
 def test_the_maximum_command_age_is_a_duration_with_a_unit(text, seconds):
     assert Settings.from_env({**REQUIRED, "ITWIN_MAX_COMMAND_AGE": text}).max_command_age == seconds
+
+
+def test_a_retention_shorter_than_a_command_may_wait_is_refused_naming_both_settings():
+    environ = {**REQUIRED, "ITWIN_LEDGER_RETENTION": "1d", "ITWIN_MAX_COMMAND_AGE": "30d"}
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env(environ)
+    assert "ITWIN_LEDGER_RETENTION (1d)" in str(refused.value)
+    assert "ITWIN_MAX_COMMAND_AGE (30d)" in str(refused.value)
+    accepted = Settings.from_env({**environ, "ITWIN_LEDGER_RETENTION": "30d", "ITWIN_MAX_COMMAND_AGE": "29d"})
+    assert accepted.ledger_retention_days == 30
