@@ -32,7 +32,10 @@ ETag read (412 otherwise). No decision compares two machines' clocks; times in r
   that long has stopped creating (above), so the taker cannot race it. The taker then looks up what the holder may
   have made (Export connections by iModel and name, Clash Detection runs by test and version, minus the runs that
   existed before the holder's create: ``before``) before creating; a ContextCapture v1 job, which cannot be looked
-  up, is dead-lettered with ``CreateOutcomeUnknown``. A delivery that finds its own process's lease, with no
+  up, is dead-lettered with ``CreateOutcomeUnknown``. ``before`` is listed at a run create's first hold and kept
+  while no create may have been made since, so one limit remains: a run that another command makes for the same
+  test and version while this one waits could be taken for this one's, if this one's create then loses its answer
+  without having been carried out. A delivery that finds its own process's lease, with no
   invocation of this process working on it, knows the holder ended: it writes a result the process kept, or takes
   the lease over at once.
 

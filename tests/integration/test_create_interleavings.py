@@ -68,26 +68,15 @@ def one_effect(resource: str, lookable: bool):
     return check
 
 
+RUN = {"action": "create", "resource": "run", "body": RUN_BODY}
+JOB = {"action": "create", "resource": "job", "body": JOB_BODY}
+MORTAL_OF_THREE = 3 if SOAK else 1
 # (command, resource, whether the API can look it up, deliveries, how many may die, lost create answers)
 CASES = {
-    "run, 2 deliveries": ({"action": "create", "resource": "run", "body": RUN_BODY}, "run", True, 2, 2, True),
-    "job, 2 deliveries": ({"action": "create", "resource": "job", "body": JOB_BODY}, "job", False, 2, 2, True),
-    "run, 3 deliveries": (
-        {"action": "create", "resource": "run", "body": RUN_BODY},
-        "run",
-        True,
-        3,
-        3 if SOAK else 1,
-        SOAK,
-    ),
-    "job, 3 deliveries": (
-        {"action": "create", "resource": "job", "body": JOB_BODY},
-        "job",
-        False,
-        3,
-        3 if SOAK else 1,
-        SOAK,
-    ),
+    "run, 2 deliveries": (RUN, "run", True, 2, 2, True),
+    "job, 2 deliveries": (JOB, "job", False, 2, 2, True),
+    "run, 3 deliveries": (RUN, "run", True, 3, MORTAL_OF_THREE, SOAK),
+    "job, 3 deliveries": (JOB, "job", False, 3, MORTAL_OF_THREE, SOAK),
 }
 
 

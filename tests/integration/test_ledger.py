@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from app_settings import settings_for
 from azure.core.exceptions import AzureError
+from ledger_kit import TEST_ID, VERSION, queue_of, run_command
 from samples import IMODEL, JOB_BODY
 
 from shared.client import ITwinClient
@@ -19,7 +20,6 @@ from shared.http_api import accept_commands, command_status, receive_webhook
 from shared.intake import accept
 from shared.ledger import LEASE, Ledger, Status, day_of, new_id
 from shared.outcomes import Outcome
-from shared.queues import CommandQueue
 from shared.replays import RecentDeliveries
 from shared.resources import ITwinApi
 from shared.retention import drop_expired
@@ -32,12 +32,6 @@ from shared.worker import Worker
 pytestmark = pytest.mark.integration
 
 SECRET = "w" * 32
-TEST_ID = "clash-test-1"
-VERSION = "version-7"
-
-
-def queue_of(queues) -> CommandQueue:
-    return CommandQueue(queues[COMMAND_QUEUE], queues[POISON_QUEUE])
 
 
 def instance(simulator, queues, captured, ledger, name, read_timeout=2.0) -> Worker:
@@ -53,16 +47,6 @@ def received(queue_client) -> list[str]:
 
 def post(queues, ledger, body, **options):
     return accept_commands(json.dumps(body).encode(), None, lambda: queue_of(queues), lambda: ledger, **options)
-
-
-def run_command(simulator, project=True) -> dict:
-    simulator.add_imodel(IMODEL, simulator.itwin_id)
-    command = {
-        "action": "create",
-        "resource": "run",
-        "body": {"testId": TEST_ID, "iModelId": IMODEL, "namedVersionId": VERSION},
-    }
-    return {**command, "projectId": simulator.itwin_id} if project else command
 
 
 def test_accepted_commands_get_ids_and_queued_rows_in_one_transaction(queues, ledger):

@@ -13,6 +13,7 @@ import pytest
 from app_settings import settings_for
 from azure.core.exceptions import ServiceRequestError
 from azure.storage.queue import QueueClient
+from ledger_kit import TEST_ID, VERSION, queue_of, run_command
 from manual_clock import ManualClock
 from samples import IMODEL, JOB_BODY
 
@@ -31,13 +32,6 @@ from shared.settings import COMMAND_QUEUE, POISON_QUEUE, Settings
 from shared.worker import Worker
 
 pytestmark = pytest.mark.integration
-
-TEST_ID = "clash-test-1"
-VERSION = "version-7"
-
-
-def queue_of(queues) -> CommandQueue:
-    return CommandQueue(queues[COMMAND_QUEUE], queues[POISON_QUEUE])
 
 
 def instance(simulator, queues, captured, ledger, name, *, skew=0.0, clock=None, read_timeout=2.0) -> Worker:
@@ -64,16 +58,6 @@ def instance(simulator, queues, captured, ledger, name, *, skew=0.0, clock=None,
 
 def on_queue(queue_client, visibility=1) -> list[str]:
     return [m.content for m in queue_client.receive_messages(messages_per_page=32, visibility_timeout=visibility)]
-
-
-def run_command(simulator, project=True) -> dict:
-    simulator.add_imodel(IMODEL, simulator.itwin_id)
-    command = {
-        "action": "create",
-        "resource": "run",
-        "body": {"testId": TEST_ID, "iModelId": IMODEL, "namedVersionId": VERSION},
-    }
-    return {**command, "projectId": simulator.itwin_id} if project else command
 
 
 def accepted(queues, ledger, command, now=None) -> tuple[str, str]:
