@@ -87,7 +87,7 @@ class CommandLedger:
         return record
 
     def get(self, command_id: str) -> Record | None:
-        """The row (``running`` while a create is claimed), or None when there is none."""
+        """The row (``running`` while a create's lease is held), or None when there is none."""
         return self._call("read the command ledger", self.ledger.status, command_id)
 
     def recent(self, status: Status | None, days: int, now: datetime, limit: int) -> list[Record]:

@@ -10,7 +10,7 @@ queues alone cannot after a replay was interrupted (see `ops.replay`):
   the command was sent, so only the envelope is left to remove (``settle``);
 - the row carries the token and is still ``queued``: the command may or may not have been sent. It is sent
   (again): a second delivery is harmless, because the ledger lets one delivery make a create and the others find
-  its claim or its result (``resend``);
+  its lease or its result (``resend``);
 - the row is ``dead_lettered`` and no replay ever set it back: no replay of it was ever sent (``requeue``);
 - the row is anything else (it succeeded meanwhile by another path, another replay has it): it is not replayed,
   and the operator is told (``refuse``).
