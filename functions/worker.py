@@ -11,4 +11,5 @@ bp = func.Blueprint()
 @bp.function_name("command_worker")
 @bp.queue_trigger(arg_name="msg", queue_name=COMMAND_QUEUE, connection=STORAGE_CONNECTION)
 def command_worker(msg: func.QueueMessage) -> None:
-    runtime.worker().handle(msg.get_body())
+    last_try = (msg.dequeue_count or 0) >= runtime.max_dequeue_count()
+    runtime.worker().handle(msg.get_body(), last_try=last_try)

@@ -6,9 +6,12 @@ that only serves HTTP never loads them and a cold start compiles less.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from shared.queues import CommandQueue
@@ -63,6 +66,20 @@ def recent_deliveries() -> RecentDeliveries:
     return RecentDeliveries()
 
 
+HOST_JSON = Path(__file__).resolve().parent.parent / "host.json"
+
+
+@_once
+def max_dequeue_count() -> int:
+    """Deliveries of a queue message before the host moves it to the poison queue: the app setting that overrides
+    host.json, else host.json's ``extensions.queues.maxDequeueCount``, else the host's default, 5."""
+    text = os.environ.get("AzureFunctionsJobHost__extensions__queues__maxDequeueCount", "").strip()  # noqa: SIM112
+    if not text:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            text = str(json.loads(HOST_JSON.read_text(encoding="utf-8"))["extensions"]["queues"]["maxDequeueCount"])
+    return int(text) if text.isdigit() and int(text) > 0 else 5
+
+
 @_once
 def ledger() -> Ledger:
     from shared.ledger import Ledger
@@ -90,5 +107,5 @@ def worker() -> Worker:
 
 def reset() -> None:
     """Forget every built object (tests and the local host call this after changing the environment)."""
-    for get in (settings, command_queue, event_rules, recent_deliveries, ledger, worker):
+    for get in (settings, command_queue, event_rules, recent_deliveries, max_dequeue_count, ledger, worker):
         get.reset()  # type: ignore[attr-defined]

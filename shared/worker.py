@@ -27,7 +27,7 @@ from shared.poison import encode_envelope
 from shared.queues import CommandQueue
 from shared.resources import Connection, ITwinApi, Run
 from shared.retry import RedeliveryBackoff
-from shared.settings import COMMAND_QUEUE
+from shared.settings import COMMAND_QUEUE, POISON_QUEUE
 from shared.telemetry import Telemetry, current_traceparent
 
 log = logging.getLogger(__name__)
@@ -74,8 +74,18 @@ class Worker:
         self._book = LeaseBook()
         self._itwins: dict[str, str] = {}
 
-    def handle(self, raw: bytes | str) -> Outcome:
-        """Process one queue message body. Raises only when storage fails (the host then retries)."""
+    def handle(self, raw: bytes | str, *, last_try: bool = False) -> Outcome:
+        """Process one queue message body. Raises only when storage fails (the host then retries). ``last_try``: the
+        message's dequeue count reached the host's ``maxDequeueCount``, so if this delivery raises, the host moves it
+        to the poison queue: the command's row then says ``dead_lettered`` first, where the ledger can be written."""
+        try:
+            return self._handle(raw)
+        except Exception as error:
+            if last_try:
+                self._record_poisoned(raw, error)
+            raise
+
+    def _handle(self, raw: bytes | str) -> Outcome:
         if self.ledger is not None:
             self._write_kept_results()
         command: Command | None = None
@@ -104,7 +114,7 @@ class Worker:
             if command is None:
                 self._dead_letter(original, problem.to_dict(), attempts=1)
                 result = Result(Outcome.DEAD_LETTERED, problem.message, problem.code, error=problem.to_dict())
-                self._record_invalid(original, result)
+                self._record_dead_letter(original, problem.to_dict())
             else:
                 result = self._run(command)
             span.set_attribute("itwin.outcome", result.outcome.value)
@@ -130,7 +140,23 @@ class Worker:
         assert self.ledger is not None
         return self.ledger.get(command_id) or self.ledger.adopt(command_id, command.to_message(), self._clock())
 
-    def _record_invalid(self, original: Any, result: Result) -> None:
+    def _record_poisoned(self, raw: bytes | str, error: Exception) -> None:
+        """Record ``dead_lettered`` in the row of a message the host is about to move to the poison queue."""
+        reason = {
+            "status": None,
+            "code": "InvocationFailed",
+            "message": f"every delivery of this message failed, the last with {type(error).__name__}: "
+            f"{str(error)[:300]}; the Functions host moved it to {POISON_QUEUE}. Fix the cause, then replay it "
+            "(python -m ops poison replay).",
+            "target": None,
+            "details": [],
+        }
+        try:
+            self._record_dead_letter(decode_json(raw), reason)
+        except Exception as failure:  # the store may be what failed: the host's poison queue still has the message
+            log.warning("could not record a poisoned message in the ledger: %s", type(failure).__name__)
+
+    def _record_dead_letter(self, original: Any, error: Mapping[str, Any]) -> None:
         """A dead-lettered message that names its command: the command's row says so too."""
         command_id = original.get("commandId") if isinstance(original, dict) else None
         try:
@@ -147,7 +173,7 @@ class Worker:
             attempts=record.attempts + 1,
             waits=record.waits,
             etag=record.etag,
-            error=result.error,
+            error=error,
             release=True,
         )
 

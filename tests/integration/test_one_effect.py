@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import requests
 from app_settings import settings_for
 from azure.core.exceptions import ServiceRequestError
 from azure.storage.queue import QueueClient
@@ -281,3 +282,27 @@ def test_retention_drops_a_day_a_page_at_a_time_with_its_idempotency_keys(queues
     [new_id_] = accept([keyed], queue_of(queues), ledger, now).ids
     assert new_id_ != old_id
     assert split_id(new_id_)[0] == day_of(now)
+
+
+class BrokenTransport(requests.adapters.BaseAdapter):
+    """A transport with a defect: every request raises something no layer above expects."""
+
+    def send(self, *args, **kwargs):
+        raise RuntimeError("a defect on the way")
+
+    def close(self):
+        pass
+
+
+def test_a_message_the_host_poisons_after_its_last_try_is_recorded_dead_lettered(simulator, queues, captured, ledger):
+    command_id, message = accepted(queues, ledger, {"action": "delete", "resource": "run", "id": "r1"})
+    worker = instance(simulator, queues, captured, ledger, "a")
+    worker.api.client.session.mount("https://", BrokenTransport())
+    with pytest.raises(RuntimeError):
+        worker.handle(message)  # not the last try: the host delivers it again, the row is left as it is
+    assert ledger.get(command_id).status is Status.QUEUED
+    with pytest.raises(RuntimeError):
+        worker.handle(message, last_try=True)
+    record = ledger.get(command_id)
+    assert (record.status, record.error["code"]) == (Status.DEAD_LETTERED, "InvocationFailed")
+    assert "itwin-commands-poison" in record.error["message"]
