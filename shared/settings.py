@@ -85,7 +85,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "ITWIN_LEDGER_RETENTION",
         "How long the command ledger keeps a command's row (and an idempotency key stays taken), in whole days, "
-        "e.g. 7d; older days are dropped by the daily ledger_retention function.",
+        "e.g. 7d, at least ITWIN_MAX_COMMAND_AGE plus one day; older days are dropped by the daily ledger_retention "
+        "function.",
         DEFAULT_LEDGER_RETENTION,
     ),
     Setting(
