@@ -33,7 +33,6 @@ from shared.settings import COMMAND_QUEUE, POISON_QUEUE, Settings
 from shared.worker import Worker
 
 pytestmark = pytest.mark.integration
-SETTLE = 3.0  # longer than any stall these tests script past the client's read timeout
 
 
 def instance(simulator, queues, captured, ledger, name, *, skew=0.0, clock=None, read_timeout=2.0) -> Worker:
@@ -55,7 +54,6 @@ def instance(simulator, queues, captured, ledger, name, *, skew=0.0, clock=None,
         owner=name,
         now=lambda: time.time() + skew,
         monotonic=clock or time.monotonic,
-        settle=SETTLE,
     )
 
 
@@ -66,7 +64,7 @@ def on_queue(queue_client, visibility=1) -> list[str]:
 def accepted(queues, ledger, command, now=None) -> tuple[str, str]:
     """Accept ``command``; its id and its message as taken off the queue."""
     [command_id] = accept([validate(command)], queue_of(queues), ledger, now or datetime.now(UTC)).ids
-    [message] = on_queue(queues[COMMAND_QUEUE], visibility=300)  # as the host holds it while it runs
+    [message] = on_queue(queues[COMMAND_QUEUE])
     return command_id, message
 
 
