@@ -111,7 +111,13 @@ def worker_commands(simulator: Simulator) -> dict[str, dict[str, Any]]:
         "500 until giving up": {"action": "delete", "resource": "run", "id": runs["500"]},
         "dropped until giving up": {"action": "delete", "resource": "job", "id": dropped},
         "503 on a create": {"action": "create", "resource": "job", "body": job_body},
-        "500 on a create": {"action": "create", "resource": "run", "body": run_body, "attempt": DEFAULT_MAX_ATTEMPTS},
+        "500 on a create": {
+            "action": "create",
+            "resource": "run",
+            "body": run_body,
+            "projectId": simulator.itwin_id,
+            "attempt": DEFAULT_MAX_ATTEMPTS,
+        },
         "fan-out": {"action": "delete", "resource": "connection", "iModelId": imodel},
         "create connection": {
             "action": "create",
