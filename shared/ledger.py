@@ -26,6 +26,12 @@ ETag read (412 otherwise). No decision compares two machines' clocks; times in r
 - **Finished** or **given back**: the holder writes its result (and clears the lease) on the ETag its claim
   returned; a write that finds the ETag changed re-reads and writes again while the lease is still its own. A
   result the store could not take stays in the process and is written by its next invocation.
+- **Handed over**: a holder whose create got no answer (a timeout, a dropped connection, a 5xx other than 503)
+  keeps the lease, because the platform may still carry the request out. The message it gives back carries the
+  lease's token as waited out and shows after `SETTLE`; whoever receives it takes the lease over at once and looks
+  up what the create made. Every other delivery still waits `LEASE`. This rests on one assumption about the
+  platform: a request it has not answered when the client gives up (10 s in production) takes effect within
+  `SETTLE` of that, or never. A request carried out later than that could be made twice.
 - **Taken over**: another delivery that finds the lease held waits, carrying the lease token it saw in its
   message, and takes over only when the same token is still there after its queue delays add up to `LEASE`. The
   queue's visibility delay measures that time, so clock skew between instances cannot shorten it; a holder alive
@@ -37,7 +43,7 @@ ETag read (412 otherwise). No decision compares two machines' clocks; times in r
   test and version while this one waits could be taken for this one's, if this one's create then loses its answer
   without having been carried out. A delivery that finds its own process's lease, with no
   invocation of this process working on it, knows the holder ended: it writes a result the process kept, or takes
-  the lease over at once.
+  the lease over at once if that holder never sent its create (otherwise it waits as above).
 
 Deletes, submits and cancels take no lease: two deliveries at once may both call the API, which is harmless, and
 `shared.worker` decides which result the row keeps.
@@ -64,6 +70,8 @@ LEDGER_TABLE = "itwincommands"
 # reaching the API, and is measured on the holder's own clock, so it needs no agreement between machines.
 LEASE = timedelta(minutes=2)
 LEASE_MARGIN = timedelta(seconds=30)
+# The longest a create the client stopped waiting for may still take effect on the platform (see "Handed over").
+SETTLE = timedelta(seconds=30)
 _MAX_ERROR_BYTES = 30_000
 _KEY_INDEX = "keys"
 _TRANSACTION = 100  # the table service's limit on operations in one transaction

@@ -32,16 +32,21 @@ class Outcome(StrEnum):
 FINAL_OUTCOMES = frozenset({Outcome.SUCCEEDED, Outcome.ALREADY_DONE, Outcome.DEAD_LETTERED, Outcome.IMODEL_UNAVAILABLE})
 
 
+def create_may_have_happened(error: ITwinError, command: Command) -> bool:
+    """A create whose request may have been carried out, or may still be: no answer, or a 5xx other than 503."""
+    if command.action != "create":
+        return False
+    refused = isinstance(error, ServerError) and error.status == 503
+    return isinstance(error, TransportError) or (isinstance(error, ServerError) and not refused)
+
+
 def create_outcome_unknown(error: ITwinError, command: Command) -> bool:
     """A job or run create whose request may have been carried out: no answer, or a 5xx other than 503.
 
     Connection creates are safe to repeat (the worker lists before creating). Jobs and runs are not repeated
     blindly: a run is looked up on its next delivery, a ContextCapture v1 job is dead-lettered.
     """
-    if command.action != "create" or command.resource == "connection":
-        return False
-    refused = isinstance(error, ServerError) and error.status == 503
-    return isinstance(error, TransportError) or (isinstance(error, ServerError) and not refused)
+    return command.resource != "connection" and create_may_have_happened(error, command)
 
 
 def is_wait(error: ITwinError) -> bool:

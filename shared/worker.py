@@ -20,9 +20,16 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from shared.commands import Command, InvalidCommand, decode_json, validate
 from shared.errors import ITwinError, NotFound, Throttled, Unprocessable
-from shared.ledger import LEASE, LEASE_MARGIN, Lease, Ledger, Record, Resource, child_id, split_id
+from shared.ledger import LEASE, LEASE_MARGIN, SETTLE, Lease, Ledger, Record, Resource, child_id, split_id
 from shared.ledger import Status as LedgerStatus
-from shared.outcomes import Outcome, classify_failure, create_outcome_unknown, describe_unknown_create, is_wait
+from shared.outcomes import (
+    Outcome,
+    classify_failure,
+    create_may_have_happened,
+    create_outcome_unknown,
+    describe_unknown_create,
+    is_wait,
+)
 from shared.poison import encode_envelope
 from shared.queues import CommandQueue
 from shared.resources import Connection, ITwinApi, Run
@@ -57,8 +64,11 @@ class Worker:
         now: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
+        settle: float = SETTLE.total_seconds(),
     ) -> None:
-        """``monotonic`` must be the API client's clock: a create's lease deadline is handed to it."""
+        """``monotonic`` must be the API client's clock: a create's lease deadline is handed to it. ``settle``: the
+        longest a create the client stopped waiting for may still take effect on the platform; a holder whose create
+        got no answer keeps its lease and hands it over by a message that shows after that long."""
         self.api = api
         self.queue = queue
         self.telemetry = telemetry
@@ -70,6 +80,7 @@ class Worker:
         self._now = now
         self._sleep = sleep
         self._monotonic = monotonic
+        self.settle = settle
         self._create_locks = tuple(threading.Lock() for _ in range(64))
         self._book = LeaseBook()
         self._itwins: dict[str, str] = {}
@@ -182,8 +193,9 @@ class Worker:
 
         The protocol and why it holds are in `shared.ledger`'s docstring. A delivery reads the row; a final row is
         answered from the ledger; a free one is held (a fresh lease on the ETag read) and created; a lease of this
-        process that no invocation here works on is written or taken over at once; another's lease is waited on,
-        and taken over once this message has waited `LEASE` on the same lease token.
+        process that no invocation here works on is written, or taken over at once when its create was never sent;
+        any other lease is waited on, and taken over once this message has waited `LEASE` on the same lease token
+        or carries the holder's hand-over (see `_failed`).
         """
         assert self.ledger is not None
         for _ in range(3):  # a row changed between read and hold is read again
@@ -191,18 +203,21 @@ class Worker:
             if record.final:
                 return _repeat(record)
             maybe_made = record.uncertain or command.look_up
-            if record.lease and record.holder == self.owner:
-                kept = self._book.kept(record.lease)
+            if record.lease:
+                own = record.holder == self.owner
+                kept = self._book.kept(record.lease) if own else None
                 if kept is RUNNING:  # alive, in this process: look again soon, without counting towards a take-over
                     return self._look_again(command, "this process is making this create")
                 if kept is not None and kept.result is not None:
                     self._write_kept(kept)
                     continue
-                maybe_made = maybe_made or kept is not None  # None: this process never sent the create
-            elif record.lease:
-                if command.lease_seen != record.lease or command.lease_waited < LEASE.total_seconds():
+                # A create may still take effect (another process's, or one of this process's that got no answer):
+                # the lease is taken over only by its holder's hand-over message or after `LEASE` of waiting.
+                in_doubt = not own or record.uncertain or kept is not None
+                vouched = command.lease_seen == record.lease and command.lease_waited >= LEASE.total_seconds()
+                if in_doubt and not vouched:
                     return self._wait_on_lease(command, record)
-                maybe_made = True  # the holder may have sent its create before its process ended
+                maybe_made = maybe_made or in_doubt
             result = self._hold_and_create(command, record, maybe_made)
             if result is not None:
                 return result
@@ -230,13 +245,13 @@ class Worker:
         run, the list is taken again, as the look-up.
         """
         assert self.ledger is not None
-        command = replace(command, lease_seen=None, lease_waited=0)
         runs: list[Run] | None = None
         if command.resource == "run" and (maybe_made or record.before is None):
             try:
                 runs = self._matching_runs(command)
-            except ITwinError as error:
+            except ITwinError as error:  # the message goes back still vouched for the lease it waited out
                 return self._finish(command, self._failed(command, error, uncertain=maybe_made), etag=record.etag)
+        command = replace(command, lease_seen=None, lease_waited=0)
         started = self._monotonic()
         # After a create that may have made the run, the runs listed now may include it: the list from before that
         # create stays the one this create is told apart by (the look-up below finds it, or finds none of its own).
@@ -258,7 +273,7 @@ class Worker:
             else:
                 not_after = started + (LEASE - LEASE_MARGIN).total_seconds()
                 result = self._attempt(
-                    command, look_up=maybe_made, runs=runs, before=record.before, not_after=not_after
+                    command, look_up=maybe_made, runs=runs, before=record.before, not_after=not_after, lease=lease
                 )
         finally:
             self._book.stop(lease.token, result)
@@ -275,8 +290,8 @@ class Worker:
         assert self.ledger is not None
         assert command.command_id is not None
         etag = lease.etag
-        for _ in range(3):
-            if self._finish_row(command, result, etag, release=True):
+        for _ in range(3):  # a create that may still take effect keeps the lease: see `_failed`
+            if self._finish_row(command, result, etag, release=not result.handed_over):
                 break
             current = self.ledger.get(command.command_id)
             if current is None:
@@ -372,13 +387,15 @@ class Worker:
         runs: list[Run] | None = None,
         before: tuple[str, ...] | None = None,
         not_after: float | None = None,
+        lease: Lease | None = None,
     ) -> Result:
         """Carry the command out once; a failure is rescheduled or dead-lettered here.
 
         ``look_up``: an earlier create may have been carried out, so a run create first looks for what it made
         among the matching ``runs`` (listed now, unless given) that were not there ``before`` it (see
         `_made_earlier`); connections are always listed before they are created. ``not_after``: the client's
-        clock after which a create is not sent (the lease's end).
+        clock after which a create is not sent (the lease's end). ``lease``: held by this delivery, handed over
+        with the message when the create gets no answer.
         """
         looked = False
         try:
@@ -390,26 +407,39 @@ class Worker:
             looked = True  # nothing made earlier: a create refused now leaves nothing to look for
             return self._execute(command, not_after)
         except ITwinError as error:
-            return self._failed(command, error, uncertain=look_up and not looked)
+            return self._failed(command, error, uncertain=look_up and not looked, lease=lease)
 
-    def _failed(self, command: Command, error: ITwinError, *, uncertain: bool = False) -> Result:
+    def _failed(
+        self, command: Command, error: ITwinError, *, uncertain: bool = False, lease: Lease | None = None
+    ) -> Result:
         """Reschedule or dead-letter ``command`` after ``error``. ``uncertain``: an earlier create may have been
-        carried out, so the next delivery looks before creating."""
+        carried out, so the next delivery looks before creating. A create of this delivery's that got no answer may
+        still take effect: its ``lease`` stays held, and the message that goes back hands it over once `settle` has
+        passed (by its visibility delay), so no other delivery creates meanwhile."""
         now = self._clock()
         age = command.age(now)
         outcome = classify_failure(error, command, self.max_attempts, age=age, max_age=self.max_age)
         lookable = create_outcome_unknown(error, command) and _can_look_up(command)
-        uncertain = uncertain or lookable
+        pending = lease is not None and create_may_have_happened(error, command)
+        uncertain = uncertain or lookable or pending
         if lookable:
             outcome = Outcome.RESCHEDULED if command.attempt < self.max_attempts else Outcome.DEAD_LETTERED
         if outcome is Outcome.RESCHEDULED:
             again = command.after_wait(now) if is_wait(error) else command.next_attempt(now)
             again = replace(again, look_up=uncertain)
             delay = error.retry_after if error.retry_after is not None else self.backoff.delay(command.deliveries)
+            if pending and lease is not None:
+                again = replace(again, lease_seen=lease.token, lease_waited=int(LEASE.total_seconds()))
+                delay = max(delay, self.settle)
             self.queue.send(again.to_message(), delay=delay)
             linger = error.linger if isinstance(error, Throttled) else 0.0
             return Result(
-                outcome, f"{error}; back in {delay:.1f} s", error=error.to_dict(), uncertain=uncertain, linger=linger
+                outcome,
+                f"{error}; back in {delay:.1f} s",
+                error=error.to_dict(),
+                uncertain=uncertain,
+                linger=linger,
+                handed_over=pending,
             )
         if outcome is Outcome.DEAD_LETTERED:
             return self._dead_letter_error(command, error, age)
@@ -577,6 +607,7 @@ class Result:
     children: tuple[str, ...] = ()
     uncertain: bool = False
     linger: float = 0.0  # seconds the invocation stays busy after giving the command back (see `Throttled`)
+    handed_over: bool = False  # the lease stays held, for the message that went back to take over (see `_failed`)
 
 
 def _repeat(record: Record) -> Result:

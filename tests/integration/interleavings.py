@@ -46,6 +46,7 @@ API_URL = "https://itwin.invalid"
 # Steps that commute with any step of another delivery: see `World.choices`.
 INDEPENDENT = frozenset({"queue send", "ack", "api GET imodels"})
 REDELIVERY_SECONDS = 30  # a message whose delivery died shows again after its visibility timeout
+SETTLE_SECONDS = 30.0  # a call the client gave up on lands within this long (the worker's default `settle`)
 MAX_DRAIN = 40  # deliveries after the explored ones; more means the command never settles
 
 
@@ -176,7 +177,9 @@ class MemoryQueue:
 
 class InProcessAdapter(requests.adapters.BaseAdapter):
     """requests' transport to the simulator's own request handling, one step per API call. A delivery whose
-    step is granted with ``lose_answer`` has its call carried out and then gets no answer (a dropped connection)."""
+    step is granted ``lose`` has its call carried out and then gets no answer (a dropped connection); one granted
+    ``stall`` gets no answer while its call is still on its way: the call lands later, when the explorer says so or
+    at the latest once `SETTLE_SECONDS` have passed (see `World.pending`)."""
 
     def __init__(self, world: World) -> None:
         super().__init__()
@@ -185,7 +188,7 @@ class InProcessAdapter(requests.adapters.BaseAdapter):
     def send(self, request: requests.PreparedRequest, **_: Any) -> requests.Response:
         parts = urlsplit(request.url)
         method = request.method or "GET"
-        lose = self.world.step(f"api {method} {parts.path.split('/')[1]}", api_write=method == "POST")
+        mode = self.world.step(f"api {method} {parts.path.split('/')[1]}", api_write=method == "POST")
         recorded = RecordedRequest(
             method=method,
             path=parts.path,
@@ -195,8 +198,12 @@ class InProcessAdapter(requests.adapters.BaseAdapter):
             api=parts.path.lstrip("/").split("/", 1)[0],
             started=0.0,
         )
+        if mode == "stall":
+            self.world.pending.append((self.world.time + SETTLE_SECONDS, recorded))
+            self.world.observe("-> no answer yet")
+            raise requests.ReadTimeout("no answer within the read timeout")
         answer = self.world.simulator.answer_in_process(recorded)
-        if lose or answer.drop:
+        if mode == "lose" or answer.drop:
             self.world.observe("-> no answer")
             raise requests.ConnectionError("the connection was closed without an answer")
         self.world.observe(f"-> {answer.status} {answer.body.decode(errors='replace')}")
@@ -260,7 +267,9 @@ class World:
         self._cv = threading.Condition()
         self._turn: int | None = None
         self._crash: set[int] = set()
-        self._lose: set[int] = set()
+        self._modes: dict[int, str] = {}
+        # calls whose client gave up before they landed: (the latest they land, the request)
+        self.pending: list[tuple[float, RecordedRequest]] = []
 
     # -- clocks and instances ------------------------------------------------------------------------------
     def wall(self, instance: int) -> datetime:
@@ -295,11 +304,12 @@ class World:
         return self.workers[instance]
 
     # -- the scheduler -------------------------------------------------------------------------------------
-    def step(self, label: str, api_write: bool = False) -> bool:
-        """Called by a delivery's thread before each operation: waits for its turn. True: lose the answer."""
+    def step(self, label: str, api_write: bool = False) -> str:
+        """Called by a delivery's thread before each operation: waits for its turn. Returns how an API call goes:
+        ``go``, ``lose`` (carried out, no answer) or ``stall`` (no answer, carried out later)."""
         me: Delivery | None = getattr(self._local, "delivery", None)
         if me is None:  # the world's own set-up
-            return False
+            return "go"
         with self._cv:
             me.waiting, me.api_write = label, api_write
             self._cv.notify_all()
@@ -308,10 +318,9 @@ class World:
             me.waiting = None
             if me.index in self._crash:
                 raise Crashed
-            lose = me.index in self._lose
-            self._lose.discard(me.index)
+            mode = self._modes.pop(me.index, "go")
         me.seen.append(label)
-        return lose
+        return mode
 
     def observe(self, summary: str) -> None:
         """What the current delivery saw of its last step (the fingerprint holds it: its next steps follow)."""
@@ -350,13 +359,12 @@ class World:
         with self._cv:
             self._cv.wait_for(lambda: delivery.ended or delivery.waiting is not None)
 
-    def grant(self, index: int, *, crash: bool = False, lose: bool = False) -> None:
+    def grant(self, index: int, *, crash: bool = False, mode: str = "go") -> None:
         delivery = self.deliveries[index]
         with self._cv:
             if crash:
                 self._crash.add(index)
-            if lose:
-                self._lose.add(index)
+            self._modes[index] = mode
             self._turn = index
             self._cv.notify_all()
             self._cv.wait_for(lambda: self._turn is None)
@@ -365,7 +373,8 @@ class World:
         self._settle(delivery)
 
     def choices(self) -> list[tuple[str, int]]:
-        """What may happen next: a waiting delivery takes its step, loses the answer of its create, or dies.
+        """What may happen next: a waiting delivery takes its step, loses the answer of its create (carried out
+        now, or still on its way), or dies; or a create on its way lands.
 
         A step that commutes with every step of the others (`INDEPENDENT`: sending to the queue, which only the
         drain reads; acknowledging; reading an iModel) is taken first, alone with the chance of dying before it:
@@ -377,14 +386,26 @@ class World:
         for d in [alone] if alone else waiting:
             options.append(("go", d.index))
             if d.api_write and self.scenario.lose_answers:
-                options.append(("lose", d.index))
+                options.extend([("lose", d.index), ("stall", d.index)])
             if d.index < self.scenario.mortal:
                 options.append(("crash", d.index))
+        if not alone:
+            options.extend(("land", k) for k in range(len(self.pending)))
         return options
 
     def apply(self, choice: tuple[str, int]) -> None:
         kind, index = choice
-        self.grant(index, crash=kind == "crash", lose=kind == "lose")
+        if kind == "land":
+            self.simulator.answer_in_process(self.pending.pop(index)[1])
+        else:
+            self.grant(index, crash=kind == "crash", mode=kind if kind in ("lose", "stall") else "go")
+
+    def land(self, until: float) -> None:
+        """Calls on their way whose latest landing is ``until`` or earlier land now (the drain's clock moves)."""
+        for due, recorded in sorted(self.pending, key=lambda p: p[0]):
+            if due <= until:
+                self.simulator.answer_in_process(recorded)
+        self.pending = [p for p in self.pending if p[0] > until]
 
     def abandon(self) -> None:
         """End every delivery still waiting (their threads unwind as if their processes died)."""
@@ -397,10 +418,12 @@ class World:
         """Deliver what is on the queue, earliest first, each on a fresh instance, until it is empty."""
         for _ in range(MAX_DRAIN):
             if not self.queue:
+                self.land(float("inf"))
                 return
             self.queue.sort()
             visible, message = self.queue.pop(0)
             self.time = max(self.time, visible)
+            self.land(self.time)
             delivery = self.start(message, instance=100 + len(self.deliveries))
             while not delivery.ended:
                 self.grant(delivery.index)
@@ -414,6 +437,7 @@ class World:
             "rows": rows,
             "platform": platform,
             "queue": sorted(self.queue),
+            "pending": sorted((due, r.method, r.path, r.body.decode()) for due, r in self.pending),
             "deliveries": [(d.instance, d.seen, d.waiting, d.ended, d.crashed, d.outcome) for d in self.deliveries],
             "dead": sorted(self.dead),
         }

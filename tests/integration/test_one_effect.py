@@ -33,6 +33,7 @@ from shared.settings import COMMAND_QUEUE, POISON_QUEUE, Settings
 from shared.worker import Worker
 
 pytestmark = pytest.mark.integration
+SETTLE = 3.0  # longer than any stall these tests script past the client's read timeout
 
 
 def instance(simulator, queues, captured, ledger, name, *, skew=0.0, clock=None, read_timeout=2.0) -> Worker:
@@ -54,6 +55,7 @@ def instance(simulator, queues, captured, ledger, name, *, skew=0.0, clock=None,
         owner=name,
         now=lambda: time.time() + skew,
         monotonic=clock or time.monotonic,
+        settle=SETTLE,
     )
 
 
@@ -64,7 +66,7 @@ def on_queue(queue_client, visibility=1) -> list[str]:
 def accepted(queues, ledger, command, now=None) -> tuple[str, str]:
     """Accept ``command``; its id and its message as taken off the queue."""
     [command_id] = accept([validate(command)], queue_of(queues), ledger, now or datetime.now(UTC)).ids
-    [message] = on_queue(queues[COMMAND_QUEUE])
+    [message] = on_queue(queues[COMMAND_QUEUE], visibility=300)  # as the host holds it while it runs
     return command_id, message
 
 
@@ -236,6 +238,39 @@ def test_a_holder_delayed_past_its_lease_does_not_send_the_create(simulator, que
     assert simulator.connections == {}
     assert ledger.get(command_id).lease is None
     assert len(on_queue(queues[COMMAND_QUEUE])) == 1
+
+
+def test_a_create_that_lands_after_its_client_gave_up_is_not_made_again_by_another_copy(
+    simulator, queues, captured, ledger
+):
+    # GIVEN a connection create whose answer stalls past the holder's read timeout (the platform makes it later)
+    body = {"iModelId": IMODEL, "displayName": "nightly"}
+    command_id, message = accepted(queues, ledger, {"action": "create", "resource": "connection", "body": body})
+    simulator.stall_next("POST", "/export/connections", 2.0)
+    first = instance(simulator, queues, captured, ledger, "a", read_timeout=0.5)
+    assert first.handle(message) is Outcome.RESCHEDULED
+    # WHEN a copy of the message reaches another instance before the create has landed
+    other = instance(simulator, queues, captured, ledger, "b")
+    assert other.handle(message) is Outcome.RESCHEDULED
+    # THEN it creates nothing: the lease stays with the holder, which hands it over by its own message
+    assert simulator.connections == {}
+    assert ledger.get(command_id).lease is not None
+    handed_over = _handed_over(queues, 40)
+    assert other.handle(handed_over) is Outcome.ALREADY_DONE
+    [connection] = simulator.connections.values()
+    assert ledger.get(command_id).resource.id == connection["id"]
+    assert posts(simulator, "/export/connections") == 1  # the stalled one: the hand-over looked it up
+
+
+def _handed_over(queues, seconds) -> str:
+    """The holder's message that hands its lease over (vouched for a whole lease), once it shows."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for message in on_queue(queues[COMMAND_QUEUE], visibility=60):
+            if json.loads(message).get("leaseWaited", 0) >= LEASE.total_seconds():
+                return message
+        time.sleep(0.2)
+    raise AssertionError(f"no hand-over message within {seconds} s")
 
 
 class FailingOnce(Ledger):

@@ -92,6 +92,8 @@ def install_environment(monkeypatch: Any, environ: Mapping[str, str]) -> None:
 # Redelivery steps from 0.25-0.5 s up to 2-4 s instead of production's 2.5-5 s up to 15-30 min, so the suite's
 # rescheduled commands come back within its minutes; the growth itself is the same (tests/unit/test_retry.py).
 FAST_REDELIVERY = RedeliveryBackoff(base=0.5, cap=4.0)
+# A create the client gave up on has taken effect by then: past the simulator's stall (fault_plan.STALL_SECONDS).
+SETTLE_SECONDS = 2.0
 
 
 def install_worker(
@@ -142,6 +144,7 @@ def build_worker(
         backoff=FAST_REDELIVERY,
         ledger=runtime.ledger(),
         owner=owner,
+        settle=SETTLE_SECONDS,
     )
 
 
