@@ -420,11 +420,20 @@ class Ledger:
             raise RuntimeError(f"the row of {command_id} vanished as it was inserted; retry")
         return record
 
-    def hold(self, record: Record, holder: str, now: datetime, *, before: Iterable[str] | None = None) -> Lease | None:
-        """Claim or take over ``record``'s create: a fresh lease, written only on the ETag read. None when the row
-        changed first. ``before``: the runs that match the create now (see the module's docstring)."""
+    def hold(
+        self,
+        record: Record,
+        holder: str,
+        now: datetime,
+        *,
+        before: Iterable[str] | None = None,
+        token: str | None = None,
+    ) -> Lease | None:
+        """Claim or take over ``record``'s create: a fresh lease (``token``, or a new one), written only on the ETag
+        read. None when the row changed first. ``before``: the runs that match the create now (see the module's
+        docstring)."""
         assert record.etag is not None
-        token = uuid.uuid4().hex
+        token = token or uuid.uuid4().hex
         day, key = split_id(record.id)
         entity: dict[str, Any] = {"PartitionKey": day, "RowKey": key, "holder": holder, "lease": token, "heldAt": now}
         if before is not None:

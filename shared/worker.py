@@ -256,10 +256,20 @@ class Worker:
         # After a create that may have made the run, the runs listed now may include it: the list from before that
         # create stays the one this create is told apart by (the look-up below finds it, or finds none of its own).
         keep = runs is None or (maybe_made and record.before is not None)
-        lease = self.ledger.hold(record, self.owner, self._clock(), before=None if keep else _ids(runs or []))
+        # In the book before the row says so: another delivery in this process that reads the row must find its
+        # holder at work, never a lease "this process never worked on" that it may take over at once.
+        token = uuid.uuid4().hex
+        self._book.start(token, command)
+        lease = None
+        try:
+            lease = self.ledger.hold(
+                record, self.owner, self._clock(), before=None if keep else _ids(runs or []), token=token
+            )
+        finally:
+            if lease is None:
+                self._book.cancel(token)
         if lease is None:
             return None
-        self._book.start(lease.token, command)
         result: Result | None = None
         try:
             if maybe_made and not _can_look_up(command):
@@ -405,7 +415,7 @@ class Worker:
                     shown = f"{found.id} (found: made earlier)"
                     return _created(found.type, found.id, shown, Outcome.ALREADY_DONE, found)
             looked = True  # nothing made earlier: a create refused now leaves nothing to look for
-            return self._execute(command, not_after)
+            return self._execute(command, not_after, look_up=look_up)
         except ITwinError as error:
             return self._failed(command, error, uncertain=look_up and not looked, lease=lease)
 
@@ -445,11 +455,12 @@ class Worker:
             return self._dead_letter_error(command, error, age)
         return Result(outcome, str(error), error=error.to_dict())
 
-    def _execute(self, command: Command, not_after: float | None = None) -> Result:
+    def _execute(self, command: Command, not_after: float | None = None, *, look_up: bool = False) -> Result:
         api = self.api
         match command.action, command.resource:
             case "create", "connection":
-                return self._create_connection(command.body or {}, leased=not_after is not None, not_after=not_after)
+                body = command.body or {}
+                return self._create_connection(body, leased=not_after is not None, not_after=not_after, look_up=look_up)
             case "delete", "connection" if command.imodel_id:
                 return self._fan_out(command)
             case "delete", "connection":
@@ -484,15 +495,17 @@ class Worker:
         return Outcome.SUCCEEDED
 
     def _create_connection(
-        self, body: Mapping[str, Any], *, leased: bool = False, not_after: float | None = None
+        self, body: Mapping[str, Any], *, leased: bool = False, not_after: float | None = None, look_up: bool = False
     ) -> Result:
         """Create unless a connection with this iModel and name exists. Under a lease (``leased``) no other
         delivery creates it; without one, the lock keeps two deliveries handled at once by this process from both
-        finding none, and across instances the list-first check is what remains."""
+        finding none, and across instances the list-first check is what remains. ``look_up``: an earlier create
+        may have been carried out, so a list that cannot be read (404) makes the outcome unknown."""
         key = (body["iModelId"].lower(), body["displayName"])
         lock = contextlib.nullcontext() if leased else self._create_locks[hash(key) % len(self._create_locks)]
         with lock:
-            existing = [c for c in self._connections(body["iModelId"]) if c.display_name == body["displayName"]]
+            connections = self._connections(body["iModelId"], body["displayName"], look_up)
+            existing = [c for c in connections if c.display_name == body["displayName"]]
             if existing:
                 return _created("connection", existing[0].id, existing[0].id, Outcome.ALREADY_DONE)
             connection = self.api.create_connection(
@@ -500,12 +513,24 @@ class Worker:
             )
         return _created("connection", connection.id, connection.id)
 
-    def _connections(self, imodel_id: str) -> list[Connection]:
-        """The iModel's connections; none when the API does not know the iModel (404): the create then decides."""
+    def _connections(self, imodel_id: str, name: str, look_up: bool) -> list[Connection]:
+        """The iModel's connections; none when the API does not know the iModel (404): the create then decides.
+
+        Export may make a connection for an iModel whose connections it will not list (its create documents no
+        404): after a create that may have been carried out (``look_up``), that 404 leaves the outcome unknown.
+        """
         try:
             return self.api.list_connections(imodel_id)
-        except NotFound:
-            return []
+        except NotFound as error:
+            if not look_up:
+                return []
+            raise ITwinError(
+                f"an earlier create of connection {name!r} may have been carried out, and the connections of iModel "
+                f"{imodel_id} cannot be listed to tell ({error.code}: {error.message}); it was not repeated, to "
+                "avoid a second connection. Check whether it exists, then resend the command if it does not.",
+                code="CreateOutcomeUnknown",
+                target="iModelId",
+            ) from None
 
     def _fan_out(self, command: Command) -> Result:
         """Delete by iModel: one delete command per connection of that iModel, so each succeeds or retries alone."""
@@ -697,6 +722,12 @@ class LeaseBook:
 
     def forget(self, token: str) -> None:
         with self._lock:
+            self._kept.pop(token, None)
+
+    def cancel(self, token: str) -> None:
+        """The hold this token was for did not happen."""
+        with self._lock:
+            self._running.discard(token)
             self._kept.pop(token, None)
 
     def kept(self, token: str) -> KeptResult | str | None:

@@ -62,12 +62,16 @@ def _error(status: int, message: str) -> HttpResponseError:
 
 class MemoryTable:
     """The subset of ``azure.data.tables.TableClient`` the ledger uses on the create path, in memory, with
-    Table Storage's conditional writes. ``step`` is called before every operation (the scheduler's hook)."""
+    Table Storage's conditional writes. ``step`` is called before every operation (the scheduler's hook), and with
+    ``answer_points`` also after an update has landed, before its caller hears of it."""
 
-    def __init__(self, step: Callable[[str], None], observe: Callable[[str], None]) -> None:
+    def __init__(
+        self, step: Callable[[str], None], observe: Callable[[str], None], answer_points: bool = False
+    ) -> None:
         self.rows: dict[tuple[str, str], tuple[dict[str, Any], int]] = {}
         self._step = step
         self._observe = observe
+        self._answer_points = answer_points
         self._versions = itertools.count(1)
 
     def _seen(self, operation: Callable[[], Any]) -> Any:
@@ -116,7 +120,10 @@ class MemoryTable:
         self, entity: dict[str, Any], mode: Any = UpdateMode.MERGE, etag: str | None = None, match_condition=None
     ) -> dict[str, Any]:
         self._step("table update")
-        return self._seen(lambda: self._update(entity, mode, etag, match_condition))
+        answer = self._seen(lambda: self._update(entity, mode, etag, match_condition))
+        if self._answer_points:
+            self._step("table update answered")  # the write has landed; its caller has not heard yet (or dies first)
+        return answer
 
     def _update(self, entity: dict[str, Any], mode: Any, etag: str | None, match_condition: Any) -> dict[str, Any]:
         key = (entity["PartitionKey"], entity["RowKey"])
@@ -257,7 +264,7 @@ class World:
         self.time = 1_000_000.0
         self.queue: list[tuple[float, str]] = []
         self.poison: list[tuple[float, str]] = []
-        self.table = MemoryTable(self.step, self.observe)
+        self.table = MemoryTable(self.step, self.observe, scenario.answer_points)
         self.ledger = Ledger(self.table)
         self.command_id = scenario.command_id
         self.ledger.insert_absent([(self.command_id, json.loads(scenario.message))], self.wall(0), sent=True)
@@ -474,6 +481,8 @@ class Scenario:
     skews: tuple[float, ...]
     mortal: int = 3  # the first this many deliveries may die, each at any of its steps
     lose_answers: bool = True
+    instances: tuple[int, ...] = (0, 1, 2)  # the instance (process) of each delivery: equal ones share a worker
+    answer_points: bool = False  # a step between an update landing and its caller hearing of it (see `MemoryTable`)
     prepare: Callable[[Any], None] = lambda simulator: None
 
     def skew(self, instance: int) -> float:
@@ -497,7 +506,7 @@ def explore(scenario: Scenario, check: Callable[[World], None]) -> Explored:
         world = World(scenario)
         try:
             for copy_index in range(scenario.copies):
-                world.start(scenario.message, instance=copy_index)
+                world.start(scenario.message, instance=scenario.instances[copy_index])
             for choice in prefix:
                 world.apply(choice)
             while True:
@@ -524,7 +533,8 @@ def explore(scenario: Scenario, check: Callable[[World], None]) -> Explored:
 
 def created(world: World, resource: str) -> list[str]:
     """The ids of what the platform holds of ``resource``."""
-    return sorted({"run": world.simulator.runs, "job": world.simulator.jobs}[resource])
+    made = {"run": world.simulator.runs, "job": world.simulator.jobs, "connection": world.simulator.connections}
+    return sorted(made[resource])
 
 
 def all_ends(deliveries: Iterator[Delivery]) -> list[str]:

@@ -273,6 +273,41 @@ def _handed_over(queues, seconds) -> str:
     raise AssertionError(f"no hand-over message within {seconds} s")
 
 
+class PausingAfterHold(Ledger):
+    """The real ledger, whose first hold stops, once written, until the test lets it go on."""
+
+    def __init__(self, table):
+        super().__init__(table)
+        self.held = threading.Event()
+        self.go_on = threading.Event()
+
+    def hold(self, *args, **kwargs):
+        lease = super().hold(*args, **kwargs)
+        if not self.held.is_set():
+            self.held.set()
+            self.go_on.wait(30)
+        return lease
+
+
+def test_a_second_delivery_in_the_same_process_never_takes_over_a_lease_just_held(simulator, queues, captured, ledger):
+    # GIVEN a delivery whose hold is written and that has not yet gone on to create
+    pausing = PausingAfterHold(ledger.table)
+    body = {"iModelId": IMODEL, "displayName": "nightly"}
+    command_id, message = accepted(queues, pausing, {"action": "create", "resource": "connection", "body": body})
+    worker = instance(simulator, queues, captured, pausing, "one-process")
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(worker.handle, message)
+        assert pausing.held.wait(10)
+        # WHEN the same process handles a copy of the message meanwhile
+        second = worker.handle(message)
+        pausing.go_on.set()
+        # THEN the copy finds the holder at work and goes back to the queue; one connection is made
+        assert second is Outcome.RESCHEDULED
+        assert first.result(30) is Outcome.SUCCEEDED
+    assert len(simulator.connections) == 1
+    assert ledger.get(command_id).status is Status.SUCCEEDED
+
+
 class FailingOnce(Ledger):
     """The real ledger, whose first result write fails as a storage outage would."""
 
