@@ -415,7 +415,7 @@ class Worker:
                     shown = f"{found.id} (found: made earlier)"
                     return _created(found.type, found.id, shown, Outcome.ALREADY_DONE, found)
             looked = True  # nothing made earlier: a create refused now leaves nothing to look for
-            return self._execute(command, not_after, look_up=look_up)
+            return self._execute(command, not_after)
         except ITwinError as error:
             return self._failed(command, error, uncertain=look_up and not looked, lease=lease)
 
@@ -455,12 +455,11 @@ class Worker:
             return self._dead_letter_error(command, error, age)
         return Result(outcome, str(error), error=error.to_dict())
 
-    def _execute(self, command: Command, not_after: float | None = None, *, look_up: bool = False) -> Result:
+    def _execute(self, command: Command, not_after: float | None = None) -> Result:
         api = self.api
         match command.action, command.resource:
             case "create", "connection":
-                body = command.body or {}
-                return self._create_connection(body, leased=not_after is not None, not_after=not_after, look_up=look_up)
+                return self._create_connection(command.body or {}, leased=not_after is not None, not_after=not_after)
             case "delete", "connection" if command.imodel_id:
                 return self._fan_out(command)
             case "delete", "connection":
@@ -495,17 +494,15 @@ class Worker:
         return Outcome.SUCCEEDED
 
     def _create_connection(
-        self, body: Mapping[str, Any], *, leased: bool = False, not_after: float | None = None, look_up: bool = False
+        self, body: Mapping[str, Any], *, leased: bool = False, not_after: float | None = None
     ) -> Result:
         """Create unless a connection with this iModel and name exists. Under a lease (``leased``) no other
         delivery creates it; without one, the lock keeps two deliveries handled at once by this process from both
-        finding none, and across instances the list-first check is what remains. ``look_up``: an earlier create
-        may have been carried out, so a list that cannot be read (404) makes the outcome unknown."""
+        finding none, and across instances the list-first check is what remains."""
         key = (body["iModelId"].lower(), body["displayName"])
         lock = contextlib.nullcontext() if leased else self._create_locks[hash(key) % len(self._create_locks)]
         with lock:
-            connections = self._connections(body["iModelId"], body["displayName"], look_up)
-            existing = [c for c in connections if c.display_name == body["displayName"]]
+            existing = [c for c in self._connections(body["iModelId"]) if c.display_name == body["displayName"]]
             if existing:
                 return _created("connection", existing[0].id, existing[0].id, Outcome.ALREADY_DONE)
             connection = self.api.create_connection(
@@ -513,24 +510,14 @@ class Worker:
             )
         return _created("connection", connection.id, connection.id)
 
-    def _connections(self, imodel_id: str, name: str, look_up: bool) -> list[Connection]:
+    def _connections(self, imodel_id: str) -> list[Connection]:
         """The iModel's connections; none when the API does not know the iModel (404): the create then decides.
-
-        Export may make a connection for an iModel whose connections it will not list (its create documents no
-        404): after a create that may have been carried out (``look_up``), that 404 leaves the outcome unknown.
-        """
+        A connection made for an iModel makes it known, so a 404 after a create that may have happened still
+        means there is none."""
         try:
             return self.api.list_connections(imodel_id)
-        except NotFound as error:
-            if not look_up:
-                return []
-            raise ITwinError(
-                f"an earlier create of connection {name!r} may have been carried out, and the connections of iModel "
-                f"{imodel_id} cannot be listed to tell ({error.code}: {error.message}); it was not repeated, to "
-                "avoid a second connection. Check whether it exists, then resend the command if it does not.",
-                code="CreateOutcomeUnknown",
-                target="iModelId",
-            ) from None
+        except NotFound:
+            return []
 
     def _fan_out(self, command: Command) -> Result:
         """Delete by iModel: one delete command per connection of that iModel, so each succeeds or retries alone."""

@@ -297,9 +297,7 @@ def test_every_dead_letter_says_why(fault_run: FaultRun) -> None:
         if error["code"] == "CreateOutcomeUnknown":
             # A run with a ledger row whose create got no clear answer is looked up on its next delivery instead;
             # without one, a matching run cannot be told from an older one.
-            # A connection whose iModel's connections Export will not list (404) cannot be looked up either.
-            unlisted = kind == "create connection" and "cannot be listed" in error["message"]
-            assert kind == "create job" or unlisted or (kind == "create run" and "commandId" not in command), envelope
+            assert kind == "create job" or (kind == "create run" and "commandId" not in command), envelope
             assert envelope["attempts"] == command.get("attempt", 1)
             reasons[f"CreateOutcomeUnknown ({kind}, {'ledger' if 'commandId' in command else 'no ledger'})"] += 1
         elif "gave up after" in error["message"]:

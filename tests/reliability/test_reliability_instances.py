@@ -8,7 +8,7 @@ and every third a third time, onto the same queue, so that the copies land on ei
 THEN no connection, job or run is created twice, every command ends with one final status in the ledger, the
 outcomes both hosts recorded agree with it (every other final outcome is ``already_done``), the created resources
 are the ones the simulator holds, nothing is lost, and the only creates left unknown are jobs, which the API cannot
-look up, and connections of iModels whose connections Export will not list.
+look up.
 
 CI: 10 commands of each kind (90), each delivered 2.3 times on average. ``SOAK=1``: 40 of each (360).
 """
@@ -205,9 +205,6 @@ def test_nothing_is_lost_and_every_dead_letter_is_recorded_once(instances_run: I
     dead = [r for r in instances_run.records.values() if r.status is Status.DEAD_LETTERED]
     assert len(instances_run.envelopes) == len(dead)
     unknown = [e for e in instances_run.envelopes if e["error"]["code"] == "CreateOutcomeUnknown"]
-    # Runs are looked up by project, test and named version, connections by iModel and name: only jobs stay unknown,
-    # and connections of an iModel whose connections Export will not list (404; the plan has such iModels).
-    unlisted = [e for e in unknown if e["message"]["resource"] == "connection"]
-    assert all("cannot be listed" in e["error"]["message"] for e in unlisted), unlisted
-    assert {e["message"]["resource"] for e in unknown} <= {"job", "connection"}, unknown
+    # Connections list first and runs are looked up by project, test and named version: only jobs stay unknown.
+    assert {e["message"]["resource"] for e in unknown} <= {"job"}, unknown
     print(f"\ntwo hosts: dead letters {Counter(e['error']['code'] for e in instances_run.envelopes)}")
