@@ -233,13 +233,14 @@ module functionApp 'modules/function-app.bicep' = {
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount
     appSettings: appSettings
-    virtualNetworkSubnetId: vnetEnabled ? network.outputs.appSubnetId : ''
+    // The network module is conditional: a safe dereference reads its output only when it is deployed, and the
+    // reference alone makes the app wait for it (private endpoints and DNS in place before the app starts).
+    virtualNetworkSubnetId: network.?outputs.appSubnetId ?? ''
   }
   // The identity must hold its roles before the app first starts: the host reads its storage, and the
   // Key Vault references are resolved, with that identity (through the private endpoints, with vnetEnabled).
   dependsOn: [
     roleAssignments
-    network
   ]
 }
 
@@ -278,4 +279,4 @@ output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsN
 @description('The operators\' workbook (portal: the Application Insights resource, Workbooks).')
 output AZURE_WORKBOOK_ID string = workbook.outputs.id
 @description('The app\'s outbound address with vnetEnabled (the NAT gateway\'s public IP); empty without.')
-output OUTBOUND_IP_ADDRESS string = vnetEnabled ? network.outputs.outboundIpAddress : ''
+output OUTBOUND_IP_ADDRESS string = network.?outputs.outboundIpAddress ?? ''
