@@ -58,6 +58,9 @@ param vnetEnabled bool = false
 @description('E-mail address the alerts are sent to. Empty: the alerts fire in Azure Monitor without notifying anyone.')
 param alertEmail string = ''
 
+@description('KEY_VAULT_NAME_SALT: names the key vault along with the environment. A vault that `azd down` deleted keeps its name for 90 days (soft delete with purge protection), so azd sets a new salt after each teardown (azure.yaml, postdown hook) and the next deployment creates a vault under another name. Empty: the name deployments had before a teardown.')
+param keyVaultNameSalt string = ''
+
 @minLength(1)
 @description('ITWIN_CLIENT_ID: client id of the iTwin service application.')
 param itwinClientId string
@@ -120,6 +123,9 @@ var allTags = union(tags, {
   'azd-env-name': environmentName
 })
 var functionAppName = 'func-${resourceToken}'
+// Only the vault's name takes the salt: the app's host name, and so the webhook URL registered with the iTwin
+// Platform, stays the same across a teardown.
+var keyVaultName = empty(keyVaultNameSalt) ? 'kv-${resourceToken}' : 'kv-${uniqueString(resourceToken, keyVaultNameSalt)}'
 
 module identity 'modules/identity.bicep' = {
   name: 'identity'
@@ -158,7 +164,7 @@ module storage 'modules/storage.bicep' = {
 module keyVault 'modules/key-vault.bicep' = {
   name: 'keyVault'
   params: {
-    name: 'kv-${resourceToken}'
+    name: keyVaultName
     location: location
     tags: allTags
     vnetEnabled: vnetEnabled
@@ -233,13 +239,14 @@ module functionApp 'modules/function-app.bicep' = {
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount
     appSettings: appSettings
-    virtualNetworkSubnetId: vnetEnabled ? network.outputs.appSubnetId : ''
+    // The network module is conditional: a safe dereference reads its output only when it is deployed, and the
+    // reference alone makes the app wait for it (private endpoints and DNS in place before the app starts).
+    virtualNetworkSubnetId: network.?outputs.appSubnetId ?? ''
   }
   // The identity must hold its roles before the app first starts: the host reads its storage, and the
   // Key Vault references are resolved, with that identity (through the private endpoints, with vnetEnabled).
   dependsOn: [
     roleAssignments
-    network
   ]
 }
 
@@ -278,4 +285,4 @@ output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsN
 @description('The operators\' workbook (portal: the Application Insights resource, Workbooks).')
 output AZURE_WORKBOOK_ID string = workbook.outputs.id
 @description('The app\'s outbound address with vnetEnabled (the NAT gateway\'s public IP); empty without.')
-output OUTBOUND_IP_ADDRESS string = vnetEnabled ? network.outputs.outboundIpAddress : ''
+output OUTBOUND_IP_ADDRESS string = network.?outputs.outboundIpAddress ?? ''

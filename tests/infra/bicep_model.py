@@ -4,13 +4,16 @@ The Bicep CLI cannot be installed on these machines, so the templates are read w
 a `.bicep` file into plain dicts. One quirk to know when reading the tests: pycep gives an identifier (a
 parameter, variable or resource symbol) and a string literal the same form, a bare `str`; interpolated strings
 keep their `${...}` text; function calls and property accesses become nested dicts (`{"function": ...}`,
-`{"operator": {"type": "property_accessor", ...}}`).
+`{"operator": {"type": "property_accessor", ...}}`). pycep reads a safe dereference `a.?b` as `a.b`, a
+non-null assertion `a!.b` as `a.b`, and folds `a.b.c ?? d` into `a.b.(c ?? d)`: where the kind of access matters,
+`output_reads` reads the source text instead.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -85,9 +88,10 @@ def module_output_references(node: Any) -> Iterator[tuple[str, str]]:
                 and isinstance(inner_operator, dict)
                 and inner_operator.get("type") == "property_accessor"
                 and inner_operator["operands"]["operand_1"] == "outputs"
-                and isinstance(inner_operator["operands"]["operand_2"], str)
             ):
-                yield outer, inner_operator["operands"]["operand_2"]
+                name = _coalesced(inner_operator["operands"]["operand_2"])
+                if isinstance(name, str):
+                    yield outer, name
         for value in node.values():
             yield from module_output_references(value)
     elif isinstance(node, list):
@@ -97,9 +101,75 @@ def module_output_references(node: Any) -> Iterator[tuple[str, str]]:
         yield from _interpolated_output_references(node)
 
 
+def _coalesced(node: Any) -> Any:
+    """The left operand of pycep's folded `outputs.(name ?? default)`, else the node itself."""
+    operator = node.get("operator") if isinstance(node, dict) else None
+    if isinstance(operator, dict) and operator.get("type") == "coalesce":
+        return operator["operands"]["operand_1"]
+    return node
+
+
 def _interpolated_output_references(text: str) -> Iterator[tuple[str, str]]:
-    for match in re.finditer(r"\$\{\s*([A-Za-z_]\w*)\.outputs\.([A-Za-z_]\w*)\s*\}", text):
+    for match in re.finditer(r"\$\{\s*([A-Za-z_]\w*)(?:\.\?|!\.|\.)outputs\.([A-Za-z_]\w*)\s*\}", text):
         yield match.group(1), match.group(2)
+
+
+@dataclass(frozen=True)
+class OutputRead:
+    """One read of a module's outputs in Bicep source: `network.outputs.x` (access `.`), `network!.outputs.x`
+    (`!.`, a non-null assertion) or `network.?outputs.x` (`.?`, a safe dereference); ``defaulted`` when a `??`
+    follows the output's name."""
+
+    module: str
+    access: str
+    output: str
+    line: int
+    defaulted: bool
+
+
+# A comment, or a string literal (Bicep escapes with a backslash inside single quotes).
+_COMMENT_OR_STRING = re.compile(r"//[^\n]*|/\*.*?\*/|'(?:\\.|[^'\\])*'", re.S)
+_INTERPOLATION = re.compile(r"\$\{[^}]*\}")
+
+
+def _blank(text: str) -> str:
+    return re.sub(r"[^\n]", " ", text)
+
+
+def _code_only(text: str) -> str:
+    """Bicep source with comments and the literal text of strings blanked (lines kept); interpolations stay."""
+
+    def keep_code(match: re.Match[str]) -> str:
+        if match[0].startswith("/"):
+            return _blank(match[0])
+        pieces, end = [], 0
+        for interpolation in _INTERPOLATION.finditer(match[0]):
+            pieces += [_blank(match[0][end : interpolation.start()]), interpolation[0]]
+            end = interpolation.end()
+        return "".join([*pieces, _blank(match[0][end:])])
+
+    return _COMMENT_OR_STRING.sub(keep_code, text)
+
+
+def output_reads(text: str, modules: Iterable[str]) -> list[OutputRead]:
+    """Every read of the outputs of the named modules in Bicep source ``text``, outside comments and literal text."""
+    names = "|".join(re.escape(module) for module in modules)
+    if not names:
+        return []
+    code = _code_only(text)
+    pattern = re.compile(
+        rf"\b(?P<module>{names})\s*(?P<access>\.\?|!\.|\.)\s*outputs\.(?P<output>\w+)(?P<default>\s*\?\?)?"
+    )
+    return [
+        OutputRead(
+            module=match["module"],
+            access=match["access"],
+            output=match["output"],
+            line=code.count("\n", 0, match.start()) + 1,
+            defaulted=bool(match["default"]),
+        )
+        for match in pattern.finditer(code)
+    ]
 
 
 def identifiers_used(node: Any) -> set[str]:

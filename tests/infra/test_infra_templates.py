@@ -11,13 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from bicep_model import (
     INFRA,
     REPO,
     bicep_files,
     body,
+    condition,
     identifiers_used,
     module_output_references,
+    output_reads,
     parse_bicep,
 )
 
@@ -92,6 +95,49 @@ def test_every_module_output_main_reads_is_declared(main_template: dict[str, Any
         assert output in outputs, f"{symbol}.outputs.{output} is not an output of {modules[symbol]['detail']}"
 
 
+def test_no_module_depends_on_a_module_it_already_references(main_template: dict[str, Any]):
+    # bicep lint (no-unnecessary-dependson): a reference such as `network.?outputs.x` already orders the deployment.
+    for symbol, module in _modules(main_template).items():
+        config = body(module)
+        referenced = identifiers_used({key: value for key, value in config.items() if key not in ("dependsOn", "name")})
+
+        redundant = set(config.get("dependsOn", [])) & referenced
+        assert not redundant, f"module {symbol} lists {sorted(redundant)} in dependsOn but already references them"
+
+
+def test_outputs_of_conditional_modules_are_read_only_through_a_safe_dereference_with_a_default(
+    main_template: dict[str, Any],
+):
+    # Bicep warns (BCP318) on `network.outputs.x` when network is deployed `if (...)`, even under a ternary on the
+    # same condition; `network.?outputs.x ?? default` is the guarded form. `network!.outputs.x` only silences it.
+    conditional = [symbol for symbol, module in _modules(main_template).items() if condition(module) is not None]
+    reads = output_reads((INFRA / "main.bicep").read_text(encoding="utf-8"), conditional)
+
+    assert conditional == ["network"]
+    assert reads, "main.bicep should read the network's outputs"
+    unguarded = [
+        f"line {read.line}: {read.module}{read.access}outputs.{read.output}"
+        for read in reads
+        if read.access != ".?" or not read.defaulted
+    ]
+    assert not unguarded, f"unguarded reads of conditional module outputs: {unguarded}"
+
+
+def test_the_output_read_finder_tells_the_three_accesses_apart_and_skips_comments_and_literal_text():
+    source = (
+        "// network.outputs.inComment\n"
+        "var a = 'https://${network.outputs.interpolated}/'\n"
+        "var b = network!.outputs.asserted\n"
+        "var c = network.?outputs.safe ?? ''\n"
+        "var d = 'literal network.outputs.text, it\\'s'\n"
+        "/* network.outputs.inBlock */ var e = storage.outputs.name\n"
+    )
+
+    found = [(read.access, read.output, read.line, read.defaulted) for read in output_reads(source, ["network"])]
+
+    assert found == [(".", "interpolated", 2, False), ("!.", "asserted", 3, False), (".?", "safe", 4, True)]
+
+
 @pytest.mark.parametrize("path", bicep_files(), ids=lambda path: path.relative_to(INFRA).as_posix())
 def test_every_parameter_is_used(path: Path):
     # An unused parameter is a setting the deployer can change to no effect (bicep lint: no-unused-params).
@@ -104,16 +150,9 @@ def test_every_parameter_is_used(path: Path):
 
 
 def test_azure_yaml_deploys_the_python_function_app_with_bicep_from_infra(main_template: dict[str, Any]):
-    # azure.yaml is read without a YAML library (none is in the dev requirements): the few lines azd needs.
-    lines = [line.rstrip() for line in (REPO / "azure.yaml").read_text(encoding="utf-8").splitlines()]
+    project = yaml.safe_load((REPO / "azure.yaml").read_text(encoding="utf-8"))
     service_name = main_template["modules"]["functionApp"]["config"]["params"]["serviceName"]
 
-    assert "services:" in lines
-    assert f"  {service_name}:" in lines, "the azd service must match the function app's azd-service-name tag"
-    assert "    host: function" in lines
-    assert "    language: python" in lines
-    assert "    project: ." in lines
-    assert "infra:" in lines
-    assert "  provider: bicep" in lines
-    assert "  path: infra" in lines
-    assert "  module: main" in lines
+    # The azd service must match the function app's azd-service-name tag.
+    assert project["services"] == {service_name: {"project": ".", "language": "python", "host": "function"}}
+    assert project["infra"] == {"provider": "bicep", "path": "infra", "module": "main"}
