@@ -9,7 +9,13 @@ MSAL's quirks, and what this module does about each:
 - Its own cache never serves a token with under 300 s left, and caches nothing when the server echoes another
   scope, so short-lived tokens would mean a token request per call. We keep the current token ourselves and renew
   it before ``min(300 s, half its lifetime)`` remains; it is never used after it expires.
-- It does not coalesce concurrent callers. One lock makes every thread wait for the one request in flight.
+- It does not coalesce concurrent callers. One lock makes every thread wait for the one request in flight, each
+  for no longer than its own call's deadline; a failed request is remembered for `FAILURE_MEMORY`, so callers
+  meanwhile fail at once instead of queueing behind another request to a service that hangs.
+- It follows redirects on the token request, which carries the client secret in its body (``requests`` posts the
+  body again to a 307's or 308's new host). Our client follows none, there or on discovery, and says so.
+- Its answers are read by ``requests`` with a read timeout per wait for bytes; ours are read whole within the
+  connect and read timeouts together, and at most `TOKEN_BODY_LIMIT` bytes (`shared.bodies`).
 - It fetches discovery inside its constructor. The application is built on first use, so importing the app and
   starting the host do no I/O, and a token service outage at start-up is retried on the next call.
 - Given a ``requests.Session`` as ``http_client`` it ignores its own ``timeout``; the adapter adds ours.
@@ -30,8 +36,9 @@ import msal
 import msal.exceptions
 import requests
 
+from shared.bodies import ERROR_BODY_LIMIT, BodyNotRead, read_body
 from shared.errors import TokenError
-from shared.retry import parse_retry_after
+from shared.retry import retry_after_of
 from shared.telemetry import Telemetry, default_telemetry
 
 log = logging.getLogger(__name__)
@@ -39,29 +46,69 @@ log = logging.getLogger(__name__)
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 _PLACEHOLDER_SEGMENT = "/oidc"
 _RENEW_BEFORE = 300.0
+FAILURE_MEMORY = 5.0  # seconds a failed token request is answered from memory
+TOKEN_BODY_LIMIT = ERROR_BODY_LIMIT  # a token response or a discovery document is a few KiB
 # Answers from the token service that no repeat will fix.
 _PERMANENT_ERRORS = frozenset(
     {"invalid_client", "unauthorized_client", "invalid_scope", "invalid_grant", "unsupported_grant_type"}
 )
 
 
+class AnswerNotRead(requests.ConnectionError):
+    """The token service's answer did not arrive whole within the timeouts or the size cap."""
+
+
+def bounded_request(
+    session: requests.Session,
+    method: str,
+    url: str,
+    timeout: tuple[float, float],
+    clock: Callable[[], float],
+    **kw: Any,
+) -> requests.Response:
+    """One request to the token service, read whole within ``timeout``'s sum and `TOKEN_BODY_LIMIT`, never following
+    a redirect. Raises `AnswerNotRead` when the answer did not arrive whole, `TokenError` on a redirect."""
+    deadline = clock() + sum(timeout)
+    response = session.request(method, url, timeout=timeout, stream=True, allow_redirects=False, **kw)
+    try:
+        read_body(response, deadline=deadline, limit=TOKEN_BODY_LIMIT, clock=clock)
+    except BodyNotRead as exc:
+        raise AnswerNotRead(str(exc)) from None
+    if response.is_redirect:
+        where = urlsplit(response.headers.get("Location", "")).netloc or "another address"
+        raise TokenError(
+            f"the token service at {url} answered HTTP {response.status_code}, a redirect to {where}, which is not "
+            "followed: the request carries the client secret. Set ITWIN_AUTHORITY to the token service's own address.",
+            transient=False,
+            code="TokenServiceMisconfigured",
+        )
+    return response
+
+
 class _MsalHttpClient:
     """The ``http_client`` MSAL calls: our pooled session, our timeouts, and the discovery answer we already read."""
 
-    def __init__(self, session: requests.Session, timeout: tuple[float, float], answers: dict[str, requests.Response]):
+    def __init__(
+        self,
+        session: requests.Session,
+        timeout: tuple[float, float],
+        answers: dict[str, requests.Response],
+        clock: Callable[[], float],
+    ):
         self._session = session
         self._timeout = timeout
         self._answers = answers
+        self._clock = clock
 
     def get(self, url: str, **kwargs: Any) -> requests.Response:
         if url in self._answers:
             return self._answers.pop(url)
-        kwargs.setdefault("timeout", self._timeout)
-        return self._session.get(url, **kwargs)
+        kwargs.pop("timeout", None)
+        return bounded_request(self._session, "GET", url, self._timeout, self._clock, **kwargs)
 
     def post(self, url: str, **kwargs: Any) -> requests.Response:
-        kwargs.setdefault("timeout", self._timeout)
-        return self._session.post(url, **kwargs)
+        kwargs.pop("timeout", None)
+        return bounded_request(self._session, "POST", url, self._timeout, self._clock, **kwargs)
 
     def close(self) -> None:
         """MSAL may close its client; the session is shared, so it stays open."""
@@ -120,6 +167,7 @@ class TokenProvider:
         timeout: tuple[float, float],
         clock: Callable[[], float] = time.monotonic,
         telemetry: Telemetry | None = None,
+        max_retry_after: float = 900.0,
     ) -> None:
         self._client_id = client_id
         self._secret = client_secret
@@ -131,25 +179,46 @@ class TokenProvider:
         self._lock = threading.Lock()
         self._app: msal.ConfidentialClientApplication | None = None
         self._token = _Token()
+        self._failure: tuple[TokenError, float] | None = None  # the last failed request, and until when it stands
         self._telemetry = telemetry or default_telemetry()
+        self._max_retry_after = max_retry_after
 
-    def token(self, *, stale: str | None = None) -> str:
+    def token(self, *, stale: str | None = None, deadline: float | None = None) -> str:
         """A token valid now. Pass ``stale`` (a token the API refused) to force one fresh token request.
 
-        Raises `TokenError` (``transient`` when the token service is unreachable or failing).
+        ``deadline`` (this provider's clock): the latest the caller waits for another thread's token request.
+        Raises `TokenError` (``transient`` when the token service is unreachable or failing, or busy past
+        ``deadline``).
         """
-        with self._lock:
-            now = self._clock()
-            current = self._token
-            refused = stale is not None and stale == current.value
-            if current.value and now < current.renew_at and not refused:
-                return current.value
-            try:
-                self._token = self._fetch()
-            except TokenError as error:
-                self._telemetry.token_failures.add(1, {"error.type": error.code or type(error).__name__})
-                raise
-            return self._token.value
+        wait = -1.0 if deadline is None else max(0.0, deadline - self._clock())
+        if not self._lock.acquire(timeout=wait):
+            raise TokenError(
+                f"no service token within this call's budget ({wait:.1f} s): another call's token request is still "
+                "waiting for the token service; the work goes back to the queue",
+                transient=True,
+                code="TokenServiceUnavailable",
+            )
+        try:
+            return self._current(stale)
+        finally:
+            self._lock.release()
+
+    def _current(self, stale: str | None) -> str:
+        now = self._clock()
+        current = self._token
+        refused = stale is not None and stale == current.value
+        if current.value and now < current.renew_at and not refused:
+            return current.value
+        if self._failure is not None and now < self._failure[1]:
+            raise self._failure[0]
+        try:
+            self._token = self._fetch()
+        except TokenError as error:
+            self._failure = (error, self._clock() + FAILURE_MEMORY)
+            self._telemetry.token_failures.add(1, {"error.type": error.code or type(error).__name__})
+            raise
+        self._failure = None
+        return self._token.value
 
     def _application(self) -> msal.ConfidentialClientApplication:
         if self._app is None:
@@ -160,7 +229,7 @@ class TokenProvider:
                     self._client_id,
                     client_credential=self._secret,
                     oidc_authority=authority,
-                    http_client=_MsalHttpClient(self._session, self._timeout, {requested: discovery}),
+                    http_client=_MsalHttpClient(self._session, self._timeout, {requested: discovery}, self._clock),
                 )
             except requests.RequestException as exc:
                 raise self._unreachable(type(exc).__name__) from None
@@ -176,16 +245,16 @@ class TokenProvider:
     def _discover(self, url: str) -> requests.Response:
         """Read the discovery document; raises `TokenError`, permanent only when it arrived and is unusable."""
         try:
-            response = self._session.get(url, timeout=self._timeout)
+            response = bounded_request(self._session, "GET", url, self._timeout, self._clock)
         except requests.RequestException as exc:
-            raise self._unreachable(type(exc).__name__) from None
+            raise self._unreachable(_what(exc)) from None
         problem = discovery_problem(response.status_code, response.content)
         if problem is None:
             return response
         transient, description = problem
         if transient:
             raise self._unreachable(
-                description, retry_after=parse_retry_after(response.headers.get("Retry-After"))
+                description, retry_after=retry_after_of(response.headers.get("Retry-After"), self._max_retry_after, url)
             ) from None
         raise TokenError(
             f"the token service at {self._authority} is not usable: {description}. Check ITWIN_AUTHORITY.",
@@ -211,7 +280,7 @@ class TokenProvider:
         except (requests.RequestException, msal.exceptions.MsalServiceError) as exc:
             # MsalServiceError: the token endpoint answered 5xx (or another non-token page).
             raise TokenError(
-                f"the token service could not be reached or failed ({type(exc).__name__}); retry later",
+                f"the token service could not be reached or failed ({_what(exc)}); retry later",
                 transient=True,
                 code="TokenServiceUnavailable",
             ) from None
@@ -234,3 +303,8 @@ class TokenProvider:
         lifetime = float(result.get("expires_in") or 0)
         log.debug("service token obtained from %s, lifetime %.0f s", result.get("token_source"), lifetime)
         return _Token(result["access_token"], started + lifetime - min(_RENEW_BEFORE, lifetime / 2))
+
+
+def _what(exc: Exception) -> str:
+    """A failed request in a few words: what `AnswerNotRead` says, else the exception's type."""
+    return str(exc) if isinstance(exc, AnswerNotRead) else type(exc).__name__

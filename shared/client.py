@@ -17,9 +17,10 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from shared import PROJECT, __version__
 from shared.auth import TokenProvider
+from shared.bodies import ERROR_BODY_LIMIT, SUCCESS_BODY_LIMIT, BodyNotRead, read_body
 from shared.errors import ITwinError, RateLimited, ServerError, Throttled, TransportError, Unauthorized, api_error
 from shared.pacing import Pacer
-from shared.retry import RetryPolicy, parse_retry_after, retry_delay
+from shared.retry import RetryPolicy, retry_after_of, retry_delay
 from shared.settings import Settings
 from shared.telemetry import Telemetry, default_telemetry
 
@@ -74,6 +75,8 @@ class ITwinClient:
     ) -> None:
         self.api_url = settings.api_url
         self._origin = urlsplit(settings.api_url)
+        self._root = self._origin.path.rstrip("/")  # an API Management front end may serve the API under a path
+        self.max_retry_after = settings.max_retry_after
         self.session = session or new_session(settings.api_url, settings.authority)
         self.tokens = tokens or TokenProvider(
             settings.client_id,
@@ -84,6 +87,7 @@ class ITwinClient:
             timeout=timeout,
             clock=clock,
             telemetry=telemetry,
+            max_retry_after=settings.max_retry_after,
         )
         self.telemetry = telemetry or default_telemetry()
         self.pacer = pacer or Pacer(settings.rate_limits)
@@ -113,7 +117,7 @@ class ITwinClient:
         says nothing was (a create whose lease ran out, see `shared.ledger`).
         """
         url = self._url(path)
-        api = urlsplit(url).path.strip("/").split("/", 1)[0]
+        api = self.api_of(url)
         data = None if body is None else json.dumps(body).encode()
         deadline = self._clock() + (self.policy.budget if budget is None else budget)
         stale: str | None = None
@@ -125,7 +129,7 @@ class ITwinClient:
                 self._pace(api, operation, deadline)
             # else: the repeat with a fresh token after a 401 takes the refused call's slot: a call refused for its
             # token was not carried out, and pacing it again could turn a lost credential into endless waits.
-            token = self.tokens.token(stale=stale)
+            token = self.tokens.token(stale=stale, deadline=deadline)
             stale = None
             if not_after is not None and self._clock() > not_after:
                 raise Throttled(
@@ -189,6 +193,13 @@ class ITwinClient:
             if self.pacer.held(api) <= 0:
                 return
 
+    def api_of(self, url: str) -> str:
+        """The API a URL belongs to (``clashdetection``...): its first path segment after ITWIN_API_URL's path."""
+        path = urlsplit(url).path
+        if self._root and path.startswith(self._root + "/"):
+            path = path[len(self._root) :]
+        return path.strip("/").split("/", 1)[0]
+
     def _url(self, path: str) -> str:
         if not path.startswith("https://") and not path.startswith("http://"):
             return f"{self.api_url}/{path.lstrip('/')}"
@@ -226,16 +237,20 @@ class ITwinClient:
             inject(headers)
             headers["Authorization"] = f"Bearer {token}"
             started = self._clock()
+            # One attempt's whole answer, not only each wait for bytes, within its connect and read timeouts.
+            deadline = started + sum(self._timeout)
             try:
                 response = self.session.request(
-                    method, url, params=params, data=data, headers=headers, timeout=self._timeout
+                    method, url, params=params, data=data, headers=headers, timeout=self._timeout, stream=True
                 )
-            except requests.RequestException as exc:
+                failed = response.status_code >= 400
+                limit = ERROR_BODY_LIMIT if failed else SUCCESS_BODY_LIMIT
+                read_body(response, deadline=deadline, limit=limit, clock=self._clock, cut=failed)
+            except (requests.RequestException, BodyNotRead) as exc:
+                what = str(exc) if isinstance(exc, BodyNotRead) else f"got no answer: {type(exc).__name__}"
                 attributes["error.type"] = type(exc).__qualname__
-                self._finish(span, attributes, started, f"no answer: {type(exc).__name__}")
-                return None, TransportError(
-                    f"{method} {target.path} got no answer: {type(exc).__name__}", operation=operation
-                )
+                self._finish(span, attributes, started, what)
+                return None, TransportError(f"{method} {target.path} {what}", operation=operation)
             status = response.status_code
             attributes["http.response.status_code"] = status
             if status < 400:
@@ -248,7 +263,7 @@ class ITwinClient:
                 response.headers,
                 response.content,
                 operation=operation,
-                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                retry_after=retry_after_of(response.headers.get("Retry-After"), self.max_retry_after, url),
             )
             if error.code:
                 span.set_attribute("itwin.error.code", error.code)

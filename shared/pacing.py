@@ -53,6 +53,14 @@ one API says little about its share. Pacing such an API at the rate measured whe
 into a crawl (the reliability suite's fault run, with 4% of calls answered 429, went from 14 s to over 150 s).
 Configure a rate to have an API paced.
 
+**Clock steps.** The grid needs the wall clock; waits must not follow it when it steps (an NTP step, a VM resumed
+from a pause). Every reading of the wall clock is checked against a monotonic one: when the two moved apart by more
+than `STEP` since the last reading, the wall clock stepped, and everything remembered (the last slot, holds, recent
+calls) moves with it. A step in either direction then adds no wait beyond the step's own second.
+
+**Bounded memory.** Recent asks and accepted calls are kept only as far back, and only as many, as a decision can
+use: the count that decides is never above ``ceiling + ACCEPTED_CALLS``, so no more are kept, whatever the ceiling.
+
 Waits are computed, never slept here: the caller sleeps, bounded by its own budget, and when a 429 arrived while it
 waited for its slot (`held`), it asks again instead of sending. Thread-safe: the threads of a process share one
 schedule per API.
@@ -82,6 +90,7 @@ BUSY_SHARE = 0.5  # a 429 cuts only a process that used at least this share of i
 FLOOR_SLOTS = 1024  # the lowest rate is ceiling / FLOOR_SLOTS
 PATIENCE_AFTER_CUT = 2.0  # after a cut, probing counts calls at half speed: the cut rate was measured, not guessed
 PROBE_CALLS = 10  # calls accepted at a higher rate before it counts as known to go through
+STEP = 1.0  # seconds by which the wall clock may move apart from the monotonic one before it counts as a step
 
 
 class Lane:
@@ -93,13 +102,14 @@ class Lane:
         self.slot = 1.0 / (ceiling * SAFETY)  # seconds between grid slots
         self.floor = ceiling / FLOOR_SLOTS
         self.remembered = ACCEPTED_CALLS / self.floor  # seconds of history kept, the longest window measured
+        most = math.ceil(ceiling * ACCEPTED_WINDOW) + ACCEPTED_CALLS + 1  # more in a window decides nothing more
         self._rand = rand
         self.cut_rate = ceiling  # the rate right after the last cut
         self.cut_at: float | None = None  # when the last cut happened; None: never cut
         self.calls_since_cut = 0
         self.cut_hold_until = -math.inf  # 429s before this belong to the last cut
-        self.accepted_at: deque[float] = deque()
-        self.asked_at: deque[float] = deque()  # when callers asked for a slot, sent or held back
+        self.accepted_at: deque[float] = deque(maxlen=most)
+        self.asked_at: deque[float] = deque(maxlen=most)  # when callers asked for a slot, sent or held back
         self.answers: deque[bool] = deque(maxlen=RECENT_ANSWERS)  # True: refused (429)
         self.offset = 0  # this process's slots are those ≡ offset (mod k)
         self.last_slot: int | None = None  # the last slot taken
@@ -135,6 +145,16 @@ class Lane:
         index += (self.offset - index) % k
         at = index * self.slot
         return (earliest if at - earliest < 1e-6 * self.slot else at), index
+
+    def shift(self, seconds: float) -> None:
+        """The wall clock stepped by ``seconds``: move every remembered time with it."""
+        self.accepted_at = deque((at + seconds for at in self.accepted_at), maxlen=self.accepted_at.maxlen)
+        self.asked_at = deque((at + seconds for at in self.asked_at), maxlen=self.asked_at.maxlen)
+        self.cut_hold_until += seconds
+        if self.cut_at is not None:
+            self.cut_at += seconds
+        if self.last_slot is not None:
+            self.last_slot += round(seconds / self.slot)
 
     def asked(self, now: float) -> None:
         self.asked_at.append(now)
@@ -208,8 +228,9 @@ class Lane:
 class Pacer:
     """Paces calls to each API under its rate, adapting the rate to 429s, and holds an API after a 429.
 
-    Thread-safe. ``clock`` is a wall clock by default, so that the slots of all instances line up; ``rand`` draws
-    grid offsets. Both are arguments so tests replace them.
+    Thread-safe. ``clock`` is a wall clock by default, so that the slots of all instances line up; ``monotonic``
+    tells its steps from time passing (a test that drives ``clock`` by hand passes the same clock); ``rand`` draws
+    grid offsets. All are arguments so tests replace them.
     """
 
     def __init__(
@@ -217,14 +238,29 @@ class Pacer:
         rates: Mapping[str, float] | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self._ceilings = dict(DEFAULT_RATE_LIMITS if rates is None else rates)
         self._lanes: dict[str, Lane] = {}
         self._held_until: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._clock = clock
+        self._wall = clock
+        self._monotonic = monotonic
+        self._offset: float | None = None  # wall minus monotonic at the last reading
         self._rand = rand
+
+    def _clock(self) -> float:
+        """The wall clock now; a step since the last reading moves what is remembered with it. Under the lock."""
+        now = self._wall()
+        offset = now - self._monotonic()
+        if self._offset is not None and abs(offset - self._offset) > STEP:
+            step = offset - self._offset
+            self._held_until = {api: until + step for api, until in self._held_until.items()}
+            for lane in self._lanes.values():
+                lane.shift(step)
+        self._offset = offset
+        return now
 
     def _lane(self, api: str) -> Lane | None:
         lane = self._lanes.get(api)
@@ -255,7 +291,8 @@ class Pacer:
         """Seconds for which no call to ``api`` may leave this process (0: none). A caller that reserved a slot
         and finds the API held when the slot comes must not send: a 429 arrived meanwhile; it reserves again."""
         with self._lock:
-            return max(0.0, self._held_until.get(api, 0.0) - self._clock())
+            now = self._clock()  # first: a step it finds moves the hold
+            return max(0.0, self._held_until.get(api, 0.0) - now)
 
     def hold(self, api: str, seconds: float) -> None:
         """No call to ``api`` leaves this process for ``seconds`` (a 5xx's Retry-After); the rate stays."""

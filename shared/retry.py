@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,6 +11,8 @@ from email.utils import parsedate_to_datetime
 
 from shared.errors import Conflict, ITwinError, RateLimited, ServerError, TransportError
 from shared.queues import MAX_VISIBILITY_DELAY
+
+log = logging.getLogger(__name__)
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "DELETE", "PUT", "PATCH", "OPTIONS"})
 
@@ -66,6 +69,25 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if seconds != seconds:  # NaN is not a wait
         return None
     return min(float(MAX_VISIBILITY_DELAY), max(0.0, seconds))
+
+
+def retry_after_of(value: str | None, longest: float, url: str = "") -> float | None:
+    """The wait a ``Retry-After`` header asks for, as the client honours it: None when absent, malformed or under a
+    second (0, negative, a date in the past: repeating at once would only loop, so the growing backoff applies),
+    and at most ``longest`` seconds (ITWIN_MAX_RETRY_AFTER), logged when the header asked for more."""
+    seconds = parse_retry_after(value)
+    if seconds is None or seconds < 1.0:
+        return None
+    if seconds > longest:
+        log.warning(
+            "%s answered Retry-After %r (%.0f s); waiting ITWIN_MAX_RETRY_AFTER (%.0f s) instead",
+            url or "the API",
+            value,
+            seconds,
+            longest,
+        )
+        return longest
+    return seconds
 
 
 def retry_delay(

@@ -23,6 +23,14 @@ DEFAULT_MAX_COMMAND_AGE = "24h"
 DEFAULT_LEDGER_RETENTION = "7d"
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 DEFAULT_RATE_LIMITS = {"clashdetection": 6.0}
+# The slowest pace ITWIN_RATE_LIMITS may set: one call every 10 s. Slower, a process's first slot and its floor
+# (the rate divided by 1,024 after 429s) would lie hours away.
+MIN_RATE = 0.1
+MAX_RATE = 10_000.0
+# A 429's Retry-After is honoured up to this long. The platform's windows are a second to a minute (the tier's
+# hourly limit at most an hour), so a longer hold comes from a proxy or a bug; a wrong hold then costs at most this
+# long, a right one an extra 429 after it.
+DEFAULT_MAX_RETRY_AFTER = "15m"
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,11 @@ SETTINGS: tuple[Setting, ...] = (
         "ITWIN_RATE_LIMITS",
         "Calls per second this process allows itself per API, e.g. export=8,contextcapture=8; "
         "clashdetection=6 (its documented limit) unless set here.",
+    ),
+    Setting(
+        "ITWIN_MAX_RETRY_AFTER",
+        "The longest wait a Retry-After header may impose (longer ones are cut to this and logged), 1m to 24h.",
+        DEFAULT_MAX_RETRY_AFTER,
     ),
     Setting(
         "ITWIN_MAX_ATTEMPTS",
@@ -128,6 +141,12 @@ def missing_required(environ: Mapping[str, str] | None = None) -> list[str]:
 
 def _https_root(name: str, value: str) -> str:
     parts = urlsplit(value)
+    if parts.username is not None or parts.password is not None:
+        # Never echo the value: it holds a credential, which would reach logs, spans and error text.
+        raise SettingsError(
+            f"{name} must not carry a user name or password (https://user:pass@...): the app authenticates with "
+            "service tokens; remove them from the URL"
+        )
     if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
         raise SettingsError(f"{name} must be an https:// URL such as {DEFAULT_API_URL}; got {value!r}")
     return value.rstrip("/")
@@ -144,26 +163,28 @@ def parse_rate_limits(text: str | None) -> dict[str, float]:
             value = float(rate)
         except ValueError:
             value = 0.0
-        if not api.strip().isidentifier() or not 0 < value <= 10000:
+        if not api.strip().isidentifier() or not MIN_RATE <= value <= MAX_RATE:  # NaN fails both comparisons
             raise SettingsError(
-                f"ITWIN_RATE_LIMITS must look like export=8,clashdetection=6 (calls per second); got {item.strip()!r}"
+                f"ITWIN_RATE_LIMITS must look like export=8,clashdetection=6, calls per second from {MIN_RATE:g} "
+                f"(one every 10 s) to {MAX_RATE:g}; got {item.strip()!r}"
             )
         limits[api.strip().lower()] = value
     return limits
 
 
-def parse_duration(name: str, text: str) -> float:
-    """``"24h"``, ``"90m"``, ``"2d"``, ``"3600s"`` or plain seconds, as seconds from 1 minute to 30 days."""
-    value = text.strip().lower()
-    unit = _DURATION_UNITS.get(value[-1:])
-    number = value[:-1] if unit else value
-    try:
-        seconds = float(number) * (unit or 1)
-    except ValueError:
-        seconds = -1.0
-    if not 60 <= seconds <= 30 * 86400:
-        raise SettingsError(f"{name} must be a duration from 1m to 30d such as 24h, 90m or 2d; got {text!r}")
-    return seconds
+def parse_duration(name: str, text: str, longest: str = "30d") -> float:
+    """``"24h"``, ``"90m"``, ``"2d"``, ``"3600s"`` or plain seconds, as seconds from 1 minute to ``longest``."""
+
+    def seconds_of(value: str) -> float:
+        unit = _DURATION_UNITS.get(value[-1:])
+        try:
+            return float(value[:-1] if unit else value) * (unit or 1)
+        except ValueError:
+            return -1.0
+
+    if not 60 <= seconds_of(text.strip().lower()) <= seconds_of(longest):
+        raise SettingsError(f"{name} must be a duration from 1m to {longest} such as 24h, 90m or 2d; got {text!r}")
+    return seconds_of(text.strip().lower())
 
 
 def parse_days(name: str, text: str) -> int:
@@ -191,6 +212,7 @@ class Settings:
     max_command_age: float = 24 * 3600.0
     ledger_retention_days: int = 7
     rate_limits: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
+    max_retry_after: float = 15 * 60.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -233,4 +255,7 @@ class Settings:
             max_command_age=max_age,
             ledger_retention_days=retention,
             rate_limits=parse_rate_limits(get("ITWIN_RATE_LIMITS")),
+            max_retry_after=parse_duration(
+                "ITWIN_MAX_RETRY_AFTER", get("ITWIN_MAX_RETRY_AFTER") or DEFAULT_MAX_RETRY_AFTER, longest="24h"
+            ),
         )

@@ -16,7 +16,7 @@ import time
 import traceback
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from . import clashdetection, contextcapture, export, imodels, webhooks
@@ -416,6 +416,33 @@ class Simulator:
     def stall_next(self, method: str, path_prefix: str, seconds: float, *, times: int = 1) -> None:
         """Make the next `times` matching calls wait `seconds`, then do the work and answer normally."""
         self._script(Scripted(method.upper(), path_prefix, times, stall_seconds=seconds))
+
+    def trickle_next(
+        self, method: str, path_prefix: str, status: int, body: bytes, *, every: float, times: int = 1
+    ) -> None:
+        """Answer the next `times` matching calls with `status` and `body` sent one byte every `every` seconds (a
+        server that keeps a read timeout from ever firing), without doing the work."""
+
+        def pieces() -> Iterator[bytes]:
+            for byte in body:
+                if self._stopping.wait(every):
+                    return
+                yield bytes([byte])
+
+        self._script(Scripted(method.upper(), path_prefix, times, status, pieces=pieces, length=len(body)))
+
+    def flood_next(self, method: str, path_prefix: str, status: int, size: int, *, times: int = 1) -> None:
+        """Answer the next `times` matching calls with `status` and a body of `size` bytes (generated as it is sent:
+        the simulator holds none of it), without doing the work."""
+
+        def pieces() -> Iterator[bytes]:
+            block = b" " * 65536
+            for start in range(0, size, len(block)):
+                if self._stopping.is_set():
+                    return
+                yield block[: size - start]
+
+        self._script(Scripted(method.upper(), path_prefix, times, status, pieces=pieces, length=size))
 
     def reset_rate_limits(self) -> None:
         """Forget the calls counted against the rate limits."""

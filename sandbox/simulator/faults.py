@@ -7,6 +7,7 @@ import math
 import random
 import threading
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -104,6 +105,8 @@ class Scripted:
     body: bytes | dict | None = None
     drop: bool = False
     stall_seconds: float | None = None
+    pieces: Callable[[], Iterator[bytes]] | None = None  # the body, written piece by piece (see `Response`)
+    length: int = 0
 
     def matches(self, method: str, path: str) -> bool:
         """True when this entry answers a `method` call to `path` (method ``"*"`` matches any)."""
@@ -121,6 +124,8 @@ class Scripted:
             response = Response(self.status, json.dumps(self.body).encode(), {"Content-Type": JSON})
         if self.status == 204:
             response.body = b""
+        if self.pieces is not None:
+            response.body, response.pieces, response.length = b"", self.pieces, self.length
         response.headers.update(self.headers or {})
         return response
 

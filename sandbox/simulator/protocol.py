@@ -10,6 +10,7 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -89,12 +90,15 @@ class RecordedRequest:
 
 @dataclass
 class Response:
-    """An answer to write, or `drop=True` to close the connection without one."""
+    """An answer to write, or `drop=True` to close the connection without one. ``pieces``: a body written piece
+    by piece (a trickle, or more bytes than memory should hold) after a ``Content-Length`` of ``length``."""
 
     status: int
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     drop: bool = False
+    pieces: Callable[[], Iterator[bytes]] | None = None
+    length: int = 0
 
 
 def json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:

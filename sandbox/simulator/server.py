@@ -114,11 +114,18 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in response.headers.items():
             self.send_header(name, value)
         if response.status != 204:
-            self.send_header("Content-Length", str(len(response.body)))
+            self.send_header("Content-Length", str(response.length if response.pieces else len(response.body)))
         self.end_headers()
         if self.command != "HEAD" and response.status != 204:
             self.wfile.write(response.body)
         self.wfile.flush()
+        if response.pieces is not None:
+            try:
+                for piece in response.pieces():
+                    self.wfile.write(piece)
+                    self.wfile.flush()
+            except OSError:  # the client stopped reading: what it is meant to do with such a body
+                self.close_connection = True
         simulator._answered(request)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve

@@ -18,7 +18,7 @@ SLOT = 1 / (6.0 * SAFETY)  # seconds between grid slots at 6/s
 
 
 def clash_pacer(clock: ManualClock, seed: int = 1, rate: float = 6.0) -> Pacer:
-    return Pacer({"clashdetection": rate}, clock=clock, rand=random.Random(seed).random)
+    return Pacer({"clashdetection": rate}, clock=clock, monotonic=clock, rand=random.Random(seed).random)
 
 
 def accept(pacer: Pacer, clock: ManualClock, calls: int, api: str = "clashdetection") -> None:
@@ -50,14 +50,15 @@ def test_at_the_ceiling_calls_take_consecutive_slots_of_a_grid_counted_from_the_
 
 
 def test_an_api_without_a_configured_rate_is_not_delayed_until_it_answers_429():
-    pacer = Pacer({"clashdetection": 6.0}, clock=ManualClock(100.0))
+    clock = ManualClock(100.0)
+    pacer = Pacer({"clashdetection": 6.0}, clock=clock, monotonic=clock)
     assert [pacer.reserve("export") for _ in range(100)] == [0.0] * 100
     assert pacer.rate("export") == math.inf
 
 
 def test_after_a_429_every_call_to_that_api_waits_until_retry_after_has_passed():
     clock = ManualClock(100.0)
-    pacer = Pacer({}, clock=clock)
+    pacer = Pacer({}, clock=clock, monotonic=clock)
     pacer.throttled("export", 2.0)
     assert pacer.reserve("export") == 2.0
     assert pacer.held("export") == 2.0
@@ -68,7 +69,7 @@ def test_after_a_429_every_call_to_that_api_waits_until_retry_after_has_passed()
 
 def test_an_api_without_a_configured_rate_is_only_held_after_429s_never_paced():
     clock = ManualClock(100.0)
-    pacer = Pacer({}, clock=clock)
+    pacer = Pacer({}, clock=clock, monotonic=clock)
     send(pacer, clock, 20, "export", every=0.05)
     send(pacer, clock, 3, "export", every=1.0, refused=True)
     clock.now += 1.0
@@ -330,3 +331,40 @@ def test_processes_starting_together_find_their_share_with_few_429s(processes, m
     # fixed 6/s each, 4 processes had 38% of their calls refused and 16 had 72% (issue 9).
     assert processes <= platform.refused <= most_refused * calls
     assert platform.accepted >= least_throughput * 60 * 6
+
+
+class SteppingClock:
+    """A wall clock that a test can step, beside a monotonic one that only moves forward."""
+
+    def __init__(self, now: float) -> None:
+        self.monotonic = ManualClock(50.0)
+        self.offset = now - 50.0
+
+    def __call__(self) -> float:
+        return self.monotonic() + self.offset
+
+
+@pytest.mark.parametrize("step", [-3600.0, 3600.0])
+def test_a_step_of_the_wall_clock_adds_no_wait_to_holds_or_slots(step):
+    wall = SteppingClock(1_000_000.0)
+    pacer = Pacer({"clashdetection": 6.0}, clock=wall, monotonic=wall.monotonic, rand=lambda: 0.0)
+    pacer.reserve("clashdetection")
+    pacer.throttled("export", 2.0)
+    wall.offset += step  # an NTP step, or a VM resumed from a pause
+    assert pacer.held("export") == pytest.approx(2.0)
+    assert pacer.reserve("export") == pytest.approx(2.0)
+    assert pacer.reserve("clashdetection") <= 1.0 + SLOT
+    wall.monotonic.advance(2.0)
+    assert pacer.held("export") == 0.0
+
+
+def test_the_record_of_recent_calls_is_bounded_at_a_low_ceiling():
+    clock = ManualClock(100.0)
+    pacer = Pacer({"export": 0.1}, clock=clock, monotonic=clock)
+    for _ in range(10_000):
+        pacer.reserve("export", limit=0.0)
+        pacer.accepted("export")
+        clock.advance(0.5)
+    lane = pacer._lanes["export"]
+    assert len(lane.asked_at) <= 5
+    assert len(lane.accepted_at) <= 5

@@ -1,9 +1,10 @@
+import logging
 from datetime import UTC, datetime
 
 import pytest
 
 from shared.errors import Conflict, NotFound, RateLimited, ServerError, TransportError
-from shared.retry import RedeliveryBackoff, RetryPolicy, parse_retry_after, retry_delay
+from shared.retry import RedeliveryBackoff, RetryPolicy, parse_retry_after, retry_after_of, retry_delay
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
 POLICY = RetryPolicy(backoff_base=0.5, backoff_cap=8.0)
@@ -82,3 +83,16 @@ def test_the_delay_between_deliveries_grows_for_certain_up_to_its_cap():
     assert highest == [5, 10, 20, 40, 80, 160, 320, 640, 1280, 1800]
     assert lowest == [h / 2 for h in highest]
     assert backoff.delay(10_000, rand=lambda: 1.0) == 1800.0
+
+
+@pytest.mark.parametrize("header", ["0", "0.5", "-3", "Wed, 21 Oct 2015 07:28:00 GMT", "soon", None])
+def test_a_retry_after_under_a_second_or_unreadable_counts_as_none(header):
+    assert retry_after_of(header, longest=900) is None
+
+
+def test_a_retry_after_beyond_the_longest_honoured_is_cut_to_it_and_logged(caplog):
+    assert retry_after_of("2", longest=900) == 2.0
+    with caplog.at_level(logging.WARNING, logger="shared.retry"):
+        assert retry_after_of("604800", longest=900, url="https://api.example/clashdetection/runs") == 900
+    assert "Retry-After '604800'" in caplog.text
+    assert "ITWIN_MAX_RETRY_AFTER (900 s)" in caplog.text

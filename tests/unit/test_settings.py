@@ -38,6 +38,12 @@ def test_missing_required_settings_are_named_together():
         ("ITWIN_RATE_LIMITS", "export"),
         ("ITWIN_RATE_LIMITS", "export=fast"),
         ("ITWIN_RATE_LIMITS", "export=0"),
+        ("ITWIN_RATE_LIMITS", "clashdetection=1e-310"),
+        ("ITWIN_RATE_LIMITS", "export=0.0001"),
+        ("ITWIN_RATE_LIMITS", "export=nan"),
+        ("ITWIN_RATE_LIMITS", "export=inf"),
+        ("ITWIN_MAX_RETRY_AFTER", "2d"),
+        ("ITWIN_MAX_RETRY_AFTER", "5s"),
         ("ITWIN_MAX_COMMAND_AGE", "forever"),
         ("ITWIN_MAX_COMMAND_AGE", "10s"),
         ("ITWIN_MAX_COMMAND_AGE", "31d"),
@@ -99,3 +105,15 @@ def test_a_retention_shorter_than_a_command_may_wait_is_refused_naming_both_sett
     assert "ITWIN_MAX_COMMAND_AGE (30d)" in str(refused.value)
     accepted = Settings.from_env({**environ, "ITWIN_LEDGER_RETENTION": "30d", "ITWIN_MAX_COMMAND_AGE": "29d"})
     assert accepted.ledger_retention_days == 30
+
+
+@pytest.mark.parametrize("name", ["ITWIN_API_URL", "ITWIN_AUTHORITY"])
+def test_a_url_with_a_user_name_or_password_is_refused_without_echoing_it(name):
+    with pytest.raises(SettingsError, match=f"{name} must not carry a user name or password") as caught:
+        Settings.from_env({**REQUIRED, name: "https://operator:hunter2@gateway.example.com/itwin"})
+    assert "hunter2" not in str(caught.value)
+
+
+def test_retry_after_is_honoured_up_to_fifteen_minutes_unless_set():
+    assert Settings.from_env(REQUIRED).max_retry_after == 15 * 60
+    assert Settings.from_env({**REQUIRED, "ITWIN_MAX_RETRY_AFTER": "1h"}).max_retry_after == 3600
