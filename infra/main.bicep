@@ -101,6 +101,9 @@ param itwinEventRules string = ''
 @description('ITWIN_RATE_LIMITS: calls per second the app allows itself per API, e.g. export=8,contextcapture=8 (empty keeps the built-in pacing, including the documented Clash Detection limit).')
 param itwinRateLimits string = ''
 
+@description('ITWIN_MAX_RETRY_AFTER: the longest wait a Retry-After header may impose (longer ones are cut to this and logged), 1m to 24h.')
+param itwinMaxRetryAfter string = '15m'
+
 @description('ITWIN_MAX_ATTEMPTS: attempts per queue message before it is dead-lettered.')
 @minValue(1)
 @maxValue(100)
@@ -220,6 +223,7 @@ var appSettings = {
   ITWIN_CLASH_TEST_IDS: itwinClashTestIds
   ITWIN_EVENT_RULES: itwinEventRules
   ITWIN_RATE_LIMITS: itwinRateLimits
+  ITWIN_MAX_RETRY_AFTER: itwinMaxRetryAfter
   ITWIN_MAX_ATTEMPTS: string(itwinMaxAttempts)
   ITWIN_MAX_COMMAND_AGE: itwinMaxCommandAge
   ITWIN_LEDGER_RETENTION: itwinLedgerRetention

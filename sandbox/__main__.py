@@ -89,21 +89,21 @@ def main(argv: list[str] | None = None) -> int:
         on_answer=_log if args.log else None,
     )
     simulator.faults = faults
-    simulator.start()
-    args.ca_out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(simulator.ca_path, args.ca_out)
-    ca = args.ca_out.resolve()
-    limits = ", ".join(f"{api}={rate:g}/s" for api, rate in rate_limits.items() if rate) or "none"
-    print(f"iTwin Platform simulator on {simulator.url} (rate limits: {limits}). Ctrl-C stops it.")
-    print("Settings to use:")
-    print(f"ITWIN_AUTHORITY={simulator.url}")
-    print(f"ITWIN_API_URL={simulator.url}")
-    print(f"ITWIN_CLIENT_ID={args.client_id}")
-    print(f"ITWIN_CLIENT_SECRET={args.client_secret}")
-    print(f"REQUESTS_CA_BUNDLE={ca}", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
+    simulator.start()
+    try:  # from here on, Ctrl-C at any point stops the server threads, or the process would never exit
+        args.ca_out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(simulator.ca_path, args.ca_out)
+        ca = args.ca_out.resolve()
+        limits = ", ".join(f"{api}={rate:g}/s" for api, rate in rate_limits.items() if rate) or "none"
+        print(f"iTwin Platform simulator on {simulator.url} (rate limits: {limits}). Ctrl-C stops it.")
+        print("Settings to use:")
+        print(f"ITWIN_AUTHORITY={simulator.url}")
+        print(f"ITWIN_API_URL={simulator.url}")
+        print(f"ITWIN_CLIENT_ID={args.client_id}")
+        print(f"ITWIN_CLIENT_SECRET={args.client_secret}")
+        print(f"REQUESTS_CA_BUNDLE={ca}", flush=True)
         while not stop.wait(0.5):
             pass
     except KeyboardInterrupt:

@@ -209,12 +209,15 @@ class TokenProvider:
         refused = stale is not None and stale == current.value
         if current.value and now < current.renew_at and not refused:
             return current.value
-        if self._failure is not None and now < self._failure[1]:
-            raise self._failure[0]
         try:
-            self._token = self._fetch()
+            if self._failure is not None and now < self._failure[1]:
+                raise self._failure[0]  # a call that fails for it counts as much as the one that found it
+            try:
+                self._token = self._fetch()
+            except TokenError as error:
+                self._failure = (error, self._clock() + FAILURE_MEMORY)
+                raise
         except TokenError as error:
-            self._failure = (error, self._clock() + FAILURE_MEMORY)
             self._telemetry.token_failures.add(1, {"error.type": error.code or type(error).__name__})
             raise
         self._failure = None

@@ -36,8 +36,6 @@ def read_body(
     whole = False
     try:
         while True:
-            if clock() > deadline:
-                raise BodyNotRead(f"got no whole answer in time ({len(body):,} bytes by its deadline)")
             piece = response.raw.read1(_PIECE)
             if not piece:
                 whole = True
@@ -48,6 +46,9 @@ def read_body(
                     raise BodyNotRead(f"got an answer larger than {limit:,} bytes, the most this app reads")
                 del body[limit:]
                 break
+            # Past the deadline, only an answer that has all arrived is still read (after a paused process, say).
+            if clock() > deadline and response.raw.length_remaining != 0:
+                raise BodyNotRead(f"got no whole answer in time ({len(body):,} bytes by its deadline)")
     except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
         response.close()
         raise BodyNotRead(f"got an answer that broke off: {type(exc).__name__}") from None

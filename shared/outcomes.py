@@ -33,8 +33,9 @@ FINAL_OUTCOMES = frozenset({Outcome.SUCCEEDED, Outcome.ALREADY_DONE, Outcome.DEA
 
 
 def create_may_have_happened(error: ITwinError, command: Command) -> bool:
-    """A create whose request may have been carried out, or may still be: no answer, or a 5xx other than 503."""
-    if command.action != "create":
+    """A create whose request may have been carried out, or may still be: the create call itself (its operation is
+    ``<resource>s.create``; a look-up before it sends nothing) got no answer, or a 5xx other than 503."""
+    if command.action != "create" or not (error.operation or "").endswith(".create"):
         return False
     refused = isinstance(error, ServerError) and error.status == 503
     return isinstance(error, TransportError) or (isinstance(error, ServerError) and not refused)

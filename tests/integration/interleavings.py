@@ -16,6 +16,7 @@ on a changed ETag (412) or a missing row (404), a transaction is all or nothing,
 from __future__ import annotations
 
 import copy
+import io
 import itertools
 import json
 import re
@@ -27,6 +28,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import requests
+import urllib3
 from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableEntity, TableTransactionError, UpdateMode
@@ -216,7 +218,9 @@ class InProcessAdapter(requests.adapters.BaseAdapter):
         self.world.observe(f"-> {answer.status} {answer.body.decode(errors='replace')}")
         response = requests.Response()
         response.status_code = answer.status
-        response._content = answer.body
+        response.raw = urllib3.HTTPResponse(
+            body=io.BytesIO(answer.body), headers=answer.headers, status=answer.status, preload_content=False
+        )
         response.headers.update(answer.headers)
         response.url = request.url
         response.request = request
@@ -232,7 +236,7 @@ class StaticTokens:
     def __init__(self, token: str) -> None:
         self._token = token
 
-    def token(self, stale: str | None = None) -> str:
+    def token(self, *, stale: str | None = None, deadline: float | None = None) -> str:
         return self._token
 
 

@@ -64,11 +64,14 @@ def test_a_hanging_token_service_holds_each_caller_no_longer_than_its_own_budget
         results = list(pool.map(lambda _: timed(lambda: client.call("GET", LIST, operation="list")), range(8)))
     assert all(isinstance(error, TokenError) and error.transient for _, error in results)
     # the one fetching waits its connect and read timeouts; the others their one-second budget
-    assert max(seconds for seconds, _ in results) < CONNECT + READ + 2.0
+    longest = max(seconds for seconds, _ in results)
+    print(f"\nhanging token service: 8 callers, the longest held {longest:.2f} s")
+    assert longest < CONNECT + READ + 2.0
     assert simulator.token_requests == 1
     # a failure is remembered for a few seconds: callers meanwhile fail at once, without asking again
     seconds, error = timed(lambda: client.call("GET", LIST, operation="list"))
     assert isinstance(error, TokenError)
+    print(f"a caller within {FAILURE_MEMORY:g} s of the failure: {seconds * 1000:.0f} ms, no request")
     assert seconds < FAILURE_MEMORY
     assert simulator.token_requests == 1
 
@@ -91,6 +94,7 @@ def test_a_trickling_answer_ends_within_the_attempts_timeouts(simulator):
     seconds, error = timed(lambda: client_for(simulator).call("GET", LIST, operation="list"))
     assert isinstance(error, TransportError)
     assert "no whole answer in time" in str(error)
+    print(f"\ntrickle (a byte every 0.2 s of {len(body)}): ended in {seconds:.2f} s")
     assert seconds < 2 * (CONNECT + READ) + 1.0  # unbounded: len(body) x 0.2 s = 8.2 s
 
 
@@ -104,6 +108,7 @@ def test_a_huge_error_body_is_read_only_as_far_as_the_cap(simulator):
     finally:
         tracemalloc.stop()
     assert isinstance(error, NotFound)
+    print(f"\n64 MiB error body: peak {peak / 2**20:.1f} MiB traced")
     assert peak < 4 * ERROR_BODY_LIMIT
 
 
@@ -117,6 +122,7 @@ def test_a_success_body_over_the_cap_is_refused_without_holding_it(simulator):
         tracemalloc.stop()
     assert isinstance(error, TransportError)
     assert "larger than" in str(error)
+    print(f"\n32 MiB success body: refused, peak {peak / 2**20:.1f} MiB traced")
     assert peak < 3 * SUCCESS_BODY_LIMIT
 
 
@@ -173,4 +179,5 @@ def test_a_step_of_the_wall_clock_adds_no_wait_to_a_retry_after(simulator, step)
     assert client.pacer.held("export") <= 2.0
     seconds, answer = timed(lambda: client.call("GET", LIST, operation="list", budget=5.0))
     assert not isinstance(answer, Exception)
+    print(f"\nwall clock stepped {step:+.0f} s during a Retry-After: 2: next call after {seconds:.2f} s")
     assert seconds < 2.0 + 1.5

@@ -35,8 +35,9 @@ RESCHEDULED, DEAD, DONE = Outcome.RESCHEDULED, Outcome.DEAD_LETTERED, Outcome.AL
         (Conflict(409, "other"), DELETE, DEAD),
         (ServerError(500, "boom"), DELETE, RESCHEDULED),
         (ServerError(503, "down"), CREATE_RUN, RESCHEDULED),
-        (ServerError(500, "boom"), CREATE_RUN, DEAD),
-        (TransportError("timeout"), CREATE_RUN, DEAD),
+        (ServerError(500, "boom", operation="runs.create"), CREATE_RUN, DEAD),
+        (TransportError("timeout", operation="runs.list"), CREATE_RUN, RESCHEDULED),  # nothing sent yet
+        (TransportError("timeout", operation="runs.create"), CREATE_RUN, DEAD),
         (TransportError("timeout"), CREATE_CONNECTION, RESCHEDULED),
         (TokenError("down", transient=True), CREATE_RUN, RESCHEDULED),
         (TokenError("invalid_client", transient=False), DELETE, DEAD),
