@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,16 +39,38 @@ def size(ci: int, soak: int) -> int:
     return soak if SOAK else ci
 
 
-def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail naming ``what`` after ``timeout`` seconds."""
+def wait_until(
+    condition: Callable[[], Any],
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
+    describe: Callable[[], str] | None = None,
+) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail naming ``what`` after ``timeout`` seconds, with
+    what ``describe`` says of the state then."""
     deadline = time.monotonic() + timeout
     while True:
         result = condition()
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            state = f"\n{describe()}" if describe else ""
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{state}")
         time.sleep(interval)
+
+
+def busy_invocations(prefix: str = "") -> str:
+    """Where each thread of a queue-triggered invocation (named ``<host>-queue-...``) stands now: the innermost
+    frames of its stack, for a run that does not settle."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    lines = []
+    for ident, frame in sys._current_frames().items():
+        name = names.get(ident, "")
+        if "-queue-" in name and name.startswith(prefix):
+            stack = "".join(traceback.format_stack(frame, limit=6))
+            if "work_queue.get" not in stack:  # an idle pool thread
+                lines.append(f"{name}:\n{stack}")
+    return "\n".join(lines) or "no invocation thread"
 
 
 def new_id() -> str:

@@ -30,6 +30,7 @@ from reliability_kit import (
     SOAK,
     RecordingQueue,
     app_environment,
+    busy_invocations,
     fast_host_json,
     install_environment,
     install_worker,
@@ -119,7 +120,19 @@ def fault_run(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Fau
                 finals = sum(1 for s in captured.spans() if s.attributes.get("itwin.outcome") in FINAL)
                 return finals >= expected_finals and host.in_flight == 0 and queue_length(queues[COMMAND_QUEUE]) == 0
 
-            wait_until(settled, DEADLINE, f"{len(planned)} commands to settle", interval=0.25)
+            def state() -> str:
+                last: dict[str, str] = {}
+                for span in captured.spans():
+                    if span.kind is SpanKind.CONSUMER:
+                        key = span.attributes.get("itwin.correlation_id", "")
+                        last[key] = f"{span.attributes.get('itwin.outcome')} ({span.status.description or ''})"
+                open_ = {k: v for k, v in last.items() if not v.startswith(FINAL)}
+                return (
+                    f"in flight {host.in_flight}, on the queue {queue_length(queues[COMMAND_QUEUE])}; last outcome of "
+                    f"commands not final: {open_}\n{busy_invocations()}"
+                )
+
+            wait_until(settled, DEADLINE, f"{len(planned)} commands to settle", interval=0.25, describe=state)
         counts = captured.counts("itwin.commands")
         run = FaultRun(
             planned=planned,
