@@ -77,6 +77,11 @@ SETTINGS: tuple[Setting, ...] = (
         "ITWIN_CLASH_TEST_IDS",
         "Comma-separated Clash Detection test ids run on iModels.namedVersionCreated.v1.",
     ),
+    Setting(
+        "ITWIN_CLASH_V2_TEST_IDS",
+        "Comma-separated Clash Detection v2 test ids (GUIDs) run on iModels.namedVersionCreated.v1, on the named "
+        "version's changeset.",
+    ),
     Setting("ITWIN_EVENT_RULES", "JSON document that replaces the default event rules."),
     Setting(
         "ITWIN_RATE_LIMITS",
