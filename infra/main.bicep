@@ -95,6 +95,9 @@ param itwinExportConnectionName string = ''
 @description('ITWIN_CLASH_TEST_IDS: comma-separated Clash Detection test ids run on iModels.namedVersionCreated.v1.')
 param itwinClashTestIds string = ''
 
+@description('ITWIN_CLASH_V2_TEST_IDS: comma-separated Clash Detection v2 test ids run on iModels.namedVersionCreated.v1.')
+param itwinClashV2TestIds string = ''
+
 @description('ITWIN_EVENT_RULES: JSON document that replaces the default event rules (empty keeps the defaults).')
 param itwinEventRules string = ''
 
@@ -221,6 +224,7 @@ var appSettings = {
   ITWIN_WEBHOOK_SECRET_PREVIOUS: '@Microsoft.KeyVault(SecretUri=${keyVault.outputs.previousWebhookSigningUri})'
   ITWIN_EXPORT_CONNECTION_NAME: itwinExportConnectionName
   ITWIN_CLASH_TEST_IDS: itwinClashTestIds
+  ITWIN_CLASH_V2_TEST_IDS: itwinClashV2TestIds
   ITWIN_EVENT_RULES: itwinEventRules
   ITWIN_RATE_LIMITS: itwinRateLimits
   ITWIN_MAX_RETRY_AFTER: itwinMaxRetryAfter

@@ -2,6 +2,12 @@
 
 A command is UTF-8 JSON such as ``{"action": "delete", "resource": "connection", "id": "..."}``. Validation
 collects every problem, each naming its field (``target``: ``body.iModelId``, or ``[2].id`` in an array).
+
+The resource names the API and its version: ``job`` and ``run`` are ContextCapture v1 and Clash Detection v1 (the
+seeds' contract), ``realityJob`` and ``clashRun`` are Reality Modeling v2 and Clash Detection v2. A v2 command
+cannot be read as a v1 one: its resource alone says so, and its body has the v2 fields (``changesetId`` where v1
+has ``namedVersionId``, ``iTwinId`` and ``specifications`` where v1 has ``workspaceId``, ``inputs``, ``settings``).
+A ``clashRun``'s id is the clash report id the run answers with: Clash Detection v2 names a run by its report.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{1,200}$")
 _LEASE_TOKEN = re.compile(r"^[0-9a-f]{32}$")
 MAX_LEASE_WAITED = 7 * 24 * 3600
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_JOB_TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
 _TRACEPARENT = re.compile(r"^(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
 CORRELATION_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
 
@@ -40,6 +47,18 @@ _SHAPES: dict[tuple[str, str], str] = {
     ("delete", "job"): "id",
     ("create", "run"): "body",
     ("delete", "run"): "id",
+    ("create", "clashRun"): "body",
+    ("cancel", "clashRun"): "id",
+    ("delete", "clashRun"): "id",
+    ("create", "realityJob"): "body",
+    ("cancel", "realityJob"): "id",
+}
+# Commands whose URL names an iTwin (Clash Detection v2): ``iTwinId`` at the top level. A create may leave it out
+# (the worker asks the iModels API for the iModel's iTwin); a cancel or delete must carry it.
+_ITWIN_ID: dict[tuple[str, str], bool] = {
+    ("create", "clashRun"): False,
+    ("cancel", "clashRun"): True,
+    ("delete", "clashRun"): True,
 }
 ACTIONS = sorted({a for a, _ in _SHAPES})
 RESOURCES = sorted({r for _, r in _SHAPES})
@@ -57,6 +76,7 @@ _TOP_LEVEL = {
     "commandId",
     "idempotencyKey",
     "projectId",
+    "iTwinId",
     "lookUp",
     "leaseSeen",
     "leaseWaited",
@@ -85,6 +105,7 @@ class Command:
     command_id: str | None = None
     idempotency_key: str | None = field(default=None, compare=False)
     project_id: str | None = None
+    itwin_id: str | None = None  # Clash Detection v2: the iTwin in the run's or report's URL
     look_up: bool = False  # an earlier delivery's create got no clear answer: look for what it made first
     lease_seen: str | None = None  # the lease on this create that earlier deliveries of this message found held
     lease_waited: int = 0  # seconds this message has waited on ``lease_seen`` (its visibility delays, added up)
@@ -106,6 +127,7 @@ class Command:
             "commandId": self.command_id,
             "idempotencyKey": self.idempotency_key,
             "projectId": self.project_id,
+            "iTwinId": self.itwin_id,
         }
         message.update({k: v for k, v in optional.items() if v is not None})
         if self.attempt > 1:
@@ -255,6 +277,14 @@ def _check_inputs(value: Any) -> bool:
     )
 
 
+def _test_settings(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) <= {"resultsLimit"}
+
+
+def _specifications(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("inputs"), dict) and isinstance(value.get("outputs"), dict)
+
+
 def _check_body(c: _Checker, body: Mapping[str, Any], resource: str) -> None:
     size = len(json.dumps(body, separators=(",", ":")).encode())
     if size > MAX_BODY_BYTES:
@@ -286,6 +316,36 @@ def _check_body(c: _Checker, body: Mapping[str, Any], resource: str) -> None:
         c.require(body, "inputs", "body.inputs", _check_inputs, "a non-empty list of {id, description}")
         c.require(body, "settings", "body.settings", _is_object, "an object")
         c.optional(body, "costEstimationParameters", "body.costEstimationParameters", _is_object, "an object")
+    elif resource == "clashRun":
+        c.only(body, {"testId", "iModelId", "changesetId", "testSettings"}, "body.")
+        c.require(body, "testId", "body.testId", is_guid, "a Clash Detection v2 test id (a GUID)")
+        c.require(body, "iModelId", "body.iModelId", is_guid, "an iModel id (a GUID)")
+        c.require(body, "changesetId", "body.changesetId", _safe_id, "the id of the changeset to test")
+        c.optional(body, "testSettings", "body.testSettings", _test_settings, "an object {resultsLimit}")
+        if isinstance(body.get("testSettings"), dict) and "resultsLimit" in body["testSettings"]:
+            limit = body["testSettings"]["resultsLimit"]
+            if not _whole(1, 100_000)(limit):
+                c.add(
+                    "InvalidValue",
+                    "body.testSettings.resultsLimit",
+                    "body.testSettings.resultsLimit must be a "
+                    "whole number from 1 to 100000 (the API's default and most).",
+                )
+    elif resource == "realityJob":
+        c.only(body, {"type", "name", "iTwinId", "specifications"}, "body.")
+        c.require(
+            body, "type", "body.type", _matches(_JOB_TYPE), "a Reality Modeling v2 job type such as Reconstruction"
+        )
+        c.require(
+            body,
+            "name",
+            "body.name",
+            lambda v: _text(256)(v) and len(v.strip()) >= 3,
+            "a string of 3 to 256 characters (the worker finds a job it may have made by its iTwin and name, so "
+            "that a repeated create makes no second job)",
+        )
+        c.require(body, "iTwinId", "body.iTwinId", is_guid, "an iTwin id (a GUID)")
+        c.require(body, "specifications", "body.specifications", _specifications, "an object with inputs and outputs")
     else:
         c.only(body, {"testId", "iModelId", "namedVersionId", "testSettings", "inPlace"}, "body.")
         c.require(body, "testId", "body.testId", _safe_id, "a Clash Detection test id")
@@ -301,6 +361,8 @@ _ID_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "connection": (_opaque_id, "a connection id (1-128 letters, digits, '-' or '_')"),
     "job": (is_guid, "a job id (a GUID)"),
     "run": (_opaque_id, "a run id (1-128 letters, digits, '-' or '_')"),
+    "clashRun": (is_guid, "the run's clash report id (a GUID)"),
+    "realityJob": (is_guid, "a Reality Modeling v2 job id (a GUID)"),
 }
 
 
@@ -330,6 +392,13 @@ def validate(data: Any, prefix: str = "") -> Command:
     else:
         # null is absent: the default rule fills projectId from an event's iTwinId, which an event may lack
         c.optional(data, "projectId", "projectId", lambda v: v is None or is_guid(v), "the run's project (iTwin) id")
+    itwin_rule = _ITWIN_ID.get((action, resource)) if action and resource else None
+    if "iTwinId" in data and itwin_rule is None:
+        c.add("UnknownProperty", "iTwinId", "iTwinId belongs only to clashRun commands (Clash Detection v2).")
+    elif itwin_rule:
+        c.require(data, "iTwinId", "iTwinId", is_guid, "the iTwin of the clash report (a GUID)")
+    else:  # null is absent, as for projectId: the default rule fills it from an event's iTwinId
+        c.optional(data, "iTwinId", "iTwinId", lambda v: v is None or is_guid(v), "the iTwin of the run (a GUID)")
     shape = _SHAPES.get((action, resource)) if action and resource else None
     if action and resource and shape is None:
         c.add("InvalidValue", "action", f"{action} is not an action on a {resource}.")
@@ -363,6 +432,7 @@ def validate(data: Any, prefix: str = "") -> Command:
         command_id=data.get("commandId"),
         idempotency_key=data.get("idempotencyKey"),
         project_id=data.get("projectId"),
+        itwin_id=data.get("iTwinId"),
         look_up=data.get("lookUp", False),
         lease_seen=data.get("leaseSeen"),
         lease_waited=data.get("leaseWaited", 0),

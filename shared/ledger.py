@@ -36,12 +36,17 @@ ETag read (412 otherwise). No decision compares two machines' clocks; times in r
   message, and takes over only when the same token is still there after its queue delays add up to `LEASE`. The
   queue's visibility delay measures that time, so clock skew between instances cannot shorten it; a holder alive
   that long has stopped creating (above), so the taker cannot race it. The taker then looks up what the holder may
-  have made (Export connections by iModel and name, Clash Detection runs by test and version, minus the runs that
-  existed before the holder's create: ``before``) before creating; a ContextCapture v1 job, which cannot be looked
-  up, is dead-lettered with ``CreateOutcomeUnknown``. ``before`` is listed at a run create's first hold and kept
-  while no create may have been made since, so one limit remains: a run that another command makes for the same
-  test and version while this one waits could be taken for this one's, if this one's create then loses its answer
-  without having been carried out. A delivery that finds its own process's lease, with no
+  have made before creating: Export connections by iModel and name; and, minus those that existed before the
+  holder's create (``before``), Clash Detection v1 runs by project, test and named version, Clash Detection v2
+  clash reports by iTwin, iModel, test and changeset (a v2 run is named by its report, and "Get clash detection
+  reports" lists them), and Reality Modeling v2 jobs by iTwin, name and type (``GET /reality-modeling/jobs`` with
+  ``$filter=iTwinId eq ..``). A ContextCapture v1 job, which cannot be looked up (v1 has no job list), is
+  dead-lettered with ``CreateOutcomeUnknown``: the only create kind left that is. ``before`` is listed at a
+  listed create's first hold and kept while no create may have been made since, so one limit remains: a run
+  (report, job) that another command makes with the same test and version (changeset; iTwin and name) while this
+  one waits could be taken for this one's, if this one's create then loses its answer without having been carried
+  out. Give v2 jobs names that say which command made them to rule that out. A delivery that finds its own
+  process's lease, with no
   invocation of this process working on it, knows the holder ended: it writes a result the process kept, or takes
   the lease over at once if that holder never sent its create (otherwise it waits as above).
 

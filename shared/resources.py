@@ -1,4 +1,5 @@
-"""Typed operations on Export connections, ContextCapture jobs and Clash Detection runs."""
+"""Typed operations on Export connections, ContextCapture (v1) and Reality Modeling v2 jobs, Clash Detection v1
+runs and Clash Detection v2 runs and reports."""
 
 from __future__ import annotations
 
@@ -16,7 +17,13 @@ from shared.errors import ITwinError
 log = logging.getLogger(__name__)
 
 MAX_PAGES = 1000
-IMODELS_ACCEPT = "application/vnd.bentley.itwin-platform.v2+json"  # the iModels API is at v2
+V2_ACCEPT = "application/vnd.bentley.itwin-platform.v2+json"
+IMODELS_ACCEPT = V2_ACCEPT  # the iModels API is at v2
+_V2 = {"Accept": V2_ACCEPT}
+# Clash Detection v2 answers a report's ``status`` as a number; the pages show 1 for a finished report and list no
+# values. The simulator uses 0 for a run still going (see `sandbox.simulator.clash_v2`); any other value is a run that
+# ended, which is all the worker asks (can it still be cancelled?).
+CLASH_REPORT_RUNNING = 0
 
 
 def _href(links: Any, name: str) -> str | None:
@@ -123,6 +130,60 @@ class Run:
             test_id=_text(data.get("testId")) or (test_href.rstrip("/").rsplit("/", 1)[-1] if test_href else None),
             imodel_id=_text(data.get("iModelId")),
             named_version_id=_text(data.get("namedVersionId")),
+        )
+
+
+@dataclass(frozen=True)
+class ClashReport:
+    """A Clash Detection v2 clash report: what a run produces, named by the id the run answered with."""
+
+    id: str
+    itwin_id: str
+    test_id: str | None = None
+    imodel_id: str | None = None
+    changeset_id: str | None = None
+    status: Any = None
+    href: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], itwin_id: str, href: str | None = None) -> ClashReport:
+        return cls(
+            id=data["id"],
+            itwin_id=_text(data.get("iTwinId")) or itwin_id,
+            test_id=_text(data.get("configurationId")),
+            imodel_id=_text(data.get("repositoryId")),
+            changeset_id=_text(data.get("changesetId")),
+            status=data.get("status"),
+            href=href,
+        )
+
+    @property
+    def running(self) -> bool:
+        return self.status == CLASH_REPORT_RUNNING
+
+
+@dataclass(frozen=True)
+class RealityJob:
+    """A Reality Modeling v2 job. ``raw`` keeps every field the API returned."""
+
+    id: str
+    state: str | None
+    name: str | None = None
+    type: str | None = None
+    itwin_id: str | None = None
+    href: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], href: str | None = None) -> RealityJob:
+        return cls(
+            id=data["id"],
+            state=data.get("state"),
+            name=data.get("name"),
+            type=data.get("type"),
+            itwin_id=data.get("iTwinId"),
+            href=href,
+            raw=data,
         )
 
 
@@ -269,3 +330,118 @@ class ITwinApi:
 
     def delete_run(self, run_id: str) -> None:
         self.client.call("DELETE", f"/clashdetection/runs/{_id(run_id)}", operation="runs.delete")
+
+    # Clash Detection v2 (runs and their reports)
+    def _clash_path(self, itwin_id: str, *rest: str) -> str:
+        return "/".join(("/clash-detection/itwins", _id(itwin_id), *rest))
+
+    def report_href(self, itwin_id: str, report_id: str) -> str:
+        return f"{self.client.api_url}{self._clash_path(itwin_id, 'reports', _id(report_id))}"
+
+    def run_clash_test(self, itwin_id: str, body: Mapping[str, Any], *, not_after: float | None = None) -> ClashReport:
+        """Start one test ("Run clash detection tests", one job per request); the report the run fills."""
+        job = {key: body[key] for key in ("testId", "iModelId", "changesetId", "testSettings") if key in body}
+        response = self.client.call(
+            "POST",
+            self._clash_path(itwin_id, "runs", "jobs"),
+            operation="clashRuns.run",
+            body={"jobs": [job], "operation": "run"},
+            headers=_V2,
+            not_after=not_after,
+        )
+        payload = _json(response, "clashRuns.run")
+        runs = payload.get("runs") if isinstance(payload, dict) else None
+        first = runs[0] if isinstance(runs, list) and runs and isinstance(runs[0], dict) else {}
+        report_id = _text(first.get("clashReportId"))
+        if report_id is None:
+            raise ITwinError("the API answered clashRuns.run without a run carrying a clashReportId")
+        return ClashReport(
+            id=report_id,
+            itwin_id=itwin_id,
+            test_id=_text(first.get("testId")) or body.get("testId"),
+            imodel_id=body.get("iModelId"),
+            changeset_id=body.get("changesetId"),
+            href=self.report_href(itwin_id, report_id),
+        )
+
+    def get_clash_report(self, itwin_id: str, report_id: str) -> ClashReport:
+        path = self._clash_path(itwin_id, "reports", _id(report_id))
+        response = self.client.call("GET", path, operation="clashReports.get", headers=_V2)
+        payload = _json(response, "clashReports.get")
+        metadata = payload.get("metadata") if isinstance(payload, dict) else None
+        if not isinstance(metadata, dict):
+            raise ITwinError("the API answered clashReports.get without a 'metadata' object")
+        return ClashReport.from_json({**metadata, "id": metadata.get("id") or report_id}, itwin_id)
+
+    def list_clash_reports(self, itwin_id: str, imodel_id: str) -> list[ClashReport]:
+        """The iTwin's reports of the iModel (the ``repository-id`` header narrows the list; reports of another
+        iModel are left out whatever the API sent)."""
+        headers = {**_V2, "repository-id": imodel_id}
+        path = self._clash_path(itwin_id, "reports")
+        pages = self._pages(
+            path, {"$top": "100"}, "reports", "clashReports.list", headers
+        )  # 100: the most a page holds
+        reports = [ClashReport.from_json(item, itwin_id, self.report_href(itwin_id, item["id"])) for item in pages]
+        return [r for r in reports if (r.imodel_id or imodel_id).lower() == imodel_id.lower()]
+
+    def find_clash_reports(self, itwin_id: str, test_id: str, imodel_id: str, changeset_id: str) -> list[ClashReport]:
+        """The reports a run of ``test_id`` on that iModel and changeset could have made."""
+        return [
+            r
+            for r in self.list_clash_reports(itwin_id, imodel_id)
+            if (r.test_id or "").lower() == test_id.lower() and r.changeset_id in (None, changeset_id)
+        ]
+
+    def cancel_clash_run(self, itwin_id: str, report_id: str) -> None:
+        """ "Cancel clash detection runs", one report id; a run that ended raises `Unprocessable`."""
+        path = self._clash_path(itwin_id, "reports", "jobs", "cancellation")
+        body = {"jobs": [report_id], "operation": "cancel"}
+        self.client.call("POST", path, operation="clashRuns.cancel", body=body, headers=_V2)
+
+    def delete_clash_report(self, itwin_id: str, report_id: str) -> None:
+        """ "Delete clash detection reports", one report id; an unknown one raises `Unprocessable`."""
+        path = self._clash_path(itwin_id, "reports", "jobs", "deletion")
+        body = {"jobs": [report_id], "operation": "delete"}
+        self.client.call("POST", path, operation="clashReports.delete", body=body, headers=_V2)
+
+    # Reality Modeling v2 jobs
+    def reality_job_href(self, job_id: str) -> str:
+        return f"{self.client.api_url}/reality-modeling/jobs/{_id(job_id)}"
+
+    def create_reality_job(self, body: Mapping[str, Any], *, not_after: float | None = None) -> RealityJob:
+        """Create and start a job (one call: v2 has no workspace and no submit)."""
+        response = self.client.call(
+            "POST",
+            "/reality-modeling/jobs",
+            operation="realityJobs.create",
+            body=body,
+            headers=_V2,
+            not_after=not_after,
+        )
+        job = _object(response, "job", "realityJobs.create")
+        return RealityJob.from_json(job, self.reality_job_href(job["id"]))
+
+    def get_reality_job(self, job_id: str) -> RealityJob:
+        path = f"/reality-modeling/jobs/{_id(job_id)}"
+        response = self.client.call("GET", path, operation="realityJobs.get", headers=_V2)
+        return RealityJob.from_json(_object(response, "job", "realityJobs.get"), self.reality_job_href(job_id))
+
+    def cancel_reality_job(self, job_id: str) -> RealityJob:
+        """DELETE cancels a v2 job; a job that ended raises `Unprocessable`."""
+        path = f"/reality-modeling/jobs/{_id(job_id)}"
+        response = self.client.call("DELETE", path, operation="realityJobs.cancel", headers=_V2)
+        if response.content:
+            return RealityJob.from_json(_object(response, "job", "realityJobs.cancel"), self.reality_job_href(job_id))
+        return RealityJob(id=job_id, state="TerminatingOnCancel")
+
+    def find_reality_jobs(self, itwin_id: str, name: str, job_type: str) -> list[RealityJob]:
+        """The iTwin's jobs with this name and type. The list is filtered by iTwin (``$filter=iTwinId eq ..``, the
+        one form Bentley's own client uses); name and type are compared here."""
+        params = {"$filter": f"iTwinId eq {itwin_id}"}
+        pages = self._pages("/reality-modeling/jobs", params, "jobs", "realityJobs.list", _V2)
+        jobs = [RealityJob.from_json(item, self.reality_job_href(item["id"])) for item in pages]
+        return [
+            j
+            for j in jobs
+            if (j.itwin_id or itwin_id).lower() == itwin_id.lower() and j.name == name and j.type in (None, job_type)
+        ]

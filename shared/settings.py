@@ -7,6 +7,7 @@ and the Bicep app settings are all checked against it by the tests.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -22,7 +23,10 @@ DEFAULT_MAX_ATTEMPTS = 8
 DEFAULT_MAX_COMMAND_AGE = "24h"
 DEFAULT_LEDGER_RETENTION = "7d"
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-DEFAULT_RATE_LIMITS = {"clashdetection": 6.0}
+# Clash Detection documents 6 calls a second for v1 (``/clashdetection``) and v2 (``/clash-detection``); the client
+# names an API by the first path segment after ITWIN_API_URL's path, so each version has its own key.
+DEFAULT_RATE_LIMITS = {"clashdetection": 6.0, "clash-detection": 6.0}
+_API_NAME = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 # The slowest pace ITWIN_RATE_LIMITS may set: one call every 10 s. Slower, a process's first slot and its floor
 # (the rate divided by 1,024 after 429s) would lie hours away.
 MIN_RATE = 0.1
@@ -73,11 +77,17 @@ SETTINGS: tuple[Setting, ...] = (
         "ITWIN_CLASH_TEST_IDS",
         "Comma-separated Clash Detection test ids run on iModels.namedVersionCreated.v1.",
     ),
+    Setting(
+        "ITWIN_CLASH_V2_TEST_IDS",
+        "Comma-separated Clash Detection v2 test ids (GUIDs) run on iModels.namedVersionCreated.v1, on the named "
+        "version's changeset.",
+    ),
     Setting("ITWIN_EVENT_RULES", "JSON document that replaces the default event rules."),
     Setting(
         "ITWIN_RATE_LIMITS",
-        "Calls per second this process allows itself per API, e.g. export=8,contextcapture=8; "
-        "clashdetection=6 (its documented limit) unless set here.",
+        "Calls per second this process allows itself per API (the first path segment), e.g. "
+        "export=8,reality-modeling=8; clashdetection=6 and clash-detection=6 (Clash Detection v1 and v2, their "
+        "documented limit) unless set here.",
     ),
     Setting(
         "ITWIN_MAX_RETRY_AFTER",
@@ -163,9 +173,9 @@ def parse_rate_limits(text: str | None) -> dict[str, float]:
             value = float(rate)
         except ValueError:
             value = 0.0
-        if not api.strip().isidentifier() or not MIN_RATE <= value <= MAX_RATE:  # NaN fails both comparisons
+        if not _API_NAME.match(api.strip().lower()) or not MIN_RATE <= value <= MAX_RATE:  # NaN fails both comparisons
             raise SettingsError(
-                f"ITWIN_RATE_LIMITS must look like export=8,clashdetection=6, calls per second from {MIN_RATE:g} "
+                f"ITWIN_RATE_LIMITS must look like export=8,clash-detection=6, calls per second from {MIN_RATE:g} "
                 f"(one every 10 s) to {MAX_RATE:g}; got {item.strip()!r}"
             )
         limits[api.strip().lower()] = value

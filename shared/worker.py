@@ -32,7 +32,7 @@ from shared.outcomes import (
 )
 from shared.poison import encode_envelope
 from shared.queues import CommandQueue
-from shared.resources import Connection, ITwinApi, Run
+from shared.resources import Connection, ITwinApi
 from shared.retry import RedeliveryBackoff
 from shared.settings import COMMAND_QUEUE, POISON_QUEUE
 from shared.telemetry import Telemetry, current_traceparent
@@ -45,6 +45,11 @@ LEASE_RECHECK_SECONDS = 10
 _MAX_ITWINS_REMEMBERED = 4096
 # A submitted job moves on from "active" by itself; any of these means the submit happened.
 SUBMITTED_STATES = {"active", "success", "failed"}
+# A Reality Modeling v2 job in one of these states has been cancelled, or is being.
+CANCELLED_V2_STATES = {"TerminatingOnCancel", "Cancelled"}
+# Creates whose API can list what they make, so that a create that got no answer is looked up, not repeated: the
+# hold stores the matching ones listed before it (``before``), and what appears since is the create's.
+LISTED_CREATES = frozenset({"run", "clashRun", "realityJob"})
 
 
 class Worker:
@@ -239,14 +244,14 @@ class Worker:
         """Hold the row's lease and carry the create out (looking first for what an earlier holder may have made,
         with ``maybe_made``); None when the row changed before the hold.
 
-        A run create lists the matching runs first, and the hold stores their ids (``before``): the runs it did not
-        make. Later attempts that follow one which surely sent nothing (a 429, this instance's pacing) keep that
-        list rather than spend another call at the API's 6 calls a second; after an attempt that may have made the
-        run, the list is taken again, as the look-up.
+        A run, clash run (v2) or Reality Modeling v2 job create lists the matching ones first (`LISTED_CREATES`),
+        and the hold stores their ids (``before``): those it did not make. Later attempts that follow one which
+        surely sent nothing (a 429, this instance's pacing) keep that list rather than spend another call at the
+        API's 6 calls a second; after an attempt that may have made one, the list is taken again, as the look-up.
         """
         assert self.ledger is not None
-        runs: list[Run] | None = None
-        if command.resource == "run" and (maybe_made or record.before is None):
+        runs: list[Resource] | None = None
+        if command.resource in LISTED_CREATES and (maybe_made or record.before is None):
             try:
                 runs = self._matching_runs(command)
             except ITwinError as error:  # the message goes back still vouched for the lease it waited out
@@ -334,11 +339,21 @@ class Worker:
                 log.warning("a kept result of %s is still not written: %s", kept.command.command_id, error)
                 return
 
-    def _matching_runs(self, command: Command) -> list[Run]:
-        """The runs that a create of ``command`` could be confused with, listed before its lease is held."""
+    def _matching_runs(self, command: Command) -> list[Resource]:
+        """What a create of ``command`` could be confused with, listed before its lease is held: the project's
+        runs of the test and named version (v1), the iTwin's reports of the test, iModel and changeset (Clash
+        Detection v2), the iTwin's Reality Modeling v2 jobs of that name and type."""
         body = command.body or {}
+        if command.resource == "realityJob":
+            jobs = self.api.find_reality_jobs(body["iTwinId"], body["name"], body["type"])
+            return [Resource("realityJob", j.id, j.href) for j in jobs]
+        if command.resource == "clashRun":
+            itwin = command.itwin_id or self._itwin_of(body["iModelId"])
+            reports = self.api.find_clash_reports(itwin, body["testId"], body["iModelId"], body["changesetId"])
+            return [Resource("clashRun", r.id, r.href) for r in reports]
         project = command.project_id or self._itwin_of(body["iModelId"])
-        return self.api.find_runs(project, body["testId"], body["iModelId"], body["namedVersionId"])
+        runs = self.api.find_runs(project, body["testId"], body["iModelId"], body["namedVersionId"])
+        return [Resource("run", r.id, r.href) for r in runs]
 
     def _itwin_of(self, imodel_id: str) -> str:
         """The iModel's iTwin (the run's project), asked once per process: an iModel never moves."""
@@ -394,7 +409,7 @@ class Worker:
         command: Command,
         *,
         look_up: bool = False,
-        runs: list[Run] | None = None,
+        runs: list[Resource] | None = None,
         before: tuple[str, ...] | None = None,
         not_after: float | None = None,
         lease: Lease | None = None,
@@ -409,7 +424,7 @@ class Worker:
         """
         looked = False
         try:
-            if look_up and command.resource == "run":
+            if look_up and command.resource in LISTED_CREATES:
                 found = _made_earlier(command, self._matching_runs(command) if runs is None else runs, before)
                 if found is not None:
                     shown = f"{found.id} (found: made earlier)"
@@ -480,7 +495,60 @@ class Worker:
                 return _created("run", run.id, run.href or run.id, found=Resource("run", run.id, run.href))
             case "delete", "run":
                 api.delete_run(command.id or "")
+            case "create", "clashRun":
+                body = command.body or {}
+                itwin = command.itwin_id or self._itwin_of(body["iModelId"])
+                report = api.run_clash_test(itwin, body, not_after=not_after)
+                found = Resource("clashRun", report.id, report.href)
+                return _created("clashRun", report.id, f"{report.id} (its clash report)", found=found)
+            case "cancel", "clashRun":
+                return Result(self._cancel_clash_run(command.itwin_id or "", command.id or ""))
+            case "delete", "clashRun":
+                return Result(self._delete_clash_report(command.itwin_id or "", command.id or ""))
+            case "create", "realityJob":
+                job = api.create_reality_job(command.body or {}, not_after=not_after)
+                found = Resource("realityJob", job.id, job.href)
+                return _created("realityJob", job.id, f"{job.id} (state {job.state})", found=found)
+            case "cancel", "realityJob":
+                return Result(self._cancel_reality_job(command.id or ""))
         return Result(Outcome.SUCCEEDED)
+
+    def _cancel_clash_run(self, itwin_id: str, report_id: str) -> Outcome:
+        """Cancel a v2 run. The API refuses (422) a run that is no longer in progress: when its report says it
+        ended, or is gone, there is nothing left to cancel (an earlier attempt whose answer was lost may have)."""
+        try:
+            self.api.cancel_clash_run(itwin_id, report_id)
+        except Unprocessable:
+            try:
+                if not self.api.get_clash_report(itwin_id, report_id).running:
+                    return Outcome.ALREADY_DONE
+            except NotFound:
+                return Outcome.ALREADY_DONE
+            raise
+        return Outcome.SUCCEEDED
+
+    def _delete_clash_report(self, itwin_id: str, report_id: str) -> Outcome:
+        """Delete a v2 report. "Delete clash detection reports" answers 422 (not 404) for a report it cannot
+        delete: when the report is gone, an earlier attempt deleted it."""
+        try:
+            self.api.delete_clash_report(itwin_id, report_id)
+        except Unprocessable:
+            try:
+                self.api.get_clash_report(itwin_id, report_id)
+            except NotFound:
+                return Outcome.ALREADY_DONE
+            raise
+        return Outcome.SUCCEEDED
+
+    def _cancel_reality_job(self, job_id: str) -> Outcome:
+        """Cancel a v2 job (DELETE). A 422 for a job already cancelled, or being, is already done."""
+        try:
+            self.api.cancel_reality_job(job_id)
+        except Unprocessable:
+            if self.api.get_reality_job(job_id).state in CANCELLED_V2_STATES:
+                return Outcome.ALREADY_DONE
+            raise
+        return Outcome.SUCCEEDED
 
     def _change_job(self, change: Callable[[str], object], job_id: str, done: set[str]) -> Outcome:
         """Submit or cancel. When the API refuses the change (422) because an earlier attempt whose answer was lost
@@ -630,19 +698,21 @@ def _repeat(record: Record) -> Result:
 
 def _can_look_up(command: Command) -> bool:
     """Whether the API can find what a create of ``command`` made: connections by iModel and name, Clash
-    Detection runs by project (the iModel's iTwin), test and named version. ContextCapture v1 has no job list."""
-    return command.resource in ("connection", "run")
+    Detection v1 runs by project (the iModel's iTwin), test and named version, Clash Detection v2 reports by
+    iTwin, iModel, test and changeset, Reality Modeling v2 jobs by iTwin, name and type. ContextCapture v1 has no
+    job list."""
+    return command.resource == "connection" or command.resource in LISTED_CREATES
 
 
-def _ids(runs: list[Run]) -> list[str]:
+def _ids(runs: list[Resource]) -> list[str]:
     return [run.id for run in runs]
 
 
-def _made_earlier(command: Command, runs: list[Run], before: tuple[str, ...] | None) -> Resource | None:
-    """The run an earlier create of ``command`` made: the one matching run that was not there ``before`` that
-    create (the ids its holder listed, see `Ledger.hold`); None when there is none. Raises `ITwinError`
-    (``CreateOutcomeUnknown``) when it cannot be told: no list from before (a message without a ledger row), or
-    more than one new run."""
+def _made_earlier(command: Command, runs: list[Resource], before: tuple[str, ...] | None) -> Resource | None:
+    """What an earlier create of ``command`` made: the one matching run (report, job) that was not there
+    ``before`` that create (the ids its holder listed, see `Ledger.hold`); None when there is none. Raises
+    `ITwinError` (``CreateOutcomeUnknown``) when it cannot be told: no list from before (a message without a
+    ledger row), or more than one new one."""
     body = command.body or {}
     if before is None:
         candidates = runs
@@ -653,11 +723,15 @@ def _made_earlier(command: Command, runs: list[Run], before: tuple[str, ...] | N
     if not candidates:
         return None
     if before is not None and len(candidates) == 1:
-        run = candidates[0]
-        return Resource("run", run.id, run.href)
+        return candidates[0]
+    what = {
+        "run": f"the project's runs of test {body.get('testId')}",
+        "clashRun": f"the iTwin's clash reports of test {body.get('testId')} on changeset {body.get('changesetId')}",
+        "realityJob": f"the iTwin's Reality Modeling jobs named {body.get('name')!r}",
+    }[command.resource]
     raise ITwinError(
-        f"the run create got no clear answer, and it cannot be told whether one of the project's runs of test "
-        f"{body['testId']} ({', '.join(r.id for r in candidates)}) is the one it made: {why}. It was not repeated. "
+        f"the {command.resource} create got no clear answer, and it cannot be told whether one of {what} "
+        f"({', '.join(r.id for r in candidates)}) is the one it made: {why}. It was not repeated. "
         "Check which one this command made, or delete the extra ones and resend it.",
         code="CreateOutcomeUnknown",
     )

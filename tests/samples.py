@@ -12,3 +12,16 @@ JOB_BODY = {
     "settings": {"quality": "Draft", "outputs": ["Cesium 3D Tiles"]},
 }
 OTHER_IMODEL = "5db42812-ebb8-4c58-98a4-2eaa99e0d8b6"
+# Clash Detection v2 and Reality Modeling v2 (GUID ids; a changeset id is the iModels API's 40 hex digits)
+CLASH_TEST = "c6263303-8d04-44c1-a769-675fb763c412"
+CHANGESET = "380bba8dfed24971818c112d010dfbe5a1b2c3d4"
+ITWIN = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+REALITY_JOB_BODY = {
+    "type": "Reconstruction",
+    "name": "Survey mesh",
+    "iTwinId": ITWIN,
+    "specifications": {
+        "inputs": {"scene": "7e8bd05b-f82f-4955-81e9-7d66a731857a"},
+        "outputs": {"exports": [{"format": "3DTiles"}]},
+    },
+}

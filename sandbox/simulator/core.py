@@ -19,15 +19,15 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from . import clashdetection, contextcapture, export, imodels, webhooks
+from . import clash_v2, clashdetection, contextcapture, export, imodels, reality_modeling, webhooks
 from .events import DEFAULT_RESEND_DELAYS, DEFAULT_TIMEOUT, Deliverer, DeliveryAttempt, Event
 from .faults import FaultPicker, Faults, RateLimiter, Scripted
 from .identity import API_SCOPE, Identity
 from .protocol import ApiError, RecordedRequest, Response, json_response, rate_limited
 from .server import TlsHttpServer, tls_material
-from .state import World
+from .state import REALITY_JOB_ENDED, REPORT_STATUSES, World
 
-DEFAULT_RATE_LIMITS: dict[str, float] = {"clashdetection": 6.0}
+DEFAULT_RATE_LIMITS: dict[str, float] = {"clashdetection": 6.0, "clash-detection": 6.0}
 
 Handler = Callable[..., Response]
 
@@ -40,16 +40,28 @@ def _compile(routes: Iterable[tuple[str, dict[str, Handler]]]) -> list[tuple[re.
     return compiled
 
 
-_ROUTES = _compile((*export.ROUTES, *contextcapture.ROUTES, *clashdetection.ROUTES, *imodels.ROUTES, *webhooks.ROUTES))
+_ROUTES = _compile(
+    (
+        *export.ROUTES,
+        *contextcapture.ROUTES,
+        *clashdetection.ROUTES,
+        *clash_v2.ROUTES,
+        *reality_modeling.ROUTES,
+        *imodels.ROUTES,
+        *webhooks.ROUTES,
+    )
+)
 COMPLETED_JOB_STATES = ("success", "failed")
 
 
 class Simulator:
-    """An iTwin Platform (token service + Export, ContextCapture and Clash Detection APIs) on loopback HTTPS.
+    """An iTwin Platform (token service + Export, ContextCapture and Reality Modeling v2, Clash Detection v1 and v2,
+    iModels and Webhooks APIs) on loopback HTTPS.
 
     `url` is both the token authority and the API root. Use it as a context manager or call `start`/`stop`.
     `rate_limits` maps an API (the first path segment) to calls per second; it replaces the default
-    ``{"clashdetection": 6.0}``, so pass ``{}`` for no limits. Introspection and set-up methods are thread-safe.
+    ``{"clashdetection": 6.0, "clash-detection": 6.0}``, so pass ``{}`` for no limits. Introspection and set-up
+    methods are thread-safe.
     """
 
     def __init__(
@@ -282,6 +294,71 @@ class Simulator:
             run["status"] = status
             return copy.deepcopy(run)
 
+    @property
+    def reports(self) -> dict[str, dict[str, Any]]:
+        """A copy of the Clash Detection v2 clash reports by id (lower case)."""
+        with self._world.lock:
+            return copy.deepcopy(self._world.reports)
+
+    def add_report(
+        self,
+        *,
+        test_id: str,
+        imodel_id: str,
+        changeset_id: str,
+        itwin_id: str | None = None,
+        status: str = "running",
+    ) -> dict[str, Any]:
+        """Store a clash report as a Clash Detection v2 run makes it (iTwin: the iModel's, else `itwin_id`);
+        ``status``: running, completed, failed or cancelled. Returns a copy."""
+        with self._world.lock:
+            itwin = itwin_id or self._world.imodels.get(imodel_id.lower(), self._world.default_itwin_id)
+            report = self._world.add_report(
+                itwin_id=itwin,
+                test_id=test_id,
+                imodel_id=imodel_id,
+                changeset_id=changeset_id,
+                status=REPORT_STATUSES[status],
+            )
+            return copy.deepcopy(report)
+
+    def set_report_status(self, report_id: str, status: str) -> dict[str, Any]:
+        """Move a clash report's run on: running, completed, failed or cancelled; KeyError when unknown."""
+        with self._world.lock:
+            report = self._world.reports[report_id.lower()]
+            report["status"] = REPORT_STATUSES[status]
+            return copy.deepcopy(report)
+
+    @property
+    def reality_jobs(self) -> dict[str, dict[str, Any]]:
+        """A copy of the Reality Modeling v2 jobs by id (lower case)."""
+        with self._world.lock:
+            return copy.deepcopy(self._world.reality_jobs)
+
+    def add_reality_job(
+        self,
+        *,
+        name: str = "Simulated job",
+        job_type: str = "Reconstruction",
+        itwin_id: str | None = None,
+        state: str = "Active",
+    ) -> dict[str, Any]:
+        """Store a Reality Modeling v2 job in any state (iTwin: `itwin_id` by default); returns a copy."""
+        with self._world.lock:
+            job = self._world.add_reality_job(
+                itwin_id=itwin_id or self._world.default_itwin_id, name=name, job_type=job_type, state=state
+            )
+            return copy.deepcopy(job)
+
+    def set_reality_job_state(self, job_id: str, state: str) -> dict[str, Any]:
+        """Move a v2 job to any state; KeyError when unknown. Reaching Success, Failed or Cancelled publishes
+        ``realityModeling.jobCompleted.v2`` ``{jobId}``."""
+        with self._world.lock:
+            job = copy.deepcopy(self._world.set_reality_job_state(job_id, state))
+        if state in REALITY_JOB_ENDED:
+            self.publish("realityModeling.jobCompleted.v2", {"jobId": job["id"]}, job["iTwinId"])
+        return job
+
     # -- iModel events and webhooks -----------------------------------------------------------------------
     def create_imodel(self, imodel_id: str | None = None, *, itwin_id: str | None = None, name: str = "") -> str:
         """Make an iModel known and publish ``iModels.iModelCreated.v1``; returns its id."""
@@ -465,12 +542,15 @@ class Simulator:
         return response
 
     def clear_resources(self) -> None:
-        """Forget every connection, job and run (iModels and tokens stay): a fresh world for the next scenario."""
+        """Forget every connection, job, run and report (iModels and tokens stay): a fresh world for the next
+        scenario."""
         with self._world.lock:
             self._world.connections.clear()
             self._world.in_use_until.clear()
             self._world.jobs.clear()
             self._world.runs.clear()
+            self._world.reports.clear()
+            self._world.reality_jobs.clear()
 
     # -- the pipeline (called from the server's connection threads) --------------------------------------
     def _record(self, request: RecordedRequest) -> None:

@@ -27,8 +27,9 @@ EXPORT_RATE_LIMIT = "The client sent more requests than allowed by this API for 
 RATE_LIMIT = "More requests were received than the subscription rate-limit allows."
 MALFORMED_JSON = "Error parsing JSON, malformed JSON."
 
-# The APIs whose throttling answer uses the newer `RateLimitExceeded` spelling (the others say `TooManyRequests`).
-_RATE_LIMIT_EXCEEDED_APIS = frozenset({"export"})
+# The APIs whose throttling answer uses the newer `RateLimitExceeded` spelling (the others say `TooManyRequests`):
+# Export, and the v2 APIs (the Clash Detection v2 and Reality Analysis v2 pages show it).
+_RATE_LIMIT_EXCEEDED_APIS = frozenset({"export", "clash-detection", "reality-modeling"})
 
 
 def is_guid(value: object) -> bool:

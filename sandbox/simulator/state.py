@@ -16,6 +16,21 @@ from typing import Any
 JOB_TYPES = ("Full", "Calibration", "Reconstruction")
 JOB_STATES = ("unsubmitted", "active", "success", "failed", "cancelled")
 RUN_STATUSES = ("queued", "started", "inProgress", "completed", "completedToLimit", "failed", "cancelled")
+# Clash Detection v2 writes a report's status as a number and lists no values; the page's finished example says 1.
+# The simulator's own: 0 running, 1 completed, 2 failed, 3 cancelled.
+REPORT_RUNNING, REPORT_COMPLETED, REPORT_FAILED, REPORT_CANCELLED = 0, 1, 2, 3
+REPORT_STATUSES = {"running": 0, "completed": 1, "failed": 2, "cancelled": 3}
+# Reality Modeling v2 job states (Bentley's reality-capture client, JobState).
+REALITY_JOB_STATES = (
+    "Queued",
+    "Active",
+    "Success",
+    "Failed",
+    "TerminatingOnCancel",
+    "TerminatingOnFailure",
+    "Cancelled",
+)
+REALITY_JOB_ENDED = ("Success", "Failed", "Cancelled")
 
 
 def now_iso() -> str:
@@ -37,6 +52,8 @@ class World:
         self.in_use_until: dict[str, float] = {}  # connection id -> time.monotonic() deadline
         self.jobs: dict[str, dict[str, Any]] = {}
         self.runs: dict[str, dict[str, Any]] = {}
+        self.reports: dict[str, dict[str, Any]] = {}  # Clash Detection v2 clash reports by id (lower case)
+        self.reality_jobs: dict[str, dict[str, Any]] = {}  # Reality Modeling v2 jobs by id (lower case)
         self.account_id = str(uuid.uuid4())  # the service application's account (scope of Account webhooks)
         self.webhooks: dict[str, dict[str, Any]] = {}  # id -> webhook, with its secret
         self.webhooks_allowed = True
@@ -195,3 +212,82 @@ class World:
         }
         self.runs[run_id] = run
         return run
+
+    # -- Clash Detection v2 reports ----------------------------------------------------------------------------
+    def add_report(
+        self,
+        *,
+        itwin_id: str,
+        test_id: str,
+        imodel_id: str,
+        changeset_id: str,
+        report_id: str | None = None,
+        status: int = REPORT_RUNNING,
+        results_limit: int = 100_000,
+    ) -> dict[str, Any]:
+        """Store a new clash report (what "Run clash detection tests" starts) and return it."""
+        report_id = report_id or str(uuid.uuid4())
+        stamp = now_iso()
+        report = {
+            "id": report_id,
+            "iTwinId": itwin_id,
+            "repositoryId": imodel_id,
+            "changesetId": changeset_id,
+            "configurationId": test_id,
+            "executed": stamp,
+            "duration": 0,
+            "numValidations": 0,
+            "numElements": 0,
+            "numRules": 0,
+            "numIssues": 0,
+            "status": status,
+            "userId": str(uuid.uuid4()),
+            "testSettings": {"resultsLimit": results_limit},
+            "jobId": str(uuid.uuid4()),
+            "configurationName": f"Test {test_id[:8]}",
+            "changesetName": f"Changeset {changeset_id[:8]}",
+            "repositoryName": f"iModel {imodel_id[:8]}",
+            "modifiedBy": "service-application",
+            "modifiedAt": stamp,
+        }
+        self.reports[report_id.lower()] = report
+        return report
+
+    # -- Reality Modeling v2 jobs ------------------------------------------------------------------------------
+    def add_reality_job(
+        self,
+        *,
+        itwin_id: str,
+        name: str = "Simulated job",
+        job_type: str = "Reconstruction",
+        specifications: dict[str, Any] | None = None,
+        job_id: str | None = None,
+        state: str = "Active",
+    ) -> dict[str, Any]:
+        """Store a new Reality Modeling v2 job (created and started in one step) and return it."""
+        if state not in REALITY_JOB_STATES:
+            raise ValueError(f"job state must be one of {REALITY_JOB_STATES}; got {state!r}")
+        job = {
+            "id": job_id or str(uuid.uuid4()),
+            "state": state,
+            "userId": str(uuid.uuid4()),
+            "executionInfo": {"createdDateTime": now_iso()},
+            "specifications": specifications if specifications is not None else {"inputs": {}, "outputs": {}},
+            "name": name,
+            "type": job_type,
+            "iTwinId": itwin_id,
+        }
+        if state != "Queued":
+            job["executionInfo"]["startedDateTime"] = job["executionInfo"]["createdDateTime"]
+        self.reality_jobs[job["id"].lower()] = job
+        return job
+
+    def set_reality_job_state(self, job_id: str, state: str) -> dict[str, Any]:
+        """Move a v2 job to ``state`` (no transition rules) and return it; KeyError when unknown."""
+        if state not in REALITY_JOB_STATES:
+            raise ValueError(f"job state must be one of {REALITY_JOB_STATES}; got {state!r}")
+        job = self.reality_jobs[job_id.lower()]
+        job["state"] = state
+        if state in REALITY_JOB_ENDED:
+            job["executionInfo"]["endedDateTime"] = now_iso()
+        return job

@@ -2,7 +2,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from samples import IMODEL, JOB, JOB_BODY
+from samples import CHANGESET, CLASH_TEST, IMODEL, ITWIN, JOB, JOB_BODY, REALITY_JOB_BODY
 
 from shared.commands import MAX_BODY_BYTES, Command, InvalidCommand, decode_json, parse_batch, validate
 
@@ -29,7 +29,28 @@ VALID = [
         "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         "attempt": 3,
     },
+    {
+        "action": "create",
+        "resource": "clashRun",
+        "iTwinId": ITWIN,
+        "body": {
+            "testId": CLASH_TEST,
+            "iModelId": IMODEL,
+            "changesetId": CHANGESET,
+            "testSettings": {"resultsLimit": 10000},
+        },
+    },
+    {
+        "action": "create",
+        "resource": "clashRun",
+        "body": {"testId": CLASH_TEST, "iModelId": IMODEL, "changesetId": "c"},
+    },
+    {"action": "cancel", "resource": "clashRun", "id": JOB, "iTwinId": ITWIN},
+    {"action": "delete", "resource": "clashRun", "id": JOB, "iTwinId": ITWIN},
+    {"action": "create", "resource": "realityJob", "body": REALITY_JOB_BODY},
+    {"action": "cancel", "resource": "realityJob", "id": JOB},
 ]
+RUN_V2 = {"testId": CLASH_TEST, "iModelId": IMODEL, "changesetId": CHANGESET}
 
 
 @pytest.mark.parametrize("message", VALID, ids=lambda m: f"{m['action']} {m['resource']}")
@@ -80,6 +101,68 @@ def targets(message):
     ],
 )
 def test_an_invalid_command_names_the_field_at_fault(message, expected):
+    assert expected in targets(message)
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        # a v1 body under a v2 resource, and the other way round, is refused naming the field that gives it away
+        (
+            {"action": "create", "resource": "clashRun", "body": {**RUN_V2, "namedVersionId": "v-1"}},
+            ("UnknownProperty", "body.namedVersionId"),
+        ),
+        (
+            {"action": "create", "resource": "run", "body": {**RUN_V2, "namedVersionId": "v-1"}},
+            ("UnknownProperty", "body.changesetId"),
+        ),
+        ({"action": "create", "resource": "realityJob", "body": JOB_BODY}, ("UnknownProperty", "body.workspaceId")),
+        ({"action": "create", "resource": "job", "body": REALITY_JOB_BODY}, ("UnknownProperty", "body.specifications")),
+        (
+            {"action": "create", "resource": "clashRun", "body": {**RUN_V2, "testId": "t-1"}},
+            ("InvalidValue", "body.testId"),
+        ),
+        (
+            {"action": "create", "resource": "clashRun", "body": {"testId": CLASH_TEST, "iModelId": IMODEL}},
+            ("MissingRequiredProperty", "body.changesetId"),
+        ),
+        (
+            {"action": "create", "resource": "clashRun", "body": {**RUN_V2, "testSettings": {"resultsLimit": 0}}},
+            ("InvalidValue", "body.testSettings.resultsLimit"),
+        ),
+        (
+            {"action": "create", "resource": "clashRun", "body": {**RUN_V2, "testSettings": {"limit": 5}}},
+            ("InvalidValue", "body.testSettings"),
+        ),
+        (
+            {"action": "create", "resource": "clashRun", "iTwinId": "nope", "body": RUN_V2},
+            ("InvalidValue", "iTwinId"),
+        ),
+        ({"action": "cancel", "resource": "clashRun", "id": JOB}, ("MissingRequiredProperty", "iTwinId")),
+        ({"action": "delete", "resource": "clashRun", "id": "r-1", "iTwinId": ITWIN}, ("InvalidValue", "id")),
+        ({"action": "delete", "resource": "run", "id": "r-1", "iTwinId": ITWIN}, ("UnknownProperty", "iTwinId")),
+        ({"action": "submit", "resource": "realityJob", "id": JOB}, ("InvalidValue", "action")),
+        ({"action": "delete", "resource": "realityJob", "id": JOB}, ("InvalidValue", "action")),
+        ({"action": "cancel", "resource": "realityJob", "id": "j-1"}, ("InvalidValue", "id")),
+        (
+            {"action": "create", "resource": "realityJob", "body": {**REALITY_JOB_BODY, "name": "ab"}},
+            ("InvalidValue", "body.name"),
+        ),
+        (
+            {"action": "create", "resource": "realityJob", "body": {**REALITY_JOB_BODY, "type": "Full mesh"}},
+            ("InvalidValue", "body.type"),
+        ),
+        (
+            {"action": "create", "resource": "realityJob", "body": {**REALITY_JOB_BODY, "iTwinId": None}},
+            ("MissingRequiredProperty", "body.iTwinId"),
+        ),
+        (
+            {"action": "create", "resource": "realityJob", "body": {**REALITY_JOB_BODY, "specifications": {}}},
+            ("InvalidValue", "body.specifications"),
+        ),
+    ],
+)
+def test_a_v2_command_is_validated_as_strictly_as_v1_naming_the_field_at_fault(message, expected):
     assert expected in targets(message)
 
 

@@ -51,6 +51,30 @@ def test_a_named_version_event_without_an_itwin_id_makes_runs_without_a_project(
     assert command.project_id is None
 
 
+V2_TEST = "c6263303-8d04-44c1-a769-675fb763c412"
+
+
+def test_a_named_version_starts_clash_detection_v2_runs_on_its_changeset_only_for_v2_tests():
+    content = {"imodelId": IMODEL, "versionId": "nv-7", "changesetId": "cs-7", "changesetIndex": 7}
+    version = event("iModels.namedVersionCreated.v1", **content)
+    # GIVEN only v1 tests configured (the default rules' contract) THEN no v2 command
+    assert {c.resource for c in commands_for(version, RULES, {"ITWIN_CLASH_TEST_IDS": "t1"})} == {"run"}
+    # GIVEN v2 tests THEN one clashRun per test, in the event's iTwin, on the named version's changeset
+    [command] = commands_for(version, RULES, {"ITWIN_CLASH_V2_TEST_IDS": V2_TEST})
+    assert command.to_message() == {
+        "action": "create",
+        "resource": "clashRun",
+        "iTwinId": ITWIN,
+        "body": {"testId": V2_TEST, "iModelId": IMODEL, "changesetId": "cs-7"},
+        "correlationId": "msg-1",
+    }
+
+
+def test_a_named_version_event_without_a_changeset_starts_no_v2_run():
+    version = event("iModels.namedVersionCreated.v1", imodelId=IMODEL, versionId="nv-7")
+    assert commands_for(version, RULES, {"ITWIN_CLASH_V2_TEST_IDS": V2_TEST}) == []
+
+
 def test_an_event_type_without_a_rule_produces_nothing():
     assert commands_for(event("realityModeling.jobCompleted.v1", jobId="j"), RULES, {}) == []
 

@@ -84,10 +84,22 @@ def test_every_setting_is_named_once():
     assert len(names) == len(set(names))
 
 
-def test_rate_limits_add_to_the_documented_clash_detection_limit():
-    assert Settings.from_env(REQUIRED).rate_limits == {"clashdetection": 6.0}
+def test_rate_limits_add_to_the_documented_clash_detection_limits_of_both_versions():
+    assert Settings.from_env(REQUIRED).rate_limits == {"clashdetection": 6.0, "clash-detection": 6.0}
     limits = Settings.from_env({**REQUIRED, "ITWIN_RATE_LIMITS": "export=8, clashdetection=3"}).rate_limits
-    assert limits == {"clashdetection": 3.0, "export": 8.0}
+    assert limits == {"clashdetection": 3.0, "clash-detection": 6.0, "export": 8.0}
+
+
+@pytest.mark.parametrize("text", ["clash-detection=4", "Reality-Modeling=4"])
+def test_a_hyphenated_api_name_can_be_given_a_rate(text):
+    api = text.split("=")[0].lower()
+    assert Settings.from_env({**REQUIRED, "ITWIN_RATE_LIMITS": text}).rate_limits[api] == 4.0
+
+
+@pytest.mark.parametrize("text", ["clash_detection=4", "-export=4", "clash--detection=4", "a b=4"])
+def test_a_rate_for_a_name_that_is_no_path_segment_is_refused(text):
+    with pytest.raises(SettingsError, match="ITWIN_RATE_LIMITS"):
+        Settings.from_env({**REQUIRED, "ITWIN_RATE_LIMITS": text})
 
 
 @pytest.mark.parametrize(
