@@ -344,17 +344,17 @@ class ITwinApi:
         response = self.client.call(
             "POST",
             self._clash_path(itwin_id, "runs", "jobs"),
-            operation="clashRuns.run",
+            operation="clashRuns.create",
             body={"jobs": [job], "operation": "run"},
             headers=_V2,
             not_after=not_after,
         )
-        payload = _json(response, "clashRuns.run")
+        payload = _json(response, "clashRuns.create")
         runs = payload.get("runs") if isinstance(payload, dict) else None
         first = runs[0] if isinstance(runs, list) and runs and isinstance(runs[0], dict) else {}
         report_id = _text(first.get("clashReportId"))
         if report_id is None:
-            raise ITwinError("the API answered clashRuns.run without a run carrying a clashReportId")
+            raise ITwinError("the API answered clashRuns.create without a run carrying a clashReportId")
         return ClashReport(
             id=report_id,
             itwin_id=itwin_id,

@@ -93,7 +93,7 @@ def test_a_throttled_clash_run_waits_out_retry_after_and_is_counted_as_a_client_
     assert make_worker(simulator, queues, captured).handle(json.dumps(again)) is Outcome.SUCCEEDED
     assert len(simulator.reports) == 1
     errors = {dict(k)["itwin.operation"]: v for k, v in captured.counts("itwin.api.client_errors").items()}
-    assert errors == {"clashRuns.run": 1}
+    assert errors == {"clashRuns.create": 1}
 
 
 # -- Reality Modeling v2 ------------------------------------------------------------------------------------
