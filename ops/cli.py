@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import traceback
@@ -476,6 +477,45 @@ def webhook_rotate(context: Context) -> int:
 
 
 # -- the parser ------------------------------------------------------------------------------------------------
+MIN_RATE = 0.01  # commands a second: one every 100 s; anything slower is a mistake, not a plan
+MAX_LEASE = 7 * 24 * 3600  # the longest visibility timeout a storage queue takes
+
+
+def _rate(text: str) -> float:
+    """``--rate``: a finite number of commands a second, at least `MIN_RATE`."""
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = math.nan
+    if not math.isfinite(rate) or rate < MIN_RATE:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of commands a second, at least {MIN_RATE}; got {text!r} (leave out --rate for no limit)"
+        )
+    return rate
+
+
+def _seconds(text: str) -> float:
+    """``--wait``: a finite number of seconds, 0 or more."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more; got {text!r}")
+    return seconds
+
+
+def _lease(text: str) -> int:
+    """``--lease``: whole seconds a storage queue can hide a message for."""
+    try:
+        seconds = int(text)
+    except ValueError:
+        seconds = 0
+    if not 1 <= seconds <= MAX_LEASE:
+        raise argparse.ArgumentTypeError(f"must be a whole number of seconds from 1 to {MAX_LEASE}; got {text!r}")
+    return seconds
+
+
 def _filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--code", help="only this error code, e.g. InsufficientPermissions or CreateOutcomeUnknown")
     parser.add_argument("--command", help='only this command, e.g. "delete connection", or a resource such as run')
@@ -516,7 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--all", action="store_true", help="every dead letter")
     _filters(replay)
     replay.add_argument("--dry-run", action="store_true", help="say what would happen; change nothing")
-    replay.add_argument("--rate", type=float, help="at most this many commands a second (spare the API limits)")
+    replay.add_argument(
+        "--rate", type=_rate, help="at most this many commands a second (spare the API limits; default: no limit)"
+    )
     replay.add_argument("--itwin-id", help="the iTwin to list Clash Detection runs in, to check unknown run creates")
     replay.add_argument("--force", action="store_true", help="replay CreateOutcomeUnknown creates without a check")
     replay.add_argument(
@@ -524,9 +566,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="resend commands whose earlier replay was interrupted and left no trace",
     )
-    replay.add_argument("--lease", type=int, default=30, help="seconds a dead letter is held while worked on")
+    replay.add_argument("--lease", type=_lease, default=30, help="seconds a dead letter is held while worked on")
     replay.add_argument(
-        "--wait", type=float, default=40.0, help="seconds to wait for dead letters held by another (or a stopped) run"
+        "--wait",
+        type=_seconds,
+        default=40.0,
+        help="seconds to wait for dead letters held by another (or a stopped) run",
     )
     replay.set_defaults(run=poison_replay)
     purge = verbs.add_parser(
@@ -605,7 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="change the webhook secret without refusing a delivery",
     )
     rotate.add_argument("--url", help=url_help)
-    rotate.add_argument("--wait", type=float, default=600.0, help="seconds to wait for the app to load the secrets")
+    rotate.add_argument("--wait", type=_seconds, default=600.0, help="seconds to wait for the app to load the secrets")
     rotate.add_argument("--finish", action="store_true", help="drop the previous secret once it is no longer needed")
     rotate.add_argument("--force", action="store_true", help="with --finish: drop it now")
     rotate.set_defaults(run=webhook_rotate)

@@ -16,7 +16,7 @@ from typing import Any
 
 from ops.dead_letters import DeadLetter, parse_dead_letter
 from ops.errors import OpsError
-from shared.queues import queue_service
+from shared.queues import CommandQueue, queue_service
 from shared.settings import COMMAND_QUEUE, POISON_QUEUE
 
 PEEK_LIMIT = 32  # the most messages one peek (or one receive) returns
@@ -77,6 +77,7 @@ class Queues:
     def __init__(self, poison: Any, commands: Any) -> None:
         self.poison = poison
         self.commands = commands
+        self._sender = CommandQueue(commands, poison)
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str]) -> Queues:
@@ -147,8 +148,8 @@ class Queues:
             raise storage_error(error, "delete a dead letter") from None
 
     def send_command(self, message: Mapping[str, Any]) -> None:
-        """Put a command on ``itwin-commands``, visible at once, as the app's queue client does."""
-        self._call("send to itwin-commands", self.commands.send_message, json.dumps(message, separators=(",", ":")))
+        """Put a command on ``itwin-commands``, visible at once and never expiring, as the app's own sends."""
+        self._call("send to itwin-commands", self._sender.send, message)
 
     def peek_commands(self) -> list[Any]:
         """The first (up to 32) commands waiting on ``itwin-commands``, decoded where they are JSON."""

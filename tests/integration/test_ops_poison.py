@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from app_settings import settings_for
@@ -103,6 +104,16 @@ def test_a_replayed_command_goes_back_once_without_its_attempts_and_then_succeed
     [message] = queues[COMMAND_QUEUE].receive_messages(max_messages=1)
     assert worker.handle(message.content) is Outcome.SUCCEEDED  # the permission was fixed meanwhile
     assert connection["id"] not in simulator.connections
+
+
+def test_a_replayed_command_never_expires_as_the_apps_own_sends_do(settings, worker, simulator, queues):
+    forbidden_delete(worker, simulator)
+
+    result = run_ops(settings, "poison", "replay", "--all")
+
+    assert result.code == 0
+    [resent] = queues[COMMAND_QUEUE].peek_messages()
+    assert resent.expires_on > datetime.now(UTC) + timedelta(days=365)  # not the queue's default 7 days
 
 
 def test_a_replay_that_fails_again_while_the_worker_runs_is_dead_lettered_once_and_not_replayed_round(
