@@ -13,6 +13,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from ops.dead_letters import DeadLetter, Selection, parse_age, token_in
@@ -46,24 +47,25 @@ class Context:
 
     def where(self) -> str:
         """Where settings are read from, for error messages."""
-        path = self.settings_file.path
-        return f"the environment or {path}" + ("" if path.exists() else f" (there is no {path})")
+        return _where(self.settings_file.path)
 
     def queues(self) -> Any:
         from ops.poison_queue import Queues
+        from ops.reach import QUEUE_OPTIONS
 
         try:
-            return Queues.from_environment(self.environ)
+            return Queues.from_environment(self.environ, **QUEUE_OPTIONS)
         except SettingsError as error:
             raise UsageError(f"{error}. Set it in {self.where()}") from None
 
     def ledger(self) -> Any:
         """The command ledger (`ops.command_status.CommandLedger`), from ``AzureWebJobsStorage`` in either form."""
         from ops.command_status import CommandLedger
+        from ops.reach import TABLE_OPTIONS
         from shared.ledger import Ledger
 
         try:
-            ledger = Ledger.from_environment(self.environ)
+            ledger = Ledger.from_environment(self.environ, **TABLE_OPTIONS)
         except SettingsError as error:
             raise UsageError(f"{error}. Set it in {self.where()}") from None
         except ValueError as error:  # the SDK's word for a connection string it cannot read
@@ -88,10 +90,12 @@ class Context:
 
     def api(self) -> Any:
         from ops.platform_api import PlatformApi
+        from ops.reach import trusted_ca
         from ops.secret_store import KeyVaultSecretStore
         from shared.settings import Settings
 
         if self._api is None:
+            trusted_ca(self.ca_bundle, self.settings_file.path)
             environ = dict(self.environ)
             if not environ.get("ITWIN_CLIENT_SECRET", "").strip() and isinstance(self.store(), KeyVaultSecretStore):
                 environ["ITWIN_CLIENT_SECRET"] = self.store().get("ITWIN_CLIENT_SECRET") or ""
@@ -112,6 +116,10 @@ class Context:
                 "ITWIN_WEBHOOK_URL (an output of the deployment: azd env get-values)"
             )
         return check_callback(url)
+
+
+def _where(path: Path) -> str:
+    return f"the environment or {path}" + ("" if path.exists() else f" (there is no {path})")
 
 
 def _storage_set(environ: dict[str, str]) -> bool:
@@ -657,18 +665,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _unexpected(error: Exception) -> str:
+def _unexpected(error: Exception, environ: dict[str, str], settings: Path) -> str:
     from azure.core.exceptions import AzureError
 
     from ops.poison_queue import storage_error
-    from shared.errors import Forbidden, ITwinError
-    from shared.settings import SettingsError
+    from ops.reach import api_unreachable, token_service_unreachable
+    from shared.errors import Forbidden, ITwinError, TokenError, TransportError
+    from shared.settings import DEFAULT_API_URL, DEFAULT_AUTHORITY, SettingsError
 
     if isinstance(error, Forbidden) and (error.operation or "").startswith("webhooks"):
         return (
             f"the iTwin Platform refused ({error.status} {error.code}): webhooks need the webhooks_maintainer "
             "permission on the iTwin, or an organization administrator, for the service application"
         )
+    if isinstance(error, TransportError):
+        return api_unreachable(
+            environ.get("ITWIN_API_URL", "").strip() or DEFAULT_API_URL, str(error), _where(settings)
+        ).message
+    if isinstance(error, TokenError) and error.code == "TokenServiceUnavailable":
+        return token_service_unreachable(
+            environ.get("ITWIN_AUTHORITY", "").strip() or DEFAULT_AUTHORITY, str(error)
+        ).message
     if isinstance(error, ITwinError):
         return f"the iTwin Platform call failed: {error}"
     if isinstance(error, SettingsError):
@@ -686,8 +703,9 @@ def main(
     args = parser.parse_args(argv)
     output = output or Output()
     run: Callable[[Context], int] = args.run
+    context_environ = os.environ if environ is None else environ
     try:
-        return run(Context(args, output, os.environ if environ is None else environ))
+        return run(Context(args, output, context_environ))
     except OpsError as error:
         output.note(f"error: {error.message}" if not isinstance(error, NeedsAttention) else error.message)
         return error.exit_code
@@ -704,7 +722,7 @@ def main(
         if args.debug:
             traceback.print_exc()
         try:
-            message = _unexpected(error)
+            message = _unexpected(error, context_environ, Path(args.settings))
         except Exception:
             output.note(f"error: unexpected {type(error).__name__}: {error}. Rerun with --debug for the traceback.")
             return EXIT_FAILED

@@ -48,7 +48,14 @@ def _letter(message: Any) -> DeadLetter:
 def storage_error(error: Exception, what: str, service: str = "queue") -> OpsError:
     """An Azure Storage failure as a message that says what to do; ``service``: ``queue``, or ``table`` (the
     command ledger)."""
-    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
+    from azure.core.exceptions import (
+        ClientAuthenticationError,
+        HttpResponseError,
+        ServiceRequestError,
+        ServiceRequestTimeoutError,
+        ServiceResponseError,
+        ServiceResponseTimeoutError,
+    )
 
     status = getattr(error, "status_code", None)
     if isinstance(error, ClientAuthenticationError) and status is None:
@@ -66,8 +73,16 @@ def storage_error(error: Exception, what: str, service: str = "queue") -> OpsErr
             missing = "the command ledger's table" if service == "table" else "the queue"
             return OpsError(f"cannot {what}: {missing} does not exist (404 {code}); is AzureWebJobsStorage right?")
         return OpsError(f"storage answered {error.status_code} {code} when asked to {what}")
-    if isinstance(error, ServiceRequestError):
-        return OpsError(f"cannot reach storage to {what}: {error}; is AzureWebJobsStorage right, and is it running?")
+    if isinstance(error, ServiceRequestError | ServiceResponseError):
+        if isinstance(error, ServiceRequestTimeoutError | ServiceResponseTimeoutError):
+            happened = "it timed out"
+        else:  # the SDK's text starts with the connection object's repr; its last part is what happened
+            happened = str(error).rsplit(": ", 1)[-1]
+        verb = "reach" if isinstance(error, ServiceRequestError) else "hear from"
+        return OpsError(
+            f"cannot {verb} storage to {what} ({happened}): check AzureWebJobsStorage, and that the storage account "
+            "(Azurite under `make dev`) is running and reachable from here"
+        )
     return OpsError(f"could not {what}: {type(error).__name__}: {error}")
 
 
@@ -80,9 +95,10 @@ class Queues:
         self._sender = CommandQueue(commands, poison)
 
     @classmethod
-    def from_environment(cls, environ: Mapping[str, str]) -> Queues:
-        """Raises `SettingsError` when ``AzureWebJobsStorage`` is set in neither form."""
-        service = queue_service(environ)
+    def from_environment(cls, environ: Mapping[str, str], **client_options: Any) -> Queues:
+        """Raises `SettingsError` when ``AzureWebJobsStorage`` is set in neither form; ``client_options`` go to the
+        queue clients (`ops.reach.QUEUE_OPTIONS`)."""
+        service = queue_service(environ, **client_options)
         return cls(service.get_queue_client(POISON_QUEUE), service.get_queue_client(COMMAND_QUEUE))
 
     def _call(self, what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
