@@ -281,8 +281,6 @@ def poison_replay(context: Context) -> int:
 
 
 def poison_purge(context: Context) -> int:
-    from ops.poison_queue import LeaseLost
-
     args, output = context.args, context.output
     chosen, _ = _choose(context, "purge")
     if not chosen:
@@ -301,25 +299,11 @@ def poison_purge(context: Context) -> int:
         if not output.confirm(f"Delete these {len(chosen)} dead letter(s) for good?", str(len(chosen))):
             output.line("nothing deleted")
             return 0
-    wanted = {letter.id for letter in chosen}
-    queues = context.queues()
-    held, deleted = [], 0
     progress = output.progress(len(chosen), "purge")
     try:
-        for leased in queues.leases(lease=30, batch=32):
-            if leased.letter.id not in wanted:
-                held.append(leased)
-                continue
-            try:
-                queues.delete(leased)
-                deleted += 1
-            except LeaseLost:
-                pass
-            progress.advance()
+        deleted = context.queues().purge({letter.id for letter in chosen}, progress)
     finally:
         progress.close()
-        for leased in held:
-            queues.release(leased)
     output.line(f"deleted {deleted} dead letter(s)")
     if deleted < len(chosen):
         raise NeedsAttention(f"{len(chosen) - deleted} were not deleted: another run held or took them; run it again")
