@@ -430,24 +430,48 @@ def webhook_list(context: Context) -> int:
 
 
 def webhook_delete(context: Context) -> int:
+    from ops.subscription import describe, normal_url
     from shared.errors import NotFound
 
     args, output = context.args, context.output
     api = context.api()
+    url = args.url or context.environ.get("ITWIN_WEBHOOK_URL", "").strip()
     if args.id:
-        ids = [args.id]
+        try:
+            webhooks = [api.get_webhook(args.id)]
+        except NotFound:
+            output.line(f"webhook {args.id} does not exist (already deleted)")
+            return 0
+        theirs = [w for w in webhooks if not url or normal_url(w.callback_url) != normal_url(url)]
+        if theirs and not args.force:
+            mine = f"this app's webhook URL, {url}" if url else "known to be this app's (ITWIN_WEBHOOK_URL is not set)"
+            raise UsageError(
+                f"webhook {args.id} sends to {theirs[0].callback_url}, not {mine}: deleting it stops another "
+                "receiver's events. Check with `python -m ops webhook list`; add --force to delete it all the same"
+            )
     else:
         url = context.callback_url()
-        ids = [w.id for w in _subscription(context).find(url)]
-        if not ids:
+        webhooks = _subscription(context).find(url)
+        if not webhooks:
             output.line(f"no webhook sends to {url}: nothing to delete")
             return 0
-    for webhook_id in ids:
+    for webhook in webhooks:
+        output.line(f"{describe(webhook)} sends to {webhook.callback_url}")
+    if args.dry_run:
+        output.line(f"dry run: would delete {len(webhooks)} webhook(s)")
+        return 0
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError("deleting a webhook stops its deliveries: confirm with --yes when not at a terminal")
+        if not output.confirm(f"Delete {len(webhooks)} webhook(s)? Deliveries stop at once.", str(len(webhooks))):
+            output.line("nothing deleted")
+            return 0
+    for webhook in webhooks:
         try:
-            api.delete_webhook(webhook_id)
-            output.line(f"deleted webhook {webhook_id}")
+            api.delete_webhook(webhook.id)
+            output.line(f"deleted webhook {webhook.id}")
         except NotFound:
-            output.line(f"webhook {webhook_id} does not exist (already deleted)")
+            output.line(f"webhook {webhook.id} does not exist (already deleted)")
     return 0
 
 
@@ -631,10 +655,15 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(run=webhook_list)
     delete = verbs.add_parser(
-        "delete", help="delete the app's webhook (or --id)", description="delete the app's webhook (or --id)"
+        "delete",
+        help="delete the app's webhook (or --id; asks first)",
+        description="delete the app's webhook (or --id; asks first)",
     )
     delete.add_argument("--url", help=url_help)
     delete.add_argument("--id", help="delete this webhook instead")
+    delete.add_argument("--yes", action="store_true", help="do not ask")
+    delete.add_argument("--dry-run", action="store_true", help="say what would be deleted; delete nothing")
+    delete.add_argument("--force", action="store_true", help="with --id: delete it even if it sends elsewhere")
     delete.set_defaults(run=webhook_delete)
     rotate = verbs.add_parser(
         "rotate-secret",
