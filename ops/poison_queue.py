@@ -198,7 +198,7 @@ class Queues:
         peeked = self.peek()
         if len(peeked) < PEEK_LIMIT:
             return peeked
-        expected = self.count()
+        expected = max(self.count(), len(peeked))  # the count is the service's approximation
         held: list[Leased] = []
         try:
             held.extend(self.leases(max(lease, math.ceil(expected / SCAN_RATE)), PEEK_LIMIT, limit=expected))
