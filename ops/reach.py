@@ -2,9 +2,10 @@
 
 The Azure SDKs' defaults suit a service that must not give up: the queue client repeats a refused connection three
 times over about 80 s (backoffs of 15 s plus 3^n), the table client ten times. The operator at a terminal wants
-to know within seconds, and what to check. So the tool's clients try twice: a connection gets `CONNECT_TIMEOUT`
-seconds, a read `READ_TIMEOUT` (a Table Storage query may take 5 s before its first row), with about a second
-between. Storage that refuses connections is reported in about 2 s; one that drops them (a firewall) in under 8 s.
+to know within seconds, and what to check. So the tool's clients try to connect twice: a connection gets
+`CONNECT_TIMEOUT` seconds, a read `READ_TIMEOUT` (a Table Storage query may take 5 s before its first row), with
+about a second between; an error answer or a dropped read is tried up to four times.
+Storage that refuses connections is reported in about 2 s; one that drops them (a firewall) in under 8 s.
 The iTwin Platform calls go through the app's client with `API_POLICY`: three attempts within 6 s.
 """
 
@@ -24,16 +25,19 @@ READ_TIMEOUT = 10  # seconds without a byte, per attempt
 API_POLICY = RetryPolicy(max_attempts=3, budget=6.0)
 
 _TIMEOUTS = {"connection_timeout": CONNECT_TIMEOUT, "read_timeout": READ_TIMEOUT}
+# A connection that cannot be made is tried twice; a storage error or a dropped answer (a long replay meets some)
+# up to four times, as those come and go.
+_RETRIES = {"retry_total": 3, "retry_connect": 1}
 # azure-storage-queue's ExponentialRetry: a backoff of initial_backoff + increment_base^n, ± random_jitter_range.
 QUEUE_OPTIONS: Mapping[str, Any] = {
-    "retry_total": 1,
+    **_RETRIES,
     "initial_backoff": 0,
     "increment_base": 1,
     "random_jitter_range": 0.5,
     **_TIMEOUTS,
 }
 # azure-data-tables' retry (azure-core's): backoff_factor * 2^(n-1), the first repeat at once.
-TABLE_OPTIONS: Mapping[str, Any] = {"retry_total": 1, "retry_backoff_factor": 1.0, "retry_backoff_max": 2, **_TIMEOUTS}
+TABLE_OPTIONS: Mapping[str, Any] = {**_RETRIES, "retry_backoff_factor": 1.0, "retry_backoff_max": 2, **_TIMEOUTS}
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _SIMULATOR = "a loopback address is the local simulator: start it with `make dev`"
