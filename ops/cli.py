@@ -7,11 +7,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from ops.dead_letters import DeadLetter, Selection, parse_age, token_in
@@ -45,24 +47,25 @@ class Context:
 
     def where(self) -> str:
         """Where settings are read from, for error messages."""
-        path = self.settings_file.path
-        return f"the environment or {path}" + ("" if path.exists() else f" (there is no {path})")
+        return _where(self.settings_file.path)
 
     def queues(self) -> Any:
         from ops.poison_queue import Queues
+        from ops.reach import QUEUE_OPTIONS
 
         try:
-            return Queues.from_environment(self.environ)
+            return Queues.from_environment(self.environ, **QUEUE_OPTIONS)
         except SettingsError as error:
             raise UsageError(f"{error}. Set it in {self.where()}") from None
 
     def ledger(self) -> Any:
         """The command ledger (`ops.command_status.CommandLedger`), from ``AzureWebJobsStorage`` in either form."""
         from ops.command_status import CommandLedger
+        from ops.reach import TABLE_OPTIONS
         from shared.ledger import Ledger
 
         try:
-            ledger = Ledger.from_environment(self.environ)
+            ledger = Ledger.from_environment(self.environ, **TABLE_OPTIONS)
         except SettingsError as error:
             raise UsageError(f"{error}. Set it in {self.where()}") from None
         except ValueError as error:  # the SDK's word for a connection string it cannot read
@@ -87,10 +90,12 @@ class Context:
 
     def api(self) -> Any:
         from ops.platform_api import PlatformApi
+        from ops.reach import trusted_ca
         from ops.secret_store import KeyVaultSecretStore
         from shared.settings import Settings
 
         if self._api is None:
+            trusted_ca(self.ca_bundle, self.settings_file.path)
             environ = dict(self.environ)
             if not environ.get("ITWIN_CLIENT_SECRET", "").strip() and isinstance(self.store(), KeyVaultSecretStore):
                 environ["ITWIN_CLIENT_SECRET"] = self.store().get("ITWIN_CLIENT_SECRET") or ""
@@ -111,6 +116,10 @@ class Context:
                 "ITWIN_WEBHOOK_URL (an output of the deployment: azd env get-values)"
             )
         return check_callback(url)
+
+
+def _where(path: Path) -> str:
+    return f"the environment or {path}" + ("" if path.exists() else f" (there is no {path})")
 
 
 def _storage_set(environ: dict[str, str]) -> bool:
@@ -272,8 +281,6 @@ def poison_replay(context: Context) -> int:
 
 
 def poison_purge(context: Context) -> int:
-    from ops.poison_queue import LeaseLost
-
     args, output = context.args, context.output
     chosen, _ = _choose(context, "purge")
     if not chosen:
@@ -292,25 +299,11 @@ def poison_purge(context: Context) -> int:
         if not output.confirm(f"Delete these {len(chosen)} dead letter(s) for good?", str(len(chosen))):
             output.line("nothing deleted")
             return 0
-    wanted = {letter.id for letter in chosen}
-    queues = context.queues()
-    held, deleted = [], 0
     progress = output.progress(len(chosen), "purge")
     try:
-        for leased in queues.leases(lease=30, batch=32):
-            if leased.letter.id not in wanted:
-                held.append(leased)
-                continue
-            try:
-                queues.delete(leased)
-                deleted += 1
-            except LeaseLost:
-                pass
-            progress.advance()
+        deleted = context.queues().purge({letter.id for letter in chosen}, progress)
     finally:
         progress.close()
-        for leased in held:
-            queues.release(leased)
     output.line(f"deleted {deleted} dead letter(s)")
     if deleted < len(chosen):
         raise NeedsAttention(f"{len(chosen) - deleted} were not deleted: another run held or took them; run it again")
@@ -437,24 +430,48 @@ def webhook_list(context: Context) -> int:
 
 
 def webhook_delete(context: Context) -> int:
+    from ops.subscription import describe, normal_url
     from shared.errors import NotFound
 
     args, output = context.args, context.output
     api = context.api()
+    url = args.url or context.environ.get("ITWIN_WEBHOOK_URL", "").strip()
     if args.id:
-        ids = [args.id]
+        try:
+            webhooks = [api.get_webhook(args.id)]
+        except NotFound:
+            output.line(f"webhook {args.id} does not exist (already deleted)")
+            return 0
+        theirs = [w for w in webhooks if not url or normal_url(w.callback_url) != normal_url(url)]
+        if theirs and not args.force:
+            mine = f"this app's webhook URL, {url}" if url else "known to be this app's (ITWIN_WEBHOOK_URL is not set)"
+            raise UsageError(
+                f"webhook {args.id} sends to {theirs[0].callback_url}, not {mine}: deleting it stops another "
+                "receiver's events. Check with `python -m ops webhook list`; add --force to delete it all the same"
+            )
     else:
         url = context.callback_url()
-        ids = [w.id for w in _subscription(context).find(url)]
-        if not ids:
+        webhooks = _subscription(context).find(url)
+        if not webhooks:
             output.line(f"no webhook sends to {url}: nothing to delete")
             return 0
-    for webhook_id in ids:
+    for webhook in webhooks:
+        output.line(f"{describe(webhook)} sends to {webhook.callback_url}")
+    if args.dry_run:
+        output.line(f"dry run: would delete {len(webhooks)} webhook(s)")
+        return 0
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError("deleting a webhook stops its deliveries: confirm with --yes when not at a terminal")
+        if not output.confirm(f"Delete {len(webhooks)} webhook(s)? Deliveries stop at once.", str(len(webhooks))):
+            output.line("nothing deleted")
+            return 0
+    for webhook in webhooks:
         try:
-            api.delete_webhook(webhook_id)
-            output.line(f"deleted webhook {webhook_id}")
+            api.delete_webhook(webhook.id)
+            output.line(f"deleted webhook {webhook.id}")
         except NotFound:
-            output.line(f"webhook {webhook_id} does not exist (already deleted)")
+            output.line(f"webhook {webhook.id} does not exist (already deleted)")
     return 0
 
 
@@ -476,6 +493,45 @@ def webhook_rotate(context: Context) -> int:
 
 
 # -- the parser ------------------------------------------------------------------------------------------------
+MIN_RATE = 0.01  # commands a second: one every 100 s; anything slower is a mistake, not a plan
+MAX_LEASE = 7 * 24 * 3600  # the longest visibility timeout a storage queue takes
+
+
+def _rate(text: str) -> float:
+    """``--rate``: a finite number of commands a second, at least `MIN_RATE`."""
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = math.nan
+    if not math.isfinite(rate) or rate < MIN_RATE:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of commands a second, at least {MIN_RATE}; got {text!r} (leave out --rate for no limit)"
+        )
+    return rate
+
+
+def _seconds(text: str) -> float:
+    """``--wait``: a finite number of seconds, 0 or more."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more; got {text!r}")
+    return seconds
+
+
+def _lease(text: str) -> int:
+    """``--lease``: whole seconds a storage queue can hide a message for."""
+    try:
+        seconds = int(text)
+    except ValueError:
+        seconds = 0
+    if not 1 <= seconds <= MAX_LEASE:
+        raise argparse.ArgumentTypeError(f"must be a whole number of seconds from 1 to {MAX_LEASE}; got {text!r}")
+    return seconds
+
+
 def _filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--code", help="only this error code, e.g. InsufficientPermissions or CreateOutcomeUnknown")
     parser.add_argument("--command", help='only this command, e.g. "delete connection", or a resource such as run')
@@ -516,7 +572,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--all", action="store_true", help="every dead letter")
     _filters(replay)
     replay.add_argument("--dry-run", action="store_true", help="say what would happen; change nothing")
-    replay.add_argument("--rate", type=float, help="at most this many commands a second (spare the API limits)")
+    replay.add_argument(
+        "--rate", type=_rate, help="at most this many commands a second (spare the API limits; default: no limit)"
+    )
     replay.add_argument("--itwin-id", help="the iTwin to list Clash Detection runs in, to check unknown run creates")
     replay.add_argument("--force", action="store_true", help="replay CreateOutcomeUnknown creates without a check")
     replay.add_argument(
@@ -524,9 +582,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="resend commands whose earlier replay was interrupted and left no trace",
     )
-    replay.add_argument("--lease", type=int, default=30, help="seconds a dead letter is held while worked on")
+    replay.add_argument("--lease", type=_lease, default=30, help="seconds a dead letter is held while worked on")
     replay.add_argument(
-        "--wait", type=float, default=40.0, help="seconds to wait for dead letters held by another (or a stopped) run"
+        "--wait",
+        type=_seconds,
+        default=40.0,
+        help="seconds to wait for dead letters held by another (or a stopped) run",
     )
     replay.set_defaults(run=poison_replay)
     purge = verbs.add_parser(
@@ -594,10 +655,15 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(run=webhook_list)
     delete = verbs.add_parser(
-        "delete", help="delete the app's webhook (or --id)", description="delete the app's webhook (or --id)"
+        "delete",
+        help="delete the app's webhook (or --id; asks first)",
+        description="delete the app's webhook (or --id; asks first)",
     )
     delete.add_argument("--url", help=url_help)
     delete.add_argument("--id", help="delete this webhook instead")
+    delete.add_argument("--yes", action="store_true", help="do not ask")
+    delete.add_argument("--dry-run", action="store_true", help="say what would be deleted; delete nothing")
+    delete.add_argument("--force", action="store_true", help="with --id: delete it even if it sends elsewhere")
     delete.set_defaults(run=webhook_delete)
     rotate = verbs.add_parser(
         "rotate-secret",
@@ -605,25 +671,34 @@ def build_parser() -> argparse.ArgumentParser:
         description="change the webhook secret without refusing a delivery",
     )
     rotate.add_argument("--url", help=url_help)
-    rotate.add_argument("--wait", type=float, default=600.0, help="seconds to wait for the app to load the secrets")
+    rotate.add_argument("--wait", type=_seconds, default=600.0, help="seconds to wait for the app to load the secrets")
     rotate.add_argument("--finish", action="store_true", help="drop the previous secret once it is no longer needed")
     rotate.add_argument("--force", action="store_true", help="with --finish: drop it now")
     rotate.set_defaults(run=webhook_rotate)
     return parser
 
 
-def _unexpected(error: Exception) -> str:
+def _unexpected(error: Exception, environ: dict[str, str], settings: Path) -> str:
     from azure.core.exceptions import AzureError
 
     from ops.poison_queue import storage_error
-    from shared.errors import Forbidden, ITwinError
-    from shared.settings import SettingsError
+    from ops.reach import api_unreachable, token_service_unreachable
+    from shared.errors import Forbidden, ITwinError, TokenError, TransportError
+    from shared.settings import DEFAULT_API_URL, DEFAULT_AUTHORITY, SettingsError
 
     if isinstance(error, Forbidden) and (error.operation or "").startswith("webhooks"):
         return (
             f"the iTwin Platform refused ({error.status} {error.code}): webhooks need the webhooks_maintainer "
             "permission on the iTwin, or an organization administrator, for the service application"
         )
+    if isinstance(error, TransportError):
+        return api_unreachable(
+            environ.get("ITWIN_API_URL", "").strip() or DEFAULT_API_URL, str(error), _where(settings)
+        ).message
+    if isinstance(error, TokenError) and error.code == "TokenServiceUnavailable":
+        return token_service_unreachable(
+            environ.get("ITWIN_AUTHORITY", "").strip() or DEFAULT_AUTHORITY, str(error)
+        ).message
     if isinstance(error, ITwinError):
         return f"the iTwin Platform call failed: {error}"
     if isinstance(error, SettingsError):
@@ -641,8 +716,9 @@ def main(
     args = parser.parse_args(argv)
     output = output or Output()
     run: Callable[[Context], int] = args.run
+    context_environ = os.environ if environ is None else environ
     try:
-        return run(Context(args, output, os.environ if environ is None else environ))
+        return run(Context(args, output, context_environ))
     except OpsError as error:
         output.note(f"error: {error.message}" if not isinstance(error, NeedsAttention) else error.message)
         return error.exit_code
@@ -659,7 +735,7 @@ def main(
         if args.debug:
             traceback.print_exc()
         try:
-            message = _unexpected(error)
+            message = _unexpected(error, context_environ, Path(args.settings))
         except Exception:
             output.note(f"error: unexpected {type(error).__name__}: {error}. Rerun with --debug for the traceback.")
             return EXIT_FAILED

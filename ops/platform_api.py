@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import requests
 
+from ops.reach import API_POLICY
 from shared.client import ITwinClient, new_session
 from shared.errors import ITwinError
 from shared.resources import ITwinApi
@@ -96,7 +97,8 @@ class PlatformApi(ITwinApi):
 
     @classmethod
     def from_settings(cls, settings: Settings, ca_bundle: str | None = None) -> PlatformApi:
-        return cls(ITwinClient(settings, session=platform_session(settings, ca_bundle)))
+        """Through the app's client, with the tool's bounds on retries (`ops.reach.API_POLICY`)."""
+        return cls(ITwinClient(settings, session=platform_session(settings, ca_bundle), policy=API_POLICY))
 
     def webhooks(self) -> list[Webhook]:
         return [Webhook.from_json(item) for item in self._pages("/webhooks", {}, "webhooks", "webhooks.list")]

@@ -4,22 +4,32 @@ A storage queue cannot be read by message id, and a peek shows at most 32 messag
 queue means receiving its messages, which hides each for a lease (its visibility timeout), and then releasing
 them (visibility 0). A tool that dies meanwhile loses nothing: its leases run out and the messages come back.
 Nothing else reads the poison queue, so hiding its messages for a few seconds costs nobody anything.
+
+A pass that outlives its lease would see its first messages come round again, and could go on for ever: so a pass
+stops at the first message it receives twice, or once it has received as many as the queue held when it began. A
+scan's lease grows with that count (`SCAN_RATE`), so that it outlives the pass and the scan sees every message.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
 from ops.dead_letters import DeadLetter, parse_dead_letter
 from ops.errors import OpsError
-from shared.queues import queue_service
+from shared.queues import CommandQueue, queue_service
 from shared.settings import COMMAND_QUEUE, POISON_QUEUE
 
 PEEK_LIMIT = 32  # the most messages one peek (or one receive) returns
+# Letters a second a scan is sure to receive, even over a slow link (Azurite gives about 1,600): its lease is the
+# count at the start over this, or more. Should the tool die, what it held comes back after that lease.
+SCAN_RATE = 200
+RELEASE_THREADS = 8  # releases at once: one update each, so a scan's end is bound by their round trips
 
 
 class LeaseLost(Exception):
@@ -48,7 +58,14 @@ def _letter(message: Any) -> DeadLetter:
 def storage_error(error: Exception, what: str, service: str = "queue") -> OpsError:
     """An Azure Storage failure as a message that says what to do; ``service``: ``queue``, or ``table`` (the
     command ledger)."""
-    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
+    from azure.core.exceptions import (
+        ClientAuthenticationError,
+        HttpResponseError,
+        ServiceRequestError,
+        ServiceRequestTimeoutError,
+        ServiceResponseError,
+        ServiceResponseTimeoutError,
+    )
 
     status = getattr(error, "status_code", None)
     if isinstance(error, ClientAuthenticationError) and status is None:
@@ -66,8 +83,16 @@ def storage_error(error: Exception, what: str, service: str = "queue") -> OpsErr
             missing = "the command ledger's table" if service == "table" else "the queue"
             return OpsError(f"cannot {what}: {missing} does not exist (404 {code}); is AzureWebJobsStorage right?")
         return OpsError(f"storage answered {error.status_code} {code} when asked to {what}")
-    if isinstance(error, ServiceRequestError):
-        return OpsError(f"cannot reach storage to {what}: {error}; is AzureWebJobsStorage right, and is it running?")
+    if isinstance(error, ServiceRequestError | ServiceResponseError):
+        if isinstance(error, ServiceRequestTimeoutError | ServiceResponseTimeoutError):
+            happened = "it timed out"
+        else:  # the SDK's text starts with the connection object's repr; its last part is what happened
+            happened = str(error).rsplit(": ", 1)[-1]
+        verb = "reach" if isinstance(error, ServiceRequestError) else "hear from"
+        return OpsError(
+            f"cannot {verb} storage to {what} ({happened}): check AzureWebJobsStorage, and that the storage account "
+            "(Azurite under `make dev`) is running and reachable from here"
+        )
     return OpsError(f"could not {what}: {type(error).__name__}: {error}")
 
 
@@ -77,11 +102,13 @@ class Queues:
     def __init__(self, poison: Any, commands: Any) -> None:
         self.poison = poison
         self.commands = commands
+        self._sender = CommandQueue(commands, poison)
 
     @classmethod
-    def from_environment(cls, environ: Mapping[str, str]) -> Queues:
-        """Raises `SettingsError` when ``AzureWebJobsStorage`` is set in neither form."""
-        service = queue_service(environ)
+    def from_environment(cls, environ: Mapping[str, str], **client_options: Any) -> Queues:
+        """Raises `SettingsError` when ``AzureWebJobsStorage`` is set in neither form; ``client_options`` go to the
+        queue clients (`ops.reach.QUEUE_OPTIONS`)."""
+        service = queue_service(environ, **client_options)
         return cls(service.get_queue_client(POISON_QUEUE), service.get_queue_client(COMMAND_QUEUE))
 
     def _call(self, what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
@@ -147,8 +174,8 @@ class Queues:
             raise storage_error(error, "delete a dead letter") from None
 
     def send_command(self, message: Mapping[str, Any]) -> None:
-        """Put a command on ``itwin-commands``, visible at once, as the app's queue client does."""
-        self._call("send to itwin-commands", self.commands.send_message, json.dumps(message, separators=(",", ":")))
+        """Put a command on ``itwin-commands``, visible at once and never expiring, as the app's own sends."""
+        self._call("send to itwin-commands", self._sender.send, message)
 
     def peek_commands(self) -> list[Any]:
         """The first (up to 32) commands waiting on ``itwin-commands``, decoded where they are JSON."""
@@ -162,23 +189,70 @@ class Queues:
         return decoded
 
     def scan(self, lease: int = 30) -> list[DeadLetter]:
-        """Every dead letter, in queue order, leaving the queue as it was.
+        """Every dead letter (as many as the queue held when the scan began), in queue order, each once, leaving
+        the queue as it was.
 
-        One peek when it shows them all; otherwise receive all of them under a lease, then release them.
+        One peek when it shows them all; otherwise receive them under a lease of at least ``lease`` seconds, long
+        enough for the pass (`SCAN_RATE`), then release them.
         """
         peeked = self.peek()
         if len(peeked) < PEEK_LIMIT:
             return peeked
+        expected = max(self.count(), len(peeked))  # the count is the service's approximation
         held: list[Leased] = []
         try:
-            while batch := self.receive(lease):
-                held.extend(batch)
+            held.extend(self.leases(max(lease, math.ceil(expected / SCAN_RATE)), PEEK_LIMIT, limit=expected))
         finally:
-            for leased in held:
-                self.release(leased)
+            self.release_all(held)
         return [leased.letter for leased in held]
 
-    def leases(self, lease: int, batch: int) -> Iterator[Leased]:
-        """Receive dead letters ``batch`` at a time until none is visible."""
-        while received := self.receive(lease, batch):
-            yield from received
+    def leases(self, lease: int, batch: int, limit: int | None = None) -> Iterator[Leased]:
+        """Receive dead letters ``batch`` at a time, each once: until none is visible, one comes round again (a
+        lease ran out), or ``limit`` have been received. Those received but not handed out are released, also when
+        the caller stops early."""
+        seen: set[str] = set()
+        pending: list[Leased] = []
+        try:
+            while limit is None or len(seen) < limit:
+                pending = self.receive(lease, batch)
+                if not pending:
+                    return
+                while pending:
+                    if pending[0].letter.id in seen or (limit is not None and len(seen) >= limit):
+                        return
+                    leased = pending.pop(0)
+                    seen.add(leased.letter.id)
+                    yield leased
+        finally:
+            self.release_all(pending)
+
+    def release_all(self, held: list[Leased]) -> None:
+        """Release each (quietly, those no longer ours), several at a time."""
+        if len(held) <= 1:
+            for leased in held:
+                self.release(leased)
+            return
+        with ThreadPoolExecutor(RELEASE_THREADS, thread_name_prefix="release") as pool:
+            list(pool.map(self.release, held))
+
+    def purge(self, ids: set[str], progress: Any) -> int:
+        """Delete the dead letters with these ids; how many were deleted (the others were taken, or not reached).
+        ``progress`` advances once per id found."""
+        deleted = 0
+        found = 0
+        held: list[Leased] = []
+        try:
+            for leased in self.leases(lease=30, batch=PEEK_LIMIT, limit=self.count()):
+                if leased.letter.id not in ids:
+                    held.append(leased)
+                    continue
+                with contextlib.suppress(LeaseLost):
+                    self.delete(leased)
+                    deleted += 1
+                found += 1
+                progress.advance()
+                if found == len(ids):
+                    break
+        finally:
+            self.release_all(held)
+        return deleted

@@ -182,6 +182,7 @@ class Replayer:
         waiting_since: float | None = None
         try:
             while True:
+                replayed_before = len(done)
                 for leased in self.queues.leases(self.lease, self.batch):
                     letter = leased.letter
                     if letter.id not in wanted and letter.id not in scanned and self._held_at_start(letter, also):
@@ -199,6 +200,9 @@ class Replayer:
                 elsewhere = max(0, self.queues.count() - len(held)) if also else 0
                 if not missing and not elsewhere:
                     break
+                if len(done) > replayed_before:  # the pass ended at a letter whose lease ran out: go round again
+                    waiting_since = None
+                    continue
                 if waiting_since is None:
                     waiting_since = self._clock()
                     self.output.note(
@@ -211,8 +215,7 @@ class Replayer:
                 self._sleep(0.5)
         finally:
             progress.close()
-            for leased in held.values():
-                self.queues.release(leased)
+            self.queues.release_all(list(held.values()))
         return report
 
     def _held_at_start(self, letter: DeadLetter, also: Callable[[DeadLetter], bool] | None) -> bool:

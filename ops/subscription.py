@@ -64,7 +64,8 @@ class Target:
     event_types: tuple[str, ...]
 
 
-def _describe(webhook: Webhook) -> str:
+def describe(webhook: Webhook) -> str:
+    """``<id> (<state>, scope <scope>, <n> event type(s))``."""
     state = "active" if webhook.active else "inactive"
     scope = f"{webhook.scope} {webhook.scope_id}" if webhook.scope == "iTwin" else str(webhook.scope)
     return f"{webhook.id} ({state}, scope {scope}, {len(webhook.event_types)} event type(s))"
@@ -110,7 +111,7 @@ class Subscription:
                     f"{' ' + str(webhook.scope_id) if webhook.scope == 'iTwin' else ''}; the scope cannot be changed: "
                     "delete it first (`python -m ops webhook delete`), then create it again"
                 )
-            self.output.line(f"reusing webhook {_describe(webhook)} for {target.callback_url}")
+            self.output.line(f"reusing webhook {describe(webhook)} for {target.callback_url}")
             if set(webhook.event_types) != set(target.event_types):
                 webhook = self.api.update_webhook(webhook.id, {"eventTypes": list(target.event_types)})
                 self.output.line(f"updated its event types: {', '.join(webhook.event_types)}")
@@ -127,7 +128,7 @@ class Subscription:
             if target.scope == "iTwin":
                 body["scopeId"] = target.scope_id
             webhook = self.api.create_webhook(body)
-            self.output.line(f"created webhook {_describe(webhook)} for {target.callback_url}")
+            self.output.line(f"created webhook {describe(webhook)} for {target.callback_url}")
             self.output.line(f"event types: {', '.join(webhook.event_types)}")
         if activate:
             return self.activate(webhook)

@@ -300,11 +300,11 @@ def _receive_webhook(
         return error_reply(400, invalid.code, invalid.message, invalid.details)
     except SettingsError as error:
         return _misconfigured(error)
-    tracked = deliveries is not None and event.message_id is not None
+    tracked = deliveries is not None
     if tracked and not deliveries.first_time(event.message_id):
         log.info("webhook %s messageId=%s: a repeat, nothing enqueued", event.event_type, event.message_id)
         return Reply(202, {"accepted": 0, "eventType": event.event_type, "duplicate": True})
-    ids = delivery_ids(event.message_id, event.enqueued_at, len(commands)) if event.message_id else None
+    ids = delivery_ids(event.message_id, event.enqueued_at, len(commands))
     try:
         accepted = _accept(commands, queue(), ledger(), ids) if commands else Accepted([], [])
     except Exception as error:

@@ -49,15 +49,16 @@ class EnqueueFailed(Exception):
         self.enqueued = enqueued
 
 
-def queue_service(environ: Mapping[str, str]) -> Any:
-    """A ``QueueServiceClient`` for ``AzureWebJobsStorage`` in either form; raises `SettingsError` if unset."""
+def queue_service(environ: Mapping[str, str], **client_options: Any) -> Any:
+    """A ``QueueServiceClient`` for ``AzureWebJobsStorage`` in either form; raises `SettingsError` if unset.
+    ``client_options`` go to the client (the operations tool bounds its retries and timeouts with them)."""
     from azure.storage.queue import QueueServiceClient  # imported on first use: keeps cold start short
 
     text = connection_string(environ)
     if text:
-        return QueueServiceClient.from_connection_string(text)
+        return QueueServiceClient.from_connection_string(text, **client_options)
     url, credential = endpoint_and_credential(environ, "queue")
-    return QueueServiceClient(account_url=url, credential=credential)
+    return QueueServiceClient(account_url=url, credential=credential, **client_options)
 
 
 class CommandQueue:

@@ -49,7 +49,11 @@ class Rule:
 
 
 def parse_event(raw: bytes) -> Event:
-    """Decode a webhook body; raises `InvalidCommand` (``InvalidRequestBody``/``InvalidEvent``) naming the field."""
+    """Decode a webhook body; raises `InvalidCommand` (``InvalidRequestBody``/``InvalidEvent``) naming the field.
+
+    ``eventType``, ``enqueuedDateTime`` and ``messageId`` are required: the time bounds how long a signed delivery
+    can be replayed, and the id is what tells a replay (or the platform's resend) from a new delivery.
+    """
     data = decode_json(raw)
     problems = []
     if not isinstance(data, dict):
@@ -60,6 +64,15 @@ def parse_event(raw: bytes) -> Event:
         problems.append(ErrorDetail("MissingRequiredProperty", "eventType must be a non-empty string.", "eventType"))
     if not isinstance(data.get("content", {}), dict):
         problems.append(ErrorDetail("InvalidValue", "content must be an object.", "content"))
+    if not isinstance(data.get("messageId"), str) or not data["messageId"]:
+        problems.append(
+            ErrorDetail(
+                "MissingRequiredProperty",
+                "messageId must be the platform's non-empty id of this delivery: without it a repeat of the "
+                "delivery cannot be recognised.",
+                "messageId",
+            )
+        )
     enqueued_at = parse_enqueued(data.get("enqueuedDateTime"))
     if enqueued_at is None:
         problems.append(

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from app_settings import settings_for
 from ops_helpers import replay_killed_half_way_and_again, run_ops, write_settings
 from samples import IMODEL, JOB_BODY
 
+from ops.output import Output
+from ops.poison_queue import Queues
+from ops.replay import Replayer
 from shared.client import ITwinClient
 from shared.outcomes import Outcome
 from shared.queues import CommandQueue
@@ -103,6 +108,16 @@ def test_a_replayed_command_goes_back_once_without_its_attempts_and_then_succeed
     [message] = queues[COMMAND_QUEUE].receive_messages(max_messages=1)
     assert worker.handle(message.content) is Outcome.SUCCEEDED  # the permission was fixed meanwhile
     assert connection["id"] not in simulator.connections
+
+
+def test_a_replayed_command_never_expires_as_the_apps_own_sends_do(settings, worker, simulator, queues):
+    forbidden_delete(worker, simulator)
+
+    result = run_ops(settings, "poison", "replay", "--all")
+
+    assert result.code == 0
+    [resent] = queues[COMMAND_QUEUE].peek_messages()
+    assert resent.expires_on > datetime.now(UTC) + timedelta(days=365)  # not the queue's default 7 days
 
 
 def test_a_replay_that_fails_again_while_the_worker_runs_is_dead_lettered_once_and_not_replayed_round(
@@ -325,3 +340,88 @@ def test_a_replay_killed_half_way_and_run_again_loses_nothing_and_doubles_nothin
     assert on_queue(queues[POISON_QUEUE]) == []
     assert queues[POISON_QUEUE].get_queue_properties().approximate_message_count == 0
     assert "Traceback" not in second.err
+
+
+def slow_receives(queue, delay: float):
+    """``queue`` (a ``QueueClient``) whose receives each take ``delay`` seconds more, as over a slow link: a pass over
+    a few hundred dead letters then outlives a 1 s lease, as one over 100,000 outlives the usual 30 s."""
+
+    class SlowReceives:
+        def __getattr__(self, name):
+            return getattr(queue, name)
+
+        def receive_messages(self, **kwargs):
+            time.sleep(delay)
+            return queue.receive_messages(**kwargs)
+
+    return SlowReceives()
+
+
+def many_dead_letters(poison, count: int, code: str = "InsufficientPermissions") -> None:
+    error = {"status": 403, "code": code, "message": "no", "target": None, "details": []}
+    for n in range(count):
+        command = {"action": "delete", "resource": "run", "id": f"{code}-{n}"}
+        envelope = {"message": command, "error": error, "attempts": 1, "failedAt": "2026-11-23T08:00:00Z"}
+        poison.send_message(json.dumps(envelope))
+
+
+def ends_within(seconds: float, work):
+    """``work()``'s result, asserting it returned within ``seconds`` (run in a thread, so a loop fails the test)."""
+    results = []
+    worker = threading.Thread(target=lambda: results.append(work()), daemon=True)
+    worker.start()
+    worker.join(timeout=seconds)
+    assert not worker.is_alive(), f"still going after {seconds} s: the pass goes round and round"
+    return results[0]
+
+
+def test_a_pass_that_outlives_its_lease_stops_at_the_first_letter_it_sees_again(queues):
+    # GIVEN 300 dead letters, and receives so slow (0.5 s for 32) that a pass outlives a 1 s lease
+    many_dead_letters(queues[POISON_QUEUE], 300)
+    slow = Queues(slow_receives(queues[POISON_QUEUE], 0.5), queues[COMMAND_QUEUE])
+
+    # WHEN a pass receives them 32 at a time under that lease
+    received = ends_within(30, lambda: [leased.letter.id for leased in slow.leases(lease=1, batch=32)])
+
+    # THEN it ends, each letter received once, and every letter is visible again at once
+    assert len(set(received)) == len(received) <= 300
+    assert queues[POISON_QUEUE].get_queue_properties().approximate_message_count == 300
+
+
+def test_a_scan_takes_a_lease_long_enough_to_see_every_letter_once(queues):
+    many_dead_letters(queues[POISON_QUEUE], 300)
+    slow = Queues(slow_receives(queues[POISON_QUEUE], 0.3), queues[COMMAND_QUEUE])
+
+    letters = ends_within(30, lambda: slow.scan(lease=1))
+
+    assert len({letter.id for letter in letters}) == len(letters) == 300
+    assert len(queues[POISON_QUEUE].peek_messages(max_messages=32)) == 32  # released at once, not in 30 s
+
+
+def test_a_replay_and_a_purge_whose_passes_outlive_the_lease_end_having_done_everything(queues):
+    # GIVEN 200 dead letters to keep and 100 to replay, then 100 to purge; receives slow enough (0.15 s for 8)
+    # that a pass outlives a 1 s lease, so the kept ones come round during it
+    many_dead_letters(queues[POISON_QUEUE], 200, code="KeepMe")
+    many_dead_letters(queues[POISON_QUEUE], 100)
+    slow = Queues(slow_receives(queues[POISON_QUEUE], 0.15), queues[COMMAND_QUEUE])
+    letters = slow.scan()
+    chosen = [letter for letter in letters if letter.code == "InsufficientPermissions"]
+    replayer = Replayer(slow, None, Output(io.StringIO(), io.StringIO(), interactive=False), lease=1, wait=2)
+
+    # WHEN they are replayed
+    report = ends_within(60, lambda: replayer.run(chosen, letters))
+
+    # THEN each is replayed once and the kept ones stay
+    assert len(report.replayed) == 100
+    assert report.missing == 0
+    assert queues[COMMAND_QUEUE].get_queue_properties().approximate_message_count == 100
+    assert queues[POISON_QUEUE].get_queue_properties().approximate_message_count == 200
+
+    # AND WHEN the kept ones are purged on the same slow queue, with a 1 s lease
+    many_dead_letters(queues[POISON_QUEUE], 100, code="PurgeMe")
+    doomed = {letter.id for letter in slow.scan() if letter.code == "PurgeMe"}
+    deleted = ends_within(60, lambda: slow.purge(doomed, Output(io.StringIO(), io.StringIO()).progress(0, "purge")))
+
+    # THEN each is deleted and the others stay
+    assert deleted == 100
+    assert queues[POISON_QUEUE].get_queue_properties().approximate_message_count == 200

@@ -58,9 +58,9 @@ def test_activate_list_and_delete_are_idempotent(settings, simulator):
     activated = run_ops(settings, "webhook", "activate")
     still = run_ops(settings, "webhook", "activate")
     listed = run_ops(settings, "webhook", "list")
-    deleted = run_ops(settings, "webhook", "delete")
-    nothing = run_ops(settings, "webhook", "delete")
-    unknown = run_ops(settings, "webhook", "delete", "--id", "3f0c8a43-0000-4000-8000-000000000000")
+    deleted = run_ops(settings, "webhook", "delete", "--yes")
+    nothing = run_ops(settings, "webhook", "delete", "--yes")
+    unknown = run_ops(settings, "webhook", "delete", "--id", "3f0c8a43-0000-4000-8000-000000000000", "--yes")
 
     assert "activated webhook" in activated.out
     assert "is already active" in still.out
@@ -69,6 +69,41 @@ def test_activate_list_and_delete_are_idempotent(settings, simulator):
     assert "deleted webhook" in deleted.out
     assert (nothing.code, nothing.out.strip()) == (0, f"no webhook sends to {CALLBACK}: nothing to delete")
     assert (unknown.code, "does not exist (already deleted)" in unknown.out) == (0, True)
+    assert simulator.webhooks == {}
+
+
+def test_delete_asks_first_and_a_dry_run_deletes_nothing(settings, simulator):
+    run_ops(settings, "webhook", "create")
+    [webhook_id] = simulator.webhooks
+
+    unconfirmed = run_ops(settings, "webhook", "delete")
+    dry = run_ops(settings, "webhook", "delete", "--dry-run")
+    still_there = list(simulator.webhooks)
+    deleted = run_ops(settings, "webhook", "delete", "--yes")
+
+    assert unconfirmed.code == 2
+    assert "confirm with --yes when not at a terminal" in unconfirmed.err
+    assert f"{webhook_id} (inactive, scope Account, 1 event type(s)) sends to {CALLBACK}" in dry.out
+    assert "dry run: would delete 1 webhook(s)" in dry.out
+    assert still_there == [webhook_id]
+    assert (deleted.code, f"deleted webhook {webhook_id}" in deleted.out) == (0, True)
+    assert simulator.webhooks == {}
+
+
+def test_deleting_by_id_a_webhook_that_sends_elsewhere_needs_force(settings, simulator):
+    other = "https://other-app.example.com/api/webhooks/itwin"
+    run_ops(settings, "webhook", "create", "--url", other)
+    [webhook_id] = simulator.webhooks
+
+    refused = run_ops(settings, "webhook", "delete", "--id", webhook_id, "--yes")
+    kept = list(simulator.webhooks)
+    forced = run_ops(settings, "webhook", "delete", "--id", webhook_id, "--yes", "--force")
+
+    assert refused.code == 2
+    assert f"webhook {webhook_id} sends to {other}, not this app's webhook URL, {CALLBACK}" in refused.err
+    assert "add --force to delete it all the same" in refused.err
+    assert kept == [webhook_id]
+    assert (forced.code, f"deleted webhook {webhook_id}" in forced.out) == (0, True)
     assert simulator.webhooks == {}
 
 

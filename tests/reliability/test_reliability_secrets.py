@@ -157,6 +157,7 @@ def through_the_host(
             "eventType": "iModels.iModelDeleted.v1",
             "content": {"imodelId": new_id()},
             "enqueuedDateTime": format_enqueued(datetime.now(UTC)),
+            "messageId": new_id(),
         }
     ).encode()
     assert post("/api/webhooks/itwin", delivery).status_code == 401

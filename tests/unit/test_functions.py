@@ -118,6 +118,7 @@ def test_the_webhook_accepts_a_signed_event_without_a_rule(monkeypatch):
             "eventType": "changedElements.jobCompleted.v1",
             "content": {},
             "enqueuedDateTime": format_enqueued(datetime.now(UTC)),
+            "messageId": "m-1",
         }
     ).encode()
     request = func.HttpRequest("POST", "/api/webhooks/itwin", body=body, headers={"Signature": sign(body, "w" * 32)})

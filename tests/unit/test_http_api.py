@@ -1,4 +1,5 @@
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -24,6 +25,7 @@ def delivery(event_type, content=None, enqueued=None, **fields):
         "eventType": event_type,
         "content": content or {},
         "enqueuedDateTime": format_enqueued(enqueued or datetime.now(UTC)),
+        "messageId": str(uuid.uuid4()),
         **fields,
     }
     return json.dumps(body).encode()
@@ -140,10 +142,30 @@ def test_a_delivery_from_the_future_beyond_clock_skew_is_refused():
 
 
 def test_a_delivery_without_enqueued_date_time_is_refused_naming_the_field():
-    body = json.dumps({"eventType": "iModels.iModelDeleted.v1", "content": {"imodelId": IMODEL}}).encode()
+    event = {"eventType": "iModels.iModelDeleted.v1", "content": {"imodelId": IMODEL}, "messageId": "m-1"}
+    body = json.dumps(event).encode()
     reply = receive_webhook(body, sign(body, SECRET), SECRET, rules, {}, no_queue)
     assert reply.status == 400
     assert reply.body["error"]["details"][0]["target"] == "enqueuedDateTime"
+
+
+@pytest.mark.parametrize("message_id", [None, "", 42])
+def test_a_signed_delivery_without_a_message_id_is_refused_every_time_naming_it(message_id):
+    # GIVEN a signed iModelDeleted delivery with no usable messageId, which no instance could recognise again
+    event = {
+        "eventType": "iModels.iModelDeleted.v1",
+        "content": {"imodelId": IMODEL},
+        "enqueuedDateTime": format_enqueued(datetime.now(UTC)),
+    }
+    if message_id is not None:
+        event["messageId"] = message_id
+    body = json.dumps(event).encode()
+    # WHEN it is posted three times
+    replies = [receive_webhook(body, sign(body, SECRET), SECRET, rules, {}, no_queue) for _ in range(3)]
+    # THEN each is 400 naming messageId, and nothing is enqueued
+    assert [reply.status for reply in replies] == [400, 400, 400]
+    [detail] = replies[0].body["error"]["details"]
+    assert (detail["code"], detail["target"]) == ("MissingRequiredProperty", "messageId")
 
 
 def delivery_counts(captured: Captured) -> dict[tuple[str, str | None], int]:
