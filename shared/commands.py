@@ -52,6 +52,8 @@ _SHAPES: dict[tuple[str, str], str] = {
     ("delete", "clashRun"): "id",
     ("create", "realityJob"): "body",
     ("cancel", "realityJob"): "id",
+    # the platform reported the job's end (realityModeling.jobCompleted.v2): its state goes into its creator's row
+    ("record", "realityJob"): "id",
 }
 # Commands whose URL names an iTwin (Clash Detection v2): ``iTwinId`` at the top level. A create may leave it out
 # (the worker asks the iModels API for the iModel's iTwin); a cancel or delete must carry it.

@@ -13,6 +13,11 @@ An idempotency key is bound to its command by an index row (PartitionKey ``keys<
 across midnight is one command, and a keyed POST is a point read or insert whatever the table's size. Retention
 deletes the index row with the day of the command it points to.
 
+A resource whose end an event reports by its id alone (a Reality Modeling v2 job: ``realityModeling.jobCompleted.v2``
+``{jobId}``) is bound to the command that made it the same way (PartitionKey ``made<2 hex digits>``, RowKey
+``r<hash of type and id>``), written before that command's result; the event's ``record`` command then writes the
+state it ended in into that command's row (``resourceState``). Retention deletes it with the command's day.
+
 The protocol. Every write is conditional: an insert only where nothing is (409 otherwise), an update only on the
 ETag read (412 otherwise). No decision compares two machines' clocks; times in rows are for people.
 
@@ -79,6 +84,10 @@ LEASE_MARGIN = timedelta(seconds=30)
 SETTLE = timedelta(seconds=30)
 _MAX_ERROR_BYTES = 30_000
 _KEY_INDEX = "keys"
+_RESOURCE_INDEX = "made"
+# Resources whose end an event reports by their id alone (realityModeling.jobCompleted.v2 {jobId}): the row of the
+# command that made one is found through an index row, and records the state it ended in (``resourceState``).
+INDEXED_RESOURCES = frozenset({"realityJob"})
 _TRANSACTION = 100  # the table service's limit on operations in one transaction
 
 
@@ -134,6 +143,7 @@ class Record:
     holder: str | None = None  # the process holding the create's lease
     lease: str | None = None  # the lease's token: a new one for every claim and take-over
     before: tuple[str, ...] | None = None  # runs that matched before the holder's create: not made by it
+    resource_state: str | None = None  # the state the resource ended in, as an event reported it
     etag: str | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -151,6 +161,7 @@ class Record:
             "created": _iso(self.created),
             "updated": _iso(self.updated),
             "resource": self.resource.to_dict() if self.resource else None,
+            "resourceState": self.resource_state,
             "error": dict(self.error) if self.error else None,
             "children": list(self.children),
         }
@@ -222,6 +233,11 @@ def _error_json(error: Mapping[str, Any] | None) -> str | None:
 
 def _key_index(row_key: str) -> tuple[str, str]:
     return f"{_KEY_INDEX}{row_key[1:3]}", row_key
+
+
+def _resource_index(resource_type: str, resource_id: str) -> tuple[str, str]:
+    digest = hashlib.sha256(f"{resource_type}:{resource_id.lower()}".encode()).hexdigest()
+    return f"{_RESOURCE_INDEX}{digest[:2]}", f"r{digest[:40]}"
 
 
 class Ledger:
@@ -538,35 +554,69 @@ class Ledger:
         return self._merge(row, etag) is not None
 
     # -- retention ----------------------------------------------------------------------------------------------
+    def index_resource(self, resource: Resource, command_id: str) -> None:
+        """Remember that ``command_id`` made ``resource`` (one of `INDEXED_RESOURCES`): an event naming only the
+        resource then finds its command. Writing it again is harmless."""
+        partition, key = _resource_index(resource.type, resource.id)
+        self.table.upsert_entity({"PartitionKey": partition, "RowKey": key, "commandId": command_id})
+
+    def command_of(self, resource_type: str, resource_id: str) -> str | None:
+        """The id of the command that made this resource, or None when no kept command did."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return self.table.get_entity(*_resource_index(resource_type, resource_id)).get("commandId")
+        except ResourceNotFoundError:
+            return None
+
+    def record_state(self, command_id: str, state: str, now: datetime) -> bool:
+        """Write the state the command's resource ended in; False when the row is gone (past retention)."""
+        from azure.core.exceptions import ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        day, key = split_id(command_id)
+        entity = {"PartitionKey": day, "RowKey": key, "resourceState": state, "resourceStateAt": now}
+        try:
+            self.table.update_entity(entity, mode=UpdateMode.MERGE)
+        except ResourceNotFoundError:
+            return False
+        return True
+
     def drop_days_before(self, oldest_kept: datetime, lookback_days: int = 30) -> int:
         """Delete every row of the days before ``oldest_kept``'s, looking back ``lookback_days`` days; the count.
 
         Each day is one partition, read by its PartitionKey alone a page at a time and deleted 100 rows per
         transaction as it is read, so memory stays flat whatever a day holds. The idempotency index row of a keyed
-        command goes with it, if it still names that command.
+        command goes with it, if it still names that command, and so does the index row of a resource it made.
         """
         dropped = 0
         for back in range(1, lookback_days + 1):
             day = day_of(oldest_kept - timedelta(days=back))
             pages = self.table.query_entities(
-                "PartitionKey eq @day", parameters={"day": day}, select=["RowKey"], results_per_page=_TRANSACTION
+                "PartitionKey eq @day",
+                parameters={"day": day},
+                select=["RowKey", "resourceType", "resourceId"],
+                results_per_page=_TRANSACTION,
             ).by_page()
             for page in pages:
-                keys = [e["RowKey"] for e in page]
-                if not keys:
+                rows = list(page)
+                if not rows:
                     continue
-                self.table.submit_transaction([("delete", {"PartitionKey": day, "RowKey": k}) for k in keys])
-                for key in keys:
-                    if key.startswith("k"):
-                        self._drop_key_index(key, f"{day}-{key}")
-                dropped += len(keys)
+                self.table.submit_transaction([("delete", {"PartitionKey": day, "RowKey": r["RowKey"]}) for r in rows])
+                for row in rows:
+                    command_id = f"{day}-{row['RowKey']}"
+                    if row["RowKey"].startswith("k"):
+                        self._drop_index(_key_index(row["RowKey"]), command_id)
+                    if row.get("resourceType") in INDEXED_RESOURCES and row.get("resourceId"):
+                        self._drop_index(_resource_index(row["resourceType"], row["resourceId"]), command_id)
+                dropped += len(rows)
         return dropped
 
-    def _drop_key_index(self, row_key: str, command_id: str) -> None:
+    def _drop_index(self, index: tuple[str, str], command_id: str) -> None:
         from azure.core import MatchConditions
         from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
-        partition, key = _key_index(row_key)
+        partition, key = index
         try:
             found = self.table.get_entity(partition, key)
         except ResourceNotFoundError:
@@ -611,5 +661,6 @@ def _record(command_id: str, entity: Mapping[str, Any]) -> Record:
         holder=entity.get("holder") or None,
         lease=entity.get("lease") or None,
         before=tuple(json.loads(entity["before"])) if entity.get("before") else None,
+        resource_state=entity.get("resourceState") or None,
         etag=getattr(entity, "metadata", {}).get("etag"),
     )

@@ -20,7 +20,18 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from shared.commands import Command, InvalidCommand, decode_json, validate
 from shared.errors import ITwinError, NotFound, Throttled, Unprocessable
-from shared.ledger import LEASE, LEASE_MARGIN, SETTLE, Lease, Ledger, Record, Resource, child_id, split_id
+from shared.ledger import (
+    INDEXED_RESOURCES,
+    LEASE,
+    LEASE_MARGIN,
+    SETTLE,
+    Lease,
+    Ledger,
+    Record,
+    Resource,
+    child_id,
+    split_id,
+)
 from shared.ledger import Status as LedgerStatus
 from shared.outcomes import (
     Outcome,
@@ -304,6 +315,8 @@ class Worker:
         """
         assert self.ledger is not None
         assert command.command_id is not None
+        if result.resource is not None and result.resource.type in INDEXED_RESOURCES:
+            self.ledger.index_resource(result.resource, command.command_id)  # before the row says it is done
         etag = lease.etag
         for _ in range(3):  # a create that may still take effect keeps the lease: see `_failed`
             if self._finish_row(command, result, etag, release=not result.handed_over):
@@ -511,7 +524,18 @@ class Worker:
                 return _created("realityJob", job.id, f"{job.id} (state {job.state})", found=found)
             case "cancel", "realityJob":
                 return Result(self._cancel_reality_job(command.id or ""))
+            case "record", "realityJob":
+                return self._record_job_end(command.id or "")
         return Result(Outcome.SUCCEEDED)
+
+    def _record_job_end(self, job_id: str) -> Result:
+        """Write the state a Reality Modeling v2 job ended in (read from the API: the event says only that it
+        ended) into the row of the command that made it. A job no kept command made is left alone."""
+        state = self.api.get_reality_job(job_id).state or "unknown"
+        command_id = self.ledger.command_of("realityJob", job_id) if self.ledger is not None else None
+        if command_id is None or not self.ledger.record_state(command_id, state, self._clock()):
+            return Result(Outcome.ALREADY_DONE, f"job {job_id} ended {state}; no command this app keeps made it")
+        return Result(Outcome.SUCCEEDED, f"job {job_id} ended {state}: recorded in command {command_id}")
 
     def _cancel_clash_run(self, itwin_id: str, report_id: str) -> Outcome:
         """Cancel a v2 run. The API refuses (422) a run that is no longer in progress: when its report says it

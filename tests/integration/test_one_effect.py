@@ -23,7 +23,7 @@ from shared.client import ITwinClient
 from shared.commands import validate
 from shared.http_api import accept_commands
 from shared.intake import accept
-from shared.ledger import LEASE, Ledger, Status, child_id, day_of, new_id, split_id
+from shared.ledger import LEASE, Ledger, Resource, Status, child_id, day_of, new_id, split_id
 from shared.outcomes import Outcome
 from shared.queues import CommandQueue
 from shared.resources import ITwinApi
@@ -338,7 +338,7 @@ def test_a_redelivery_to_the_same_process_after_a_failed_write_records_the_job_i
     assert on_queue(queues[POISON_QUEUE]) == []
 
 
-def test_retention_drops_a_day_a_page_at_a_time_with_its_idempotency_keys(queues, ledger):
+def test_retention_drops_a_day_a_page_at_a_time_with_its_idempotency_keys_and_resources(queues, ledger):
     now = datetime.now(UTC)
     old = now - timedelta(days=9)
     commands = [validate({"action": "delete", "resource": "run", "id": f"r{i}"}) for i in range(230)]
@@ -346,7 +346,11 @@ def test_retention_drops_a_day_a_page_at_a_time_with_its_idempotency_keys(queues
         accept(commands[start : start + 100], queue_of(queues), ledger, old)
     keyed = validate({"action": "delete", "resource": "run", "id": "rk", "idempotencyKey": "old-key"})
     [old_id] = accept([keyed], queue_of(queues), ledger, old).ids
+    made = Resource("realityJob", "9a0f6c1e-3b2d-4c5e-8f7a-6b5c4d3e2f1a")
+    ledger.finish(old_id, Status.SUCCEEDED, old, attempts=1, waits=0, resource=made)
+    ledger.index_resource(made, old_id)
     assert drop_expired(ledger, retention_days=7, now=now) == 231
+    assert ledger.command_of("realityJob", made.id) is None  # the job's index row went with its command
     assert list(ledger.table.query_entities("PartitionKey eq @d", parameters={"d": day_of(old)})) == []
     # the key is free again: a new command under it is a new command
     [new_id_] = accept([keyed], queue_of(queues), ledger, now).ids

@@ -49,7 +49,11 @@ def test_create_subscribes_to_what_the_rules_handle_and_running_it_again_reuses_
     assert "updated its event types" in again.out
     assert webhook["callbackUrl"] == CALLBACK
     assert webhook["secret"] == SECRET
-    assert webhook["eventTypes"] == ["iModels.iModelDeleted.v1", "iModels.iModelCreated.v1"]
+    assert webhook["eventTypes"] == [
+        "iModels.iModelDeleted.v1",
+        "iModels.iModelCreated.v1",
+        "realityModeling.jobCompleted.v2",
+    ]
     assert webhook["active"] is True
 
 
@@ -83,7 +87,7 @@ def test_delete_asks_first_and_a_dry_run_deletes_nothing(settings, simulator):
 
     assert unconfirmed.code == 2
     assert "confirm with --yes when not at a terminal" in unconfirmed.err
-    assert f"{webhook_id} (inactive, scope Account, 1 event type(s)) sends to {CALLBACK}" in dry.out
+    assert f"{webhook_id} (inactive, scope Account, 2 event type(s)) sends to {CALLBACK}" in dry.out
     assert "dry run: would delete 1 webhook(s)" in dry.out
     assert still_there == [webhook_id]
     assert (deleted.code, f"deleted webhook {webhook_id}" in deleted.out) == (0, True)

@@ -174,3 +174,27 @@ def test_a_reality_job_whose_answer_was_lost_is_found_by_its_name_not_made_again
     lists = [r for r in simulator.api_calls() if r.method == "GET" and r.path == "/reality-modeling/jobs"]
     assert {r.query["$filter"] for r in lists} == {f"iTwinId eq {ITWIN}"}
     assert on_queue(queues[POISON_QUEUE]) == []
+
+
+def test_a_reality_jobs_end_is_recorded_in_the_row_of_the_command_that_made_it(simulator, queues, captured, ledger):
+    # GIVEN a job made by a command, which the platform then reports ended
+    command_id, create = accepted(queues, ledger, reality_job())
+    worker = instance(simulator, queues, captured, ledger, "a")
+    assert worker.handle(create) is Outcome.SUCCEEDED
+    job_id = ledger.get(command_id).resource.id
+    simulator.set_reality_job_state(job_id, "Success")
+    # WHEN the completion event's command arrives (the default rule: realityModeling.jobCompleted.v2 -> record)
+    record = json.dumps({"action": "record", "resource": "realityJob", "id": job_id})
+    assert worker.handle(record) is Outcome.SUCCEEDED
+    # THEN the creating command's row says how the job ended, and so does its status
+    row = ledger.get(command_id)
+    assert row.resource_state == "Success"
+    assert row.to_dict()["resourceState"] == "Success"
+
+
+def test_the_end_of_a_reality_job_no_command_made_is_left_alone(simulator, queues, captured, ledger):
+    job = simulator.add_reality_job(name="made elsewhere", itwin_id=ITWIN)
+    simulator.set_reality_job_state(job["id"], "Failed")
+    record = json.dumps({"action": "record", "resource": "realityJob", "id": job["id"]})
+    assert instance(simulator, queues, captured, ledger, "a").handle(record) is Outcome.ALREADY_DONE
+    assert on_queue(queues[POISON_QUEUE]) == []

@@ -49,6 +49,7 @@ VALID = [
     {"action": "delete", "resource": "clashRun", "id": JOB, "iTwinId": ITWIN},
     {"action": "create", "resource": "realityJob", "body": REALITY_JOB_BODY},
     {"action": "cancel", "resource": "realityJob", "id": JOB},
+    {"action": "record", "resource": "realityJob", "id": JOB},
 ]
 RUN_V2 = {"testId": CLASH_TEST, "iModelId": IMODEL, "changesetId": CHANGESET}
 
@@ -144,6 +145,8 @@ def test_an_invalid_command_names_the_field_at_fault(message, expected):
         ({"action": "submit", "resource": "realityJob", "id": JOB}, ("InvalidValue", "action")),
         ({"action": "delete", "resource": "realityJob", "id": JOB}, ("InvalidValue", "action")),
         ({"action": "cancel", "resource": "realityJob", "id": "j-1"}, ("InvalidValue", "id")),
+        ({"action": "record", "resource": "realityJob", "id": "j-1"}, ("InvalidValue", "id")),
+        ({"action": "record", "resource": "job", "id": JOB}, ("InvalidValue", "action")),
         (
             {"action": "create", "resource": "realityJob", "body": {**REALITY_JOB_BODY, "name": "ab"}},
             ("InvalidValue", "body.name"),

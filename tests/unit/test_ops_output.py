@@ -52,13 +52,18 @@ def test_no_progress_bar_when_not_at_a_terminal():
 def test_the_event_types_are_those_a_rule_can_turn_into_commands_with_the_settings():
     rules = load_rules(None)
     handled, skipped = handled_event_types(rules, {})
-    assert handled == ["iModels.iModelDeleted.v1"]
+    assert handled == ["iModels.iModelDeleted.v1", "realityModeling.jobCompleted.v2"]
     assert skipped == [
         "iModels.iModelCreated.v1 (its rule needs ITWIN_EXPORT_CONNECTION_NAME)",
         "iModels.namedVersionCreated.v1 (its rule needs ITWIN_CLASH_TEST_IDS)",
     ]
     handled, skipped = handled_event_types(rules, {"ITWIN_EXPORT_CONNECTION_NAME": "n", "ITWIN_CLASH_TEST_IDS": "t"})
-    assert handled == ["iModels.iModelDeleted.v1", "iModels.iModelCreated.v1", "iModels.namedVersionCreated.v1"]
+    assert handled == [
+        "iModels.iModelDeleted.v1",
+        "iModels.iModelCreated.v1",
+        "iModels.namedVersionCreated.v1",
+        "realityModeling.jobCompleted.v2",
+    ]
     assert skipped == []
 
 

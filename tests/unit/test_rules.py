@@ -75,6 +75,12 @@ def test_a_named_version_event_without_a_changeset_starts_no_v2_run():
     assert commands_for(version, RULES, {"ITWIN_CLASH_V2_TEST_IDS": V2_TEST}) == []
 
 
+def test_a_reality_modeling_v2_jobs_end_records_its_state_in_its_creators_row():
+    job = "5f0b2c1d-7e3a-4b9c-8d6e-1a2b3c4d5e6f"
+    [command] = commands_for(event("realityModeling.jobCompleted.v2", jobId=job), RULES, {})
+    assert (command.action, command.resource, command.id) == ("record", "realityJob", job)
+
+
 def test_an_event_type_without_a_rule_produces_nothing():
     assert commands_for(event("realityModeling.jobCompleted.v1", jobId="j"), RULES, {}) == []
 
