@@ -40,8 +40,9 @@ class Planned:
         return self.message["correlationId"]
 
 
-def plan_commands(simulator: Simulator, per_kind: int) -> list[Planned]:
-    """``per_kind`` commands of each kind, with the state each acts on; each carries its own correlationId."""
+def plan_commands(simulator: Simulator, per_kind: int, *, v2: bool = False) -> list[Planned]:
+    """``per_kind`` commands of each kind, with the state each acts on; each carries its own correlationId. ``v2``:
+    Clash Detection v2 runs and Reality Modeling v2 jobs are created too."""
     planned: list[Planned] = []
     for i in range(per_kind):
         imodel = new_id()
@@ -81,6 +82,24 @@ def plan_commands(simulator: Simulator, per_kind: int) -> list[Planned]:
 
         run = simulator.add_run()
         planned.append(Planned("delete run", {"action": "delete", "resource": "run", "id": run["id"]}, id=run["id"]))
+        if v2:
+            planned.extend(_v2_creates(simulator, i))
     for n, item in enumerate(planned):
         item.message["correlationId"] = f"rel-{n:05d}"
     return planned
+
+
+def _v2_creates(simulator: Simulator, i: int) -> list[Planned]:
+    """A Clash Detection v2 run and a Reality Modeling v2 job, each its own test or name so it can be counted."""
+    test_id, imodel = new_id(), new_id()
+    simulator.add_imodel(imodel, simulator.itwin_id)
+    body = {"testId": test_id, "iModelId": imodel, "changesetId": f"changeset-{i}"}
+    run = {"action": "create", "resource": "clashRun", "iTwinId": simulator.itwin_id, "body": body}
+    job_body = {
+        "type": "Reconstruction",
+        "name": f"mesh-{i}",
+        "iTwinId": simulator.itwin_id,
+        "specifications": {"inputs": {"scene": new_id()}, "outputs": {"exports": [{"format": "3DTiles"}]}},
+    }
+    job = {"action": "create", "resource": "realityJob", "body": job_body}
+    return [Planned("create clashRun", run, name=test_id), Planned("create realityJob", job, name=f"mesh-{i}")]

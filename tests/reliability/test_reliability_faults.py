@@ -86,6 +86,8 @@ class FaultRun:
     connections: dict[str, dict[str, Any]]
     jobs: dict[str, dict[str, Any]]
     runs: dict[str, dict[str, Any]]
+    clash_reports: dict[str, dict[str, Any]]
+    reality_jobs: dict[str, dict[str, Any]]
     host_counts: dict[str, int]
 
     def by_command(self) -> dict[str, list[Any]]:
@@ -110,7 +112,7 @@ def fault_run(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Fau
         patch.setenv("REQUESTS_CA_BUNDLE", simulator.ca_path)
         install_environment(patch, environ)
         install_worker(patch, captured.telemetry, read_timeout=READ_TIMEOUT)
-        planned = plan_commands(simulator, PER_KIND)
+        planned = plan_commands(simulator, PER_KIND, v2=SOAK)
         expected_finals = sum(len(p.children) or 1 for p in planned)
         simulator.faults = FAULTS
         with LocalHost(function_app.app, host_json, environ=environ) as host:
@@ -144,6 +146,8 @@ def fault_run(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Fau
             connections=simulator.connections,
             jobs=simulator.jobs,
             runs=simulator.runs,
+            clash_reports=simulator.reports,
+            reality_jobs=simulator.reality_jobs,
             host_counts={o: host.count("command_worker", o) for o in ("succeeded", "failed", "poisoned")},
         )
     for client in queues.values():
@@ -249,6 +253,12 @@ def test_the_simulator_state_matches_every_outcome(fault_run: FaultRun) -> None:
                 assert jobs_by_name[p.name] == 1 if done else jobs_by_name[p.name] <= 1, (p.key, outcome)
             case "create run":
                 assert runs_by_test[p.name] == 1 if done else runs_by_test[p.name] <= 1, (p.key, outcome)
+            case "create clashRun":
+                made = sum(1 for r in fault_run.clash_reports.values() if r["configurationId"] == p.name)
+                assert made == 1 if done else made <= 1, (p.key, outcome, made)
+            case "create realityJob":
+                made = sum(1 for j in fault_run.reality_jobs.values() if j["name"] == p.name)
+                assert made == 1 if done else made <= 1, (p.key, outcome, made)
             case "submit job":
                 assert not done or fault_run.jobs[p.id]["state"] == "active", (p.key, outcome)
             case "cancel job":
