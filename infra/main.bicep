@@ -98,6 +98,9 @@ param itwinClashTestIds string = ''
 @description('ITWIN_CLASH_V2_TEST_IDS: comma-separated Clash Detection v2 test ids run on iModels.namedVersionCreated.v1.')
 param itwinClashV2TestIds string = ''
 
+@description('ITWIN_CLASH_V2_CHANGES_TEST_IDS: comma-separated Clash Detection v2 test ids run on every iModels.changesReady.v1.')
+param itwinClashV2ChangesTestIds string = ''
+
 @description('ITWIN_EVENT_RULES: JSON document that replaces the default event rules (empty keeps the defaults).')
 param itwinEventRules string = ''
 
@@ -225,6 +228,7 @@ var appSettings = {
   ITWIN_EXPORT_CONNECTION_NAME: itwinExportConnectionName
   ITWIN_CLASH_TEST_IDS: itwinClashTestIds
   ITWIN_CLASH_V2_TEST_IDS: itwinClashV2TestIds
+  ITWIN_CLASH_V2_CHANGES_TEST_IDS: itwinClashV2ChangesTestIds
   ITWIN_EVENT_RULES: itwinEventRules
   ITWIN_RATE_LIMITS: itwinRateLimits
   ITWIN_MAX_RETRY_AFTER: itwinMaxRetryAfter

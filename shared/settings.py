@@ -82,6 +82,11 @@ SETTINGS: tuple[Setting, ...] = (
         "Comma-separated Clash Detection v2 test ids (GUIDs) run on iModels.namedVersionCreated.v1, on the named "
         "version's changeset.",
     ),
+    Setting(
+        "ITWIN_CLASH_V2_CHANGES_TEST_IDS",
+        "Comma-separated Clash Detection v2 test ids (GUIDs) run on every iModels.changesReady.v1, on its changeset "
+        "(every batch of changes pushed, not only named versions).",
+    ),
     Setting("ITWIN_EVENT_RULES", "JSON document that replaces the default event rules."),
     Setting(
         "ITWIN_RATE_LIMITS",

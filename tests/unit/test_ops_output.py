@@ -56,6 +56,7 @@ def test_the_event_types_are_those_a_rule_can_turn_into_commands_with_the_settin
     assert skipped == [
         "iModels.iModelCreated.v1 (its rule needs ITWIN_EXPORT_CONNECTION_NAME)",
         "iModels.namedVersionCreated.v1 (its rule needs ITWIN_CLASH_TEST_IDS)",
+        "iModels.changesReady.v1 (its rule needs ITWIN_CLASH_V2_CHANGES_TEST_IDS)",
     ]
     handled, skipped = handled_event_types(rules, {"ITWIN_EXPORT_CONNECTION_NAME": "n", "ITWIN_CLASH_TEST_IDS": "t"})
     assert handled == [
@@ -64,7 +65,7 @@ def test_the_event_types_are_those_a_rule_can_turn_into_commands_with_the_settin
         "iModels.namedVersionCreated.v1",
         "realityModeling.jobCompleted.v2",
     ]
-    assert skipped == []
+    assert skipped == ["iModels.changesReady.v1 (its rule needs ITWIN_CLASH_V2_CHANGES_TEST_IDS)"]
 
 
 def test_callback_urls_compare_without_case_in_the_host_or_a_trailing_slash():

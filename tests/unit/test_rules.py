@@ -70,6 +70,18 @@ def test_a_named_version_starts_clash_detection_v2_runs_on_its_changeset_only_fo
     }
 
 
+def test_changes_ready_start_clash_detection_v2_runs_on_their_changeset_only_when_configured():
+    content = {"imodelId": IMODEL, "changesetId": "cs-8", "changesetIndex": "8"}
+    changes = event("iModels.changesReady.v1", **content)
+    assert commands_for(changes, RULES, {"ITWIN_CLASH_V2_TEST_IDS": V2_TEST}) == []
+    [command] = commands_for(changes, RULES, {"ITWIN_CLASH_V2_CHANGES_TEST_IDS": V2_TEST})
+    assert (command.resource, command.itwin_id, command.body) == (
+        "clashRun",
+        ITWIN,
+        {"testId": V2_TEST, "iModelId": IMODEL, "changesetId": "cs-8"},
+    )
+
+
 def test_a_named_version_event_without_a_changeset_starts_no_v2_run():
     version = event("iModels.namedVersionCreated.v1", imodelId=IMODEL, versionId="nv-7")
     assert commands_for(version, RULES, {"ITWIN_CLASH_V2_TEST_IDS": V2_TEST}) == []
