@@ -11,7 +11,7 @@ import math
 import os
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from shared.ledger import Status as LedgerStatus
 from shared.settings import SettingsError
 
 DEFAULT_SETTINGS = "local.settings.json"
+SANDBOX_SETTINGS = Path(".sandbox") / "local.settings.json"  # what `make dev` writes, for this tool
 PROG = "python -m ops"
 
 
@@ -122,7 +123,19 @@ def _where(path: Path) -> str:
     return f"the environment or {path}" + ("" if path.exists() else f" (there is no {path})")
 
 
-def _storage_set(environ: dict[str, str]) -> bool:
+def settings_path(given: str | None, environ: Mapping[str, str], cwd: Path) -> Path:
+    """The settings file to read: the one given; else ``local.settings.json`` here; else, when the environment names
+    no storage either, the one `make dev` writes (``.sandbox/local.settings.json``), so that the tool works as
+    typed next to a running ``make dev``."""
+    if given:
+        return Path(given)
+    in_azure = _storage_set(environ) or environ.get("AZURE_STORAGE_ACCOUNT_NAME")
+    if not (cwd / DEFAULT_SETTINGS).exists() and not in_azure and (cwd / SANDBOX_SETTINGS).exists():
+        return SANDBOX_SETTINGS
+    return Path(DEFAULT_SETTINGS)
+
+
+def _storage_set(environ: Mapping[str, str]) -> bool:
     from shared.settings import storage_configured
 
     return storage_configured(environ)
@@ -544,9 +557,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Operate the iTwin event sync app: dead letters on the poison queue, command status (the "
         "command ledger), and the webhook.",
-        epilog="Settings come from the environment, then from local.settings.json (--settings), as the app reads them.",
+        epilog="Settings come from the environment, then from local.settings.json (--settings), as the app reads them; "
+        "next to a running `make dev`, from the .sandbox/local.settings.json it writes.",
     )
-    parser.add_argument("--settings", default=DEFAULT_SETTINGS, help="the local.settings.json to read (and write)")
+    parser.add_argument(
+        "--settings",
+        help="the local.settings.json to read (and write); default local.settings.json, or make dev's "
+        ".sandbox/local.settings.json when there is none and the environment names no storage",
+    )
     parser.add_argument("--key-vault", help="Key Vault name or URL holding the secrets (default AZURE_KEY_VAULT_NAME)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     groups = parser.add_subparsers(dest="group", required=True, metavar="{poison,commands,webhook}")
@@ -717,6 +735,7 @@ def main(
     output = output or Output()
     run: Callable[[Context], int] = args.run
     context_environ = os.environ if environ is None else environ
+    args.settings = str(settings_path(args.settings, context_environ, Path.cwd()))
     try:
         return run(Context(args, output, context_environ))
     except OpsError as error:

@@ -1,6 +1,8 @@
+from pathlib import Path
+
 import pytest
 
-from ops.cli import main
+from ops.cli import main, settings_path
 
 
 @pytest.mark.parametrize("rate", ["nan", "inf", "0", "-2", "1e-300", "often"])
@@ -30,3 +32,21 @@ def test_a_wait_that_would_never_end_or_is_negative_is_refused_by_the_parser(arg
         main([*argv, wait], environ={})
     assert stopped.value.code == 2
     assert "argument --wait: must be a number of seconds, 0 or more" in capsys.readouterr().err
+
+
+def test_next_to_make_dev_the_tool_reads_the_settings_make_dev_wrote(tmp_path):
+    # GIVEN a checkout where make dev wrote .sandbox/local.settings.json, and no local.settings.json
+    (tmp_path / ".sandbox").mkdir()
+    (tmp_path / ".sandbox" / "local.settings.json").write_text("{}")
+    # THEN the tool reads make dev's settings without --settings
+    assert settings_path(None, {}, tmp_path) == Path(".sandbox/local.settings.json")
+    # but a file or storage given wins: --settings, a local.settings.json, storage in the environment (or azd's)
+    assert settings_path("mine.json", {}, tmp_path) == Path("mine.json")
+    assert settings_path(None, {"AzureWebJobsStorage": "x"}, tmp_path) == Path("local.settings.json")
+    assert settings_path(None, {"AZURE_STORAGE_ACCOUNT_NAME": "x"}, tmp_path) == Path("local.settings.json")
+    (tmp_path / "local.settings.json").write_text("{}")
+    assert settings_path(None, {}, tmp_path) == Path("local.settings.json")
+
+
+def test_without_make_dev_the_settings_are_local_settings_json(tmp_path):
+    assert settings_path(None, {}, tmp_path) == Path("local.settings.json")
