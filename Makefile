@@ -68,8 +68,13 @@ workbook-pictures: $(STAMP) $(AZURITE)
 	SOAK=1 TELEMETRY_EXPORT=$(WORKBOOK_EXPORT) $(PY) -m pytest tests/reliability/test_reliability_operations.py -q -s
 	$(PY) -m observability.pictures $(WORKBOOK_EXPORT) docs/workbook
 
+# `make dev PORT=7072` when 7071 is taken (SIMULATOR_PORT and AZURITE_PORT likewise); VERBOSE=1 also logs each
+# invocation's Executing/Executed lines.
+PORT ?= 7071
+SIMULATOR_PORT ?= 5443
+AZURITE_PORT ?= 10001
 dev: $(STAMP) $(AZURITE)
-	$(PY) -m sandbox.dev
+	$(PY) -m sandbox.dev --port $(PORT) --simulator-port $(SIMULATOR_PORT) --azurite-port $(AZURITE_PORT) $(if $(VERBOSE),--verbose)
 
 clean:
 	rm -rf $(VENV) $(INFRA_VENV) node_modules .pytest_cache .ruff_cache .sandbox
