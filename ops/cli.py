@@ -5,14 +5,13 @@ interrupted); it never shows a traceback unless asked with ``--debug``."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
 import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +118,11 @@ class Context:
         return check_callback(url)
 
 
+def never_expires(expires_on: datetime | None, now: datetime) -> bool:
+    """True for a message sent with no expiry (time to live -1: Azure Storage says it expires on 9999-12-31)."""
+    return expires_on is not None and expires_on - now > timedelta(days=365 * 100)
+
+
 def _where(path: Path) -> str:
     return f"the environment or {path}" + ("" if path.exists() else f" (there is no {path})")
 
@@ -178,7 +182,13 @@ def poison_list(context: Context) -> int:
         return 0
     rows = []
     for letter in letters:
-        expires = span(letter.expires_on - now) if letter.expires_on else "-"
+        expires = (
+            "never"
+            if never_expires(letter.expires_on, now)
+            else span(letter.expires_on - now)
+            if letter.expires_on
+            else "-"
+        )
         attempts = str(letter.attempts) if letter.attempts is not None else "-"
         rows.append(
             [
@@ -210,7 +220,10 @@ def poison_show(context: Context) -> int:
     output.line(f"id          {letter.id}")
     output.line(f"kind        {letter.kind.value}")
     output.line(f"failed at   {when(letter.when)}")
-    output.line(f"expires     {when(letter.expires_on)} (a queue message lives 7 days unless sent with another TTL)")
+    if never_expires(letter.expires_on, datetime.now(UTC)):
+        output.line("expires     never (sent without an expiry, as the app sends its dead letters)")
+    elif letter.expires_on:
+        output.line(f"expires     {when(letter.expires_on)} (sent with an expiry; a queue message's default is 7 days)")
     output.line(f"command     {letter.command_kind}")
     output.line(f"error       {letter.code}: {letter.reason}")
     for detail in letter.error.get("details") or []:
@@ -310,8 +323,7 @@ def poison_purge(context: Context) -> int:
         if not sys.stdin.isatty():
             raise UsageError("purge deletes dead letters for good: confirm with --yes when not at a terminal")
         if not output.confirm(f"Delete these {len(chosen)} dead letter(s) for good?", str(len(chosen))):
-            output.line("nothing deleted")
-            return 0
+            raise UsageError(f"nothing deleted: the count typed was not {len(chosen)}")
     progress = output.progress(len(chosen), "purge")
     try:
         deleted = context.queues().purge({letter.id for letter in chosen}, progress)
@@ -424,7 +436,7 @@ def webhook_list(context: Context) -> int:
     webhooks = context.api().webhooks()
     mine = normal_url(args.url or context.environ.get("ITWIN_WEBHOOK_URL", "") or "-")
     if args.json:
-        output.line(json.dumps([dataclasses.asdict(w) for w in webhooks], indent=2))
+        output.line(json.dumps([w.as_dict() for w in webhooks], indent=2))
         return 0
     if not webhooks:
         output.line("the service application has no webhooks")
@@ -477,8 +489,7 @@ def webhook_delete(context: Context) -> int:
         if not sys.stdin.isatty():
             raise UsageError("deleting a webhook stops its deliveries: confirm with --yes when not at a terminal")
         if not output.confirm(f"Delete {len(webhooks)} webhook(s)? Deliveries stop at once.", str(len(webhooks))):
-            output.line("nothing deleted")
-            return 0
+            raise UsageError(f"nothing deleted: the count typed was not {len(webhooks)}")
     for webhook in webhooks:
         try:
             api.delete_webhook(webhook.id)
@@ -550,6 +561,17 @@ def _filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--command", help='only this command, e.g. "delete connection", or a resource such as run')
     parser.add_argument("--older-than", metavar="AGE", help="failed longer ago than AGE (90s, 15m, 2h, 3d, 1w)")
     parser.add_argument("--newer-than", metavar="AGE", help="failed within AGE")
+
+
+def _say_defaults(parser: argparse.ArgumentParser) -> None:
+    """Add ``(default N)`` to the help of every option with a default its help does not already give."""
+    for action in parser._actions:  # argparse keeps no public list of a parser's actions
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _say_defaults(sub)
+        elif action.help and action.default not in (None, False, argparse.SUPPRESS) and "default" not in action.help:
+            default = f"{action.default:g}" if isinstance(action.default, float) else action.default
+            action.help = f"{action.help} (default {default})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -693,6 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("--finish", action="store_true", help="drop the previous secret once it is no longer needed")
     rotate.add_argument("--force", action="store_true", help="with --finish: drop it now")
     rotate.set_defaults(run=webhook_rotate)
+    _say_defaults(parser)
     return parser
 
 
