@@ -1,8 +1,9 @@
 """`make bench`: the worker is fast, frugal and within its targets, measured in one run on loopback.
 
-python -m bench              full sizes (about two minutes)
+python -m bench              full sizes (about six minutes on two cores), each benchmark announced on stderr
 python -m bench --smoke      small sizes: checks that every benchmark runs, not the targets
-python -m bench --markdown BENCHMARKS.md   also write the table there
+python -m bench --markdown BENCHMARKS.md   also write the table there (and the charts beside it, under docs/);
+                                           make bench writes into .bench/, make bench-docs into BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 
 from bench.figures import SECTIONS, run_all
-from bench.scale import draw_charts, scale_section
+from bench.scale import scale_section
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,8 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     table = run_all(smoke=args.smoke, profile=args.profile, only=frozenset(args.only) if args.only else None)
     print(table.render_text(), flush=True)
     if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
         scale = table.data.get("scale")
         if scale is not None:
+            from bench.charts import draw_charts  # matplotlib: only when the charts are drawn
+
             charts = draw_charts(scale, args.markdown.parent) if not args.smoke else {}
             table.sections.append(scale_section(scale, charts))
         args.markdown.write_text(table.render_markdown(smoke=args.smoke), encoding="utf-8")

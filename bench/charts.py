@@ -76,3 +76,20 @@ def drop_chart(drop: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def draw_charts(data: dict[str, Any], root: Path) -> dict[str, str]:
+    """The PNGs of this run under ``root``/docs; their paths relative to ``root``, for BENCHMARKS.md."""
+    (root / "docs").mkdir(exist_ok=True)
+    charts = {}
+    if data["runs"]:
+        scale_chart(data["runs"], root / SCALE_CHART)
+        charts["scale"] = SCALE_CHART
+    if data["drop"] is not None:
+        drop_chart(data["drop"], root / DROP_CHART)
+        charts["drop"] = DROP_CHART
+    return charts
+
+
+SCALE_CHART = "docs/bench-scale.png"
+DROP_CHART = "docs/bench-limit-drop.png"

@@ -32,9 +32,9 @@ from urllib.parse import urlsplit
 
 import requests
 
-from bench.figures import KINDS, NEW_IMODEL, bare_path, seed_connections, service_token
 from bench.harness import MemoryQueue, Otel, ca_bundle, child_simulator, drain, make_worker, simulator_settings
 from bench.table import Table
+from bench.workload import KINDS, NEW_IMODEL, bare_path, seed_connections, service_token
 from shared.commands import validate
 from shared.http_api import Reply, accept_commands
 from shared.ledger import Ledger, new_id

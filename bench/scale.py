@@ -14,7 +14,6 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from bench.harness import simulator_settings
@@ -266,25 +265,6 @@ def _drop_rows(table: Table, result: RunResult, drop: Drop) -> dict[str, Any]:
         "samples": [instance.samples for instance in result.instances],
         "calls": result.calls,
     }
-
-
-def draw_charts(data: dict[str, Any], root: Path) -> dict[str, str]:
-    """The PNGs of this run under ``root``/docs; their paths relative to ``root``, for BENCHMARKS.md."""
-    from bench.charts import drop_chart, scale_chart
-
-    (root / "docs").mkdir(exist_ok=True)
-    charts = {}
-    if data["runs"]:
-        scale_chart(data["runs"], root / SCALE_CHART)
-        charts["scale"] = SCALE_CHART
-    if data["drop"] is not None:
-        drop_chart(data["drop"], root / DROP_CHART)
-        charts["drop"] = DROP_CHART
-    return charts
-
-
-SCALE_CHART = "docs/bench-scale.png"
-DROP_CHART = "docs/bench-limit-drop.png"
 
 
 def scale_section(data: dict[str, Any], charts: dict[str, str]) -> str:

@@ -163,7 +163,7 @@ class Table:
         lines = [
             title,
             "",
-            "Written by `make bench` (`python -m bench --markdown BENCHMARKS.md`): the queue worker against the",
+            "Written by `make bench-docs` (`python -m bench --markdown BENCHMARKS.md`): the queue worker against the",
             "iTwin Platform simulator on loopback, and the command ledger on Azurite's table and queue services, in",
             "one run. Ratios and counts only: the machine is shared.",
             "",

@@ -5,14 +5,13 @@ interrupted); it never shows a traceback unless asked with ``--debug``."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
 import sys
 import traceback
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from shared.ledger import Status as LedgerStatus
 from shared.settings import SettingsError
 
 DEFAULT_SETTINGS = "local.settings.json"
+SANDBOX_SETTINGS = Path(".sandbox") / "local.settings.json"  # what `make dev` writes, for this tool
 PROG = "python -m ops"
 
 
@@ -118,11 +118,28 @@ class Context:
         return check_callback(url)
 
 
+def never_expires(expires_on: datetime | None, now: datetime) -> bool:
+    """True for a message sent with no expiry (time to live -1: Azure Storage says it expires on 9999-12-31)."""
+    return expires_on is not None and expires_on - now > timedelta(days=365 * 100)
+
+
 def _where(path: Path) -> str:
     return f"the environment or {path}" + ("" if path.exists() else f" (there is no {path})")
 
 
-def _storage_set(environ: dict[str, str]) -> bool:
+def settings_path(given: str | None, environ: Mapping[str, str], cwd: Path) -> Path:
+    """The settings file to read: the one given; else ``local.settings.json`` here; else, when the environment names
+    no storage either, the one `make dev` writes (``.sandbox/local.settings.json``), so that the tool works as
+    typed next to a running ``make dev``."""
+    if given:
+        return Path(given)
+    in_azure = _storage_set(environ) or environ.get("AZURE_STORAGE_ACCOUNT_NAME")
+    if not (cwd / DEFAULT_SETTINGS).exists() and not in_azure and (cwd / SANDBOX_SETTINGS).exists():
+        return SANDBOX_SETTINGS
+    return Path(DEFAULT_SETTINGS)
+
+
+def _storage_set(environ: Mapping[str, str]) -> bool:
     from shared.settings import storage_configured
 
     return storage_configured(environ)
@@ -165,7 +182,13 @@ def poison_list(context: Context) -> int:
         return 0
     rows = []
     for letter in letters:
-        expires = span(letter.expires_on - now) if letter.expires_on else "-"
+        expires = (
+            "never"
+            if never_expires(letter.expires_on, now)
+            else span(letter.expires_on - now)
+            if letter.expires_on
+            else "-"
+        )
         attempts = str(letter.attempts) if letter.attempts is not None else "-"
         rows.append(
             [
@@ -197,7 +220,10 @@ def poison_show(context: Context) -> int:
     output.line(f"id          {letter.id}")
     output.line(f"kind        {letter.kind.value}")
     output.line(f"failed at   {when(letter.when)}")
-    output.line(f"expires     {when(letter.expires_on)} (a queue message lives 7 days unless sent with another TTL)")
+    if never_expires(letter.expires_on, datetime.now(UTC)):
+        output.line("expires     never (sent without an expiry, as the app sends its dead letters)")
+    elif letter.expires_on:
+        output.line(f"expires     {when(letter.expires_on)} (sent with an expiry; a queue message's default is 7 days)")
     output.line(f"command     {letter.command_kind}")
     output.line(f"error       {letter.code}: {letter.reason}")
     for detail in letter.error.get("details") or []:
@@ -297,8 +323,7 @@ def poison_purge(context: Context) -> int:
         if not sys.stdin.isatty():
             raise UsageError("purge deletes dead letters for good: confirm with --yes when not at a terminal")
         if not output.confirm(f"Delete these {len(chosen)} dead letter(s) for good?", str(len(chosen))):
-            output.line("nothing deleted")
-            return 0
+            raise UsageError(f"nothing deleted: the count typed was not {len(chosen)}")
     progress = output.progress(len(chosen), "purge")
     try:
         deleted = context.queues().purge({letter.id for letter in chosen}, progress)
@@ -411,7 +436,7 @@ def webhook_list(context: Context) -> int:
     webhooks = context.api().webhooks()
     mine = normal_url(args.url or context.environ.get("ITWIN_WEBHOOK_URL", "") or "-")
     if args.json:
-        output.line(json.dumps([dataclasses.asdict(w) for w in webhooks], indent=2))
+        output.line(json.dumps([w.as_dict() for w in webhooks], indent=2))
         return 0
     if not webhooks:
         output.line("the service application has no webhooks")
@@ -464,8 +489,7 @@ def webhook_delete(context: Context) -> int:
         if not sys.stdin.isatty():
             raise UsageError("deleting a webhook stops its deliveries: confirm with --yes when not at a terminal")
         if not output.confirm(f"Delete {len(webhooks)} webhook(s)? Deliveries stop at once.", str(len(webhooks))):
-            output.line("nothing deleted")
-            return 0
+            raise UsageError(f"nothing deleted: the count typed was not {len(webhooks)}")
     for webhook in webhooks:
         try:
             api.delete_webhook(webhook.id)
@@ -539,14 +563,30 @@ def _filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--newer-than", metavar="AGE", help="failed within AGE")
 
 
+def _say_defaults(parser: argparse.ArgumentParser) -> None:
+    """Add ``(default N)`` to the help of every option with a default its help does not already give."""
+    for action in parser._actions:  # argparse keeps no public list of a parser's actions
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _say_defaults(sub)
+        elif action.help and action.default not in (None, False, argparse.SUPPRESS) and "default" not in action.help:
+            default = f"{action.default:g}" if isinstance(action.default, float) else action.default
+            action.help = f"{action.help} (default {default})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Operate the iTwin event sync app: dead letters on the poison queue, command status (the "
         "command ledger), and the webhook.",
-        epilog="Settings come from the environment, then from local.settings.json (--settings), as the app reads them.",
+        epilog="Settings come from the environment, then from local.settings.json (--settings), as the app reads them; "
+        "next to a running `make dev`, from the .sandbox/local.settings.json it writes.",
     )
-    parser.add_argument("--settings", default=DEFAULT_SETTINGS, help="the local.settings.json to read (and write)")
+    parser.add_argument(
+        "--settings",
+        help="the local.settings.json to read (and write); default local.settings.json, or make dev's "
+        ".sandbox/local.settings.json when there is none and the environment names no storage",
+    )
     parser.add_argument("--key-vault", help="Key Vault name or URL holding the secrets (default AZURE_KEY_VAULT_NAME)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     groups = parser.add_subparsers(dest="group", required=True, metavar="{poison,commands,webhook}")
@@ -675,6 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("--finish", action="store_true", help="drop the previous secret once it is no longer needed")
     rotate.add_argument("--force", action="store_true", help="with --finish: drop it now")
     rotate.set_defaults(run=webhook_rotate)
+    _say_defaults(parser)
     return parser
 
 
@@ -717,6 +758,7 @@ def main(
     output = output or Output()
     run: Callable[[Context], int] = args.run
     context_environ = os.environ if environ is None else environ
+    args.settings = str(settings_path(args.settings, context_environ, Path.cwd()))
     try:
         return run(Context(args, output, context_environ))
     except OpsError as error:

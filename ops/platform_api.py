@@ -60,6 +60,19 @@ class Webhook:
     created: str | None = None
     modified: str | None = None
 
+    def as_dict(self) -> dict[str, Any]:
+        """For ``--json``: the API's own camelCase names, as every other ``--json`` of the tool uses."""
+        return {
+            "id": self.id,
+            "scope": self.scope,
+            "scopeId": self.scope_id,
+            "active": self.active,
+            "callbackUrl": self.callback_url,
+            "eventTypes": list(self.event_types),
+            "created": self.created,
+            "modified": self.modified,
+        }
+
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Webhook:
         types = data.get("eventTypes")

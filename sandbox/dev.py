@@ -19,6 +19,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -104,24 +105,55 @@ def _demo_on_enter(simulator: Simulator) -> None:
         _demo(simulator, imodel_id, 2)
 
 
+def taken(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something already listens on ``host:port`` (or it cannot be bound for another reason)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def port_problems(wanted: list[tuple[str, str, str, int]]) -> list[str]:
+    """What to say for each (what, make variable, option, port) whose port is taken: which, and how to choose."""
+    return [
+        f"port {port} ({what}) is taken on 127.0.0.1: another `make dev` or `func start`, perhaps. Stop it, or "
+        f"choose another port: make dev {variable}={port + 1} (python -m sandbox.dev {option} {port + 1})"
+        for what, variable, option, port in wanted
+        if port and taken(port)
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sandbox.dev", description=__doc__.splitlines()[0])
     parser.add_argument("--settings", default=str(ROOT / "local.settings.json"))
     parser.add_argument("--port", type=int, default=7071, help="functions HTTP port (default 7071)")
-    parser.add_argument("--simulator-port", type=int, default=5443)
-    parser.add_argument("--azurite-port", type=int, default=10001)
+    parser.add_argument("--simulator-port", type=int, default=5443, help="the simulator's HTTPS port (default 5443)")
+    parser.add_argument("--azurite-port", type=int, default=10001, help="Azurite's queue port (default 10001)")
+    parser.add_argument("--verbose", action="store_true", help="log each invocation's Executing/Executed lines too")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     # The Storage SDK logs every request and response at INFO; the outcomes are what matters here.
     logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
     load_local_settings(args.settings, os.environ)
+    storage = os.environ.get(STORAGE_CONNECTION, "")
+    needs_azurite = not storage or storage == "UseDevelopmentStorage=true"
+    wanted = [("the functions", "PORT", "--port", args.port)]
+    if _unset("ITWIN_CLIENT_ID"):
+        wanted.append(("the iTwin Platform simulator", "SIMULATOR_PORT", "--simulator-port", args.simulator_port))
+    if needs_azurite:
+        wanted.append(("Azurite's queue service", "AZURITE_PORT", "--azurite-port", args.azurite_port))
+    if problems := port_problems(wanted):
+        for problem in problems:
+            print(f"make dev: {problem}", file=sys.stderr)
+        return 1
 
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     with ExitStack() as stack:
         simulator = _start_simulator(stack, args.simulator_port) if _unset("ITWIN_CLIENT_ID") else None
-        storage = os.environ.get(STORAGE_CONNECTION, "")
-        if not storage or storage == "UseDevelopmentStorage=true":
+        if needs_azurite:
             _start_azurite(stack, args.azurite_port)
         if _unset("ITWIN_WEBHOOK_SECRET"):
             os.environ["ITWIN_WEBHOOK_SECRET"] = secrets.token_urlsafe(32)
@@ -131,10 +163,12 @@ def main(argv: list[str] | None = None) -> int:
             func = subprocess.Popen(["func", "start", "--port", str(args.port)], cwd=ROOT)  # noqa: S603, S607
             stack.callback(func.terminate)
         else:
-            stack.enter_context(LocalHost(_load_app(), ROOT / "host.json", port=args.port))
+            level = logging.INFO if args.verbose else logging.DEBUG
+            stack.enter_context(LocalHost(_load_app(), ROOT / "host.json", port=args.port, invocation_log_level=level))
         target = f"the simulator at {simulator.url}" if simulator else os.environ.get("ITWIN_API_URL", "")
         print(f"\nFunctions on {base}/api  (iTwin Platform: {target})")
-        print(f"  POST {base}/api/commands      GET {base}/api/health      POST {base}/api/webhooks/itwin")
+        print(f"  POST {base}/api/commands         GET {base}/api/commands/{{id}}")
+        print(f"  POST {base}/api/webhooks/itwin   GET {base}/api/health")
         if simulator:
             settings = _write_sandbox_settings(base)
             stack.enter_context(SettingsReloader(settings, (SECRET_SETTING, PREVIOUS_SECRET_SETTING)))
@@ -142,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nRegistering the webhook: {tool} webhook create --activate", flush=True)
             if ops_main(["--settings", str(settings), "webhook", "create", "--activate"], environ=dict(os.environ)):
                 print("The webhook could not be registered (see above).", flush=True)
-            print(f"\nIn another terminal: .venv/bin/{tool} poison list | webhook list | webhook rotate-secret")
+            print(
+                "\nIn another terminal: .venv/bin/python -m ops commands list | poison list | webhook list"
+                "\n                     .venv/bin/python -m sandbox.send_event iModels.iModelDeleted.v1 --imodel ID"
+            )
         print("Outcomes are logged below as they happen. Ctrl-C stops everything.", flush=True)
         if simulator:
             _demo(simulator, DEMO_IMODEL, 2)

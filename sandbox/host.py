@@ -685,7 +685,8 @@ class _QueuePoller:
             with lease.lock:
                 lease.done = True
             if error is None:
-                log.info(
+                log.log(
+                    self.host.invocation_log_level,
                     "Executed '%s' (Succeeded, Id=%s, message %s, dequeue count %s, %.0f ms)",
                     fn.name,
                     invocation_id,
@@ -750,7 +751,8 @@ class _QueuePoller:
         kwargs: dict[str, Any] = {fn.binding_name: value}
         if fn.wants_context:
             kwargs["context"] = _Context(invocation_id, fn.name, str(Path.cwd()))
-        log.info(
+        log.log(
+            self.host.invocation_log_level,
             "Executing '%s' (Reason='New queue message detected on '%s'.', Id=%s)",
             fn.name,
             fn.queue_name,
@@ -839,7 +841,9 @@ class LocalHost:
     ``environ`` (default ``os.environ``) resolves queue connections and ``%setting%`` queue names; the app's own code
     still reads ``os.environ``. ``name`` starts the names of the threads that run queue invocations, so that two
     hosts in one process can be told apart. ``port=0`` picks a free port; ``lease_seconds`` is how long a received
-    message stays invisible while its function runs (renewed at half-time).
+    message stays invisible while its function runs (renewed at half-time). ``invocation_log_level`` is the level of
+    the "Executing ..." / "Executed ... (Succeeded ...)" pair each invocation logs, as the Functions host does (INFO);
+    `make dev` logs them at DEBUG, so that its log is the commands' outcomes. A failed invocation is always an ERROR.
     """
 
     def __init__(
@@ -852,6 +856,7 @@ class LocalHost:
         *,
         bind: str = "127.0.0.1",
         name: str = "host",
+        invocation_log_level: int = logging.INFO,
     ) -> None:
         if lease_seconds < 1:
             raise ValueError("lease_seconds must be at least 1")
@@ -862,6 +867,7 @@ class LocalHost:
         self.requested_port = port
         self.bind = bind
         self.lease_seconds = int(lease_seconds)
+        self.invocation_log_level = invocation_log_level
         http, queue, timers, skipped = _index(app_functions(app), self.settings, self.environ)
         self.http_functions: list[HttpFunction] = http
         self.queue_functions: list[QueueFunction] = queue
@@ -988,14 +994,14 @@ class LocalHost:
         kwargs: dict[str, Any] = {function.binding_name: TimerRequest(past_due=past_due)}
         if function.wants_context:
             kwargs["context"] = _Context(invocation_id, function.name, str(Path.cwd()))
-        log.info("Executing '%s' (Reason='Timer fired', Id=%s)", function.name, invocation_id)
+        log.log(self.invocation_log_level, "Executing '%s' (Reason='Timer fired', Id=%s)", function.name, invocation_id)
         try:
             _call(function.user_function, kwargs)
         except Exception:
             log.exception("Executed '%s' (Failed, Id=%s)", function.name, invocation_id)
             self._count(function.name, "failed")
             return
-        log.info("Executed '%s' (Succeeded, Id=%s)", function.name, invocation_id)
+        log.log(self.invocation_log_level, "Executed '%s' (Succeeded, Id=%s)", function.name, invocation_id)
         self._count(function.name, "succeeded")
 
     # HTTP dispatch
@@ -1032,7 +1038,8 @@ class LocalHost:
         with self._http_changed:
             self._http_in_flight += 1
         started = time.monotonic()
-        log.info(
+        log.log(
+            self.invocation_log_level,
             "Executing '%s' (Reason='This function was programmatically called via the host APIs.', Id=%s)",
             function.name,
             invocation_id,
@@ -1049,7 +1056,8 @@ class LocalHost:
                 self._http_in_flight -= 1
                 self._http_changed.notify_all()
         elapsed_ms = (time.monotonic() - started) * 1000
-        log.info(
+        log.log(
+            self.invocation_log_level,
             "Executed '%s' (Succeeded, Id=%s, %s %s -> %s, %.0f ms)",
             function.name,
             invocation_id,

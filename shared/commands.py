@@ -236,7 +236,16 @@ class _Checker:
 
     def only(self, data: Mapping[str, Any], allowed: set[str], where: str) -> None:
         for key in sorted(set(data) - allowed, key=str):
-            self.add("UnknownProperty", f"{where}{key}", f"{where}{key} is not a known field.")
+            meant = near_miss(key, allowed)
+            hint = f"; did you mean {where}{meant}?" if meant else "."
+            self.add("UnknownProperty", f"{where}{key}", f"{where}{key} is not a known field{hint}")
+
+
+def near_miss(key: Any, allowed: set[str]) -> str | None:
+    """The allowed field ``key`` differs from only in case (``imodelId`` for ``iModelId``), if any."""
+    if not isinstance(key, str):
+        return None
+    return next((name for name in sorted(allowed) if name.lower() == key.lower() and name != key), None)
 
 
 def _text(limit: int) -> Callable[[Any], bool]:
@@ -410,6 +419,14 @@ def validate(data: Any, prefix: str = "") -> Command:
             _check_body(c, data["body"], resource)
     elif shape == "id or iModelId" and "iModelId" in data:
         c.require(data, "iModelId", "iModelId", is_guid, "an iModel id (a GUID)")
+    elif shape == "id or iModelId" and "id" not in data:
+        if not any(near_miss(key, {"id", "iModelId"}) for key in data):  # already said: "did you mean iModelId?"
+            id_what = _ID_CHECKS[resource][1]
+            c.add(
+                "MissingRequiredProperty",
+                "id",
+                f"id or iModelId is required: {id_what}, or the iModel whose connections to delete (a GUID).",
+            )
     elif shape:
         c.require(data, "id", "id", *_ID_CHECKS[resource])
     if shape:

@@ -91,13 +91,29 @@ def _not_enqueued(failure: EnqueueFailed, total: int) -> Reply:
     return error_reply(503, "EnqueueFailed", message, tuple(details))
 
 
+def human_duration(delta: timedelta) -> str:
+    """``delta`` as a person says it, in the largest unit that keeps it a whole number of at least 2 (or 1 second):
+    ``90 seconds``, ``25 hours``, ``1125 days``."""
+    seconds = int(abs(delta.total_seconds()))
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= 2 * size:
+            count = seconds // size
+            return f"{count} {unit}s"
+    return f"{seconds} second" + ("" if seconds == 1 else "s")
+
+
 def _stale(enqueued_at: datetime, now: datetime) -> str | None:
     """Why a delivery enqueued at ``enqueued_at`` is refused at ``now``, or None when it is fresh enough."""
     if enqueued_at < now - MAX_DELIVERY_AGE:
-        hours = (now - enqueued_at).total_seconds() / 3600
-        return f"enqueuedDateTime is {hours:.1f} h old; deliveries older than {MAX_DELIVERY_AGE} are refused as replays"
+        return (
+            f"enqueuedDateTime is {human_duration(now - enqueued_at)} old; deliveries older than "
+            f"{human_duration(MAX_DELIVERY_AGE)} are refused as replays"
+        )
     if enqueued_at > now + CLOCK_SKEW:
-        return f"enqueuedDateTime {enqueued_at.isoformat()} is in the future; check the clocks"
+        return (
+            f"enqueuedDateTime {enqueued_at.isoformat()} is {human_duration(enqueued_at - now)} ahead of this "
+            f"server's clock (more than {human_duration(CLOCK_SKEW)} is refused); check the clocks"
+        )
     return None
 
 
@@ -136,8 +152,11 @@ def accept_commands(
     """
     if _too_large(body, declared_length):
         return TOO_LARGE
+    batch = False
     try:
-        commands = _keyed(parse_batch(decode_json(body)), idempotency_key)
+        data = decode_json(body)
+        batch = isinstance(data, list)
+        commands = _keyed(_parse_posted(data), idempotency_key)
         accepted = _accept(commands, queue(), ledger())
     except InvalidCommand as invalid:
         return error_reply(400, invalid.code, invalid.message, invalid.details)
@@ -146,12 +165,17 @@ def accept_commands(
     except EnqueueFailed as failure:
         return _not_enqueued(failure, len(commands))
     except IdempotencyKeyReused as reused:
+        if idempotency_key is not None:
+            key, target = "The Idempotency-Key header", "Idempotency-Key"
+        else:
+            key = f"The idempotency key of command {reused.index}"
+            target = f"[{reused.index}].idempotencyKey" if batch else "idempotencyKey"
         return error_reply(
             409,
             "IdempotencyKeyReused",
-            f"The idempotency key of command {reused.index} was used for a different command ({reused.existing}) "
+            f"{key} was used for a different command ({reused.existing}) "
             "within the retention period. Use a new key for a new command.",
-            (ErrorDetail("IdempotencyKeyReused", str(reused), f"[{reused.index}].idempotencyKey"),),
+            (ErrorDetail("IdempotencyKeyReused", str(reused), target),),
         )
     except Exception as error:
         if _from_storage(error):
@@ -165,13 +189,36 @@ def accept_commands(
     return Reply(202, {"accepted": sum(accepted.enqueued), "commands": listed}, headers)
 
 
+def _parse_posted(data: Any) -> list[Command]:
+    """The commands of a POST, validated. A ``commandId`` is the service's to assign, so one in a POST is refused
+    as such, whatever its form (not first as a malformed id, then as a taken one); raises `InvalidCommand`."""
+    items = data if isinstance(data, list) else [data]
+    assigned = [
+        ErrorDetail(
+            "InvalidValue",
+            "commandId is assigned by the service; leave it out (use idempotencyKey to make a repeat harmless).",
+            f"[{index}].commandId" if isinstance(data, list) else "commandId",
+        )
+        for index, item in enumerate(items)
+        if isinstance(item, dict) and "commandId" in item
+    ]
+    if assigned:
+        items = [{k: v for k, v in i.items() if k != "commandId"} if isinstance(i, dict) else i for i in items]
+        data = items if isinstance(data, list) else items[0]
+    try:
+        commands = parse_batch(data)
+    except InvalidCommand as invalid:
+        if not assigned:
+            raise
+        raise InvalidCommand(invalid.message, [*assigned, *invalid.details]) from None
+    if assigned:
+        raise InvalidCommand("The request is invalid.", assigned)
+    return commands
+
+
 def _keyed(commands: list[Command], header: str | None) -> list[Command]:
     """The commands with the ``Idempotency-Key`` header applied; raises `InvalidCommand` for what cannot be."""
     problems = []
-    if any(c.command_id for c in commands):
-        problems.append(
-            ErrorDetail("InvalidValue", "commandId is assigned by the service; use idempotencyKey.", "commandId")
-        )
     if header is not None:
         key = header.strip()
         if len(commands) != 1:
@@ -193,9 +240,21 @@ def _keyed(commands: list[Command], header: str | None) -> list[Command]:
             )
         else:
             commands = [replace(commands[0], idempotency_key=key)]
-    keys = [c.idempotency_key for c in commands if c.idempotency_key]
-    if len(keys) != len(set(keys)):
-        problems.append(ErrorDetail("InvalidValue", "two commands of the batch have the same idempotencyKey.", None))
+    first: dict[str, int] = {}
+    for index, command in enumerate(commands):
+        if not command.idempotency_key:
+            continue
+        if command.idempotency_key in first:
+            problems.append(
+                ErrorDetail(
+                    "InvalidValue",
+                    f"commands {first[command.idempotency_key]} and {index} of the batch have the same "
+                    "idempotencyKey; give each command its own.",
+                    f"[{index}].idempotencyKey",
+                )
+            )
+        else:
+            first[command.idempotency_key] = index
     if problems:
         raise InvalidCommand("The request is invalid.", problems)
     return commands
@@ -285,7 +344,12 @@ def _receive_webhook(
     if _too_large(body, None):
         return TOO_LARGE
     if not verify(body, signature, secret):
-        reason = "no webhook secret is configured" if not secret else "the Signature header does not match the body"
+        if not secret:
+            reason = "no webhook secret is configured"
+        elif not (signature or "").strip():
+            reason = "the Signature header is missing (sha256=<hex HMAC-SHA256 of the body>)"
+        else:
+            reason = "the Signature header does not match the body"
         log.warning("webhook delivery refused: %s", reason)
         return error_reply(401, "InvalidSignature", f"Delivery refused: {reason}.")
     try:

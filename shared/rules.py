@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -195,16 +195,51 @@ def commands_for(event: Event, rules: tuple[Rule, ...], environ: Mapping[str, st
         "settings": {name: environ.get(name, "").strip() for name in _PUBLIC_SETTINGS},
     }
     produced: list[Any] = []
+    sources: list[dict[str, str]] = []  # per command: its fields that are one placeholder, and the path they read
     for rule in rules:
         if rule.event_type != event.event_type or not all(_lookup(p, scope) for p in rule.requires):
             continue
         items = _items(_lookup(rule.for_each, scope)) if rule.for_each else [None]
         for item in items:
-            produced.extend(_render(template, {**scope, "item": item}) for template in rule.commands)
+            for template in rule.commands:
+                produced.append(_render(template, {**scope, "item": item}))
+                sources.append(_placeholders(template))
     if not produced:
         return []
     correlation = event.message_id if event.message_id and CORRELATION_ID.match(event.message_id) else None
     for command in produced:
         if isinstance(command, dict) and correlation and "correlationId" not in command:
             command["correlationId"] = correlation
-    return parse_batch(produced)
+    try:
+        return parse_batch(produced)
+    except InvalidCommand as invalid:
+        raise InvalidCommand(invalid.message, [_in_event_terms(d, sources) for d in invalid.details]) from None
+
+
+def _placeholders(template: Any, prefix: str = "") -> dict[str, str]:
+    """``{"iModelId": "content.imodelId"}`` for a rule's command whose field is exactly ``{content.imodelId}``."""
+    found: dict[str, str] = {}
+    if isinstance(template, dict):
+        for key, value in template.items():
+            if isinstance(value, dict):
+                found.update(_placeholders(value, f"{prefix}{key}."))
+            elif isinstance(value, str) and (whole := _PLACEHOLDER.fullmatch(value)):
+                found[f"{prefix}{key}"] = whole.group(1)
+    return found
+
+
+def _in_event_terms(detail: ErrorDetail, sources: list[dict[str, str]]) -> ErrorDetail:
+    """A problem with a command field the rule fills from the event, said of the event's field: ``[0].iModelId is
+    required`` becomes ``content.imodelId is required``, as the sender of the event can fix that and not the rule."""
+    match = re.fullmatch(r"\[(\d+)\]\.(.+)", detail.target or "")
+    if not match or int(match.group(1)) >= len(sources):
+        return detail
+    field_name = match.group(2)
+    path = sources[int(match.group(1))].get(field_name)
+    if not path or not path.startswith(("content.", "event.")):
+        return detail
+    target = path if path.startswith("content.") else path.removeprefix("event.")
+    message = detail.message or ""
+    if message.startswith(field_name + " "):
+        message = target + message[len(field_name) :]
+    return replace(detail, message=message, target=target)

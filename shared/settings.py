@@ -1,6 +1,6 @@
 """Every setting the app reads from its environment, in one table, validated once.
 
-`SETTINGS` is the single list of names: the README table, `/api/health`, `local.settings.example.json`
+`SETTINGS` is the single list of names: the table in docs/settings.md, `/api/health`, `local.settings.example.json`
 and the Bicep app settings are all checked against it by the tests.
 """
 

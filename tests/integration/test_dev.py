@@ -75,3 +75,26 @@ def test_make_dev_registers_the_webhook_with_the_tool_and_a_deleted_imodels_conn
         process.wait(timeout=20)
     assert process.returncode == 0
     assert not any("curl" in line for line in lines)
+
+
+def test_make_dev_with_its_port_taken_says_which_port_and_how_to_choose_another(tmp_path):
+    # GIVEN something already listening on the port make dev wants
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ITWIN_", "AzureWebJobs"))}
+        # WHEN make dev starts
+        done = subprocess.run(  # noqa: S603
+            [sys.executable, "-m", "sandbox.dev", "--settings", str(tmp_path / "none.json"), "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    # THEN it stops at once, in one line per port, naming the port and the way to choose another; no traceback
+    assert done.returncode == 1
+    assert f"port {port} (the functions) is taken" in done.stderr
+    assert f"make dev PORT={port + 1}" in done.stderr
+    assert "Traceback" not in done.stderr

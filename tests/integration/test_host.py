@@ -201,6 +201,19 @@ def test_http_round_trip(tmp_path: Path, environ: dict[str, str]) -> None:
         assert host.count("explode", "failed") == 1
 
 
+def test_invocations_can_be_logged_at_debug_so_that_make_devs_log_is_the_outcomes(
+    tmp_path: Path, environ: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="sandbox.host")
+    host_json = write_host_json(tmp_path)
+    with LocalHost(host_test_app.app, host_json, environ=environ, invocation_log_level=logging.DEBUG) as host:
+        assert request("GET", f"{host.url}/api/items/1")[0] == 200
+        assert request("GET", f"{host.url}/api/explode")[0] == 500
+    levels = {r.getMessage().split(" (")[0]: r.levelno for r in caplog.records if "Execut" in r.getMessage()}
+    assert levels["Executing 'get_item'"] == levels["Executed 'get_item'"] == logging.DEBUG
+    assert levels["Executed 'explode'"] == logging.ERROR
+
+
 # -------------------------------------------------------------------------------------------------------- queues
 
 

@@ -234,3 +234,27 @@ def test_bad_waits_or_first_enqueued_times_are_refused_naming_the_field(fields, 
     with pytest.raises(InvalidCommand) as caught:
         validate({"action": "delete", "resource": "run", "id": "r", **fields})
     assert [(d.code, d.target) for d in caught.value.details] == [("InvalidValue", target)]
+
+
+def test_a_field_written_in_the_wrong_case_is_suggested_and_not_also_said_missing():
+    with pytest.raises(InvalidCommand) as caught:
+        validate({"action": "delete", "resource": "connection", "imodelId": "7dbd531d-6967-47b2-8945-a722a437ad7a"})
+    assert [(d.target, d.message) for d in caught.value.details] == [
+        ("imodelId", "imodelId is not a known field; did you mean iModelId?")
+    ]
+
+
+def test_a_connection_delete_without_id_or_imodel_id_says_either_will_do():
+    with pytest.raises(InvalidCommand) as caught:
+        validate({"action": "delete", "resource": "connection"})
+    [detail] = caught.value.details
+    assert (detail.code, detail.target) == ("MissingRequiredProperty", "id")
+    assert detail.message.startswith("id or iModelId is required:")
+
+
+def test_a_body_field_in_the_wrong_case_is_suggested_too():
+    with pytest.raises(InvalidCommand) as caught:
+        validate({"action": "create", "resource": "connection", "body": {"imodelId": "x", "displayName": "n"}})
+    assert "body.imodelId is not a known field; did you mean body.iModelId?" in [
+        d.message for d in caught.value.details
+    ]

@@ -6,7 +6,15 @@ import pytest
 from otel_capture import Captured
 from samples import IMODEL
 
-from shared.http_api import MAX_REQUEST_BYTES, accept_commands, command_status, health, receive_webhook
+from shared.http_api import (
+    MAX_REQUEST_BYTES,
+    accept_commands,
+    command_status,
+    health,
+    human_duration,
+    receive_webhook,
+)
+from shared.intake import IdempotencyKeyReused
 from shared.replays import RecentDeliveries
 from shared.rules import format_enqueued, load_rules
 from shared.settings import SettingsError
@@ -77,7 +85,7 @@ def test_a_signed_event_missing_the_imodel_id_is_400_naming_it():
     body = delivery("iModels.iModelDeleted.v1")
     reply = receive_webhook(body, sign(body, SECRET), SECRET, rules, {}, no_queue)
     assert reply.status == 400
-    assert reply.body["error"]["details"][0]["target"] == "[0].iModelId"
+    assert reply.body["error"]["details"][0]["target"] == "content.imodelId"
 
 
 def test_health_is_ok_with_the_required_settings():
@@ -132,7 +140,9 @@ def test_a_delivery_enqueued_more_than_a_day_ago_is_refused_as_a_replay():
     body = delivery("iModels.iModelDeleted.v1", {"imodelId": IMODEL}, datetime.now(UTC) - timedelta(hours=25))
     reply = receive_webhook(body, sign(body, SECRET), SECRET, rules, {}, no_queue)
     assert (reply.status, reply.body["error"]["code"]) == (400, "StaleDelivery")
-    assert "25.0 h old" in reply.body["error"]["message"]
+    assert reply.body["error"]["message"] == (
+        "Delivery refused: enqueuedDateTime is 25 hours old; deliveries older than 24 hours are refused as replays."
+    )
 
 
 def test_a_delivery_from_the_future_beyond_clock_skew_is_refused():
@@ -236,3 +246,95 @@ def test_a_status_request_for_something_that_is_not_a_command_id_never_reads_sto
         reply = command_status(text, unreachable)
         assert (reply.status, reply.body["error"]["code"]) == (404, "CommandNotFound")
         assert len(reply.body["error"]["message"]) < 300
+
+
+def test_a_delivery_without_a_signature_header_is_told_that_it_is_missing():
+    body = delivery("iModels.iModelDeleted.v1", {"imodelId": IMODEL})
+    for missing in (None, ""):
+        reply = receive_webhook(body, missing, SECRET, rules, {}, no_queue)
+        assert reply.status == 401
+        assert "the Signature header is missing" in reply.body["error"]["message"]
+    wrong = receive_webhook(body, sign(body, "x" * 32), SECRET, rules, {}, no_queue)
+    assert "the Signature header does not match the body" in wrong.body["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("delta", "said"),
+    [
+        (timedelta(seconds=1), "1 second"),
+        (timedelta(seconds=90), "90 seconds"),
+        (timedelta(minutes=5), "5 minutes"),
+        (timedelta(hours=24), "24 hours"),
+        (timedelta(hours=27007), "1125 days"),
+    ],
+)
+def test_durations_in_messages_are_said_as_people_say_them(delta, said):
+    assert human_duration(delta) == said
+
+
+def test_a_years_old_delivery_says_its_age_in_days():
+    body = delivery("iModels.iModelDeleted.v1", {"imodelId": IMODEL}, datetime(2023, 11, 3, 20, 7, 1, tzinfo=UTC))
+    now = datetime(2026, 12, 3, 11, 0, tzinfo=UTC)
+    reply = receive_webhook(body, sign(body, SECRET), SECRET, rules, {}, no_queue, now=lambda: now)
+    message = reply.body["error"]["message"]
+    assert "enqueuedDateTime is 1125 days old; deliveries older than 24 hours are refused" in message
+
+
+def test_a_delivery_from_the_future_says_by_how_much():
+    body = delivery("iModels.iModelDeleted.v1", {"imodelId": IMODEL}, datetime.now(UTC) + timedelta(hours=3))
+    message = receive_webhook(body, sign(body, SECRET), SECRET, rules, {}, no_queue).body["error"]["message"]
+    assert "hours ahead of this server's clock (more than 5 minutes is refused); check the clocks" in message
+
+
+@pytest.mark.parametrize("command_id", ["bad", "20261123-c0a1b2c3d4e5f60718293a4b5c6d7e8f9"])
+def test_a_posted_command_id_of_any_form_is_refused_as_the_services_to_assign(command_id):
+    command = {"action": "delete", "resource": "run", "id": "r", "commandId": command_id}
+    reply = accept_commands(json.dumps(command).encode(), None, no_queue)
+    assert reply.status == 400
+    [detail] = reply.body["error"]["details"]
+    assert detail["target"] == "commandId"
+    assert detail["message"].startswith("commandId is assigned by the service; leave it out")
+    batch = [{"action": "delete", "resource": "run", "id": "r"}, command]
+    [detail] = accept_commands(json.dumps(batch).encode(), None, no_queue).body["error"]["details"]
+    assert detail["target"] == "[1].commandId"
+
+
+def test_a_posted_command_id_is_said_beside_the_commands_other_problems():
+    command = {"action": "delete", "resource": "job", "id": "x", "commandId": "bad"}
+    details = accept_commands(json.dumps([command]).encode(), None, no_queue).body["error"]["details"]
+    assert [d["target"] for d in details] == ["[0].commandId", "[0].id"]
+
+
+def test_duplicate_idempotency_keys_in_a_batch_name_the_commands_that_share_one():
+    batch = [
+        {"action": "delete", "resource": "run", "id": "a", "idempotencyKey": "k"},
+        {"action": "delete", "resource": "run", "id": "b", "idempotencyKey": "other"},
+        {"action": "delete", "resource": "run", "id": "c", "idempotencyKey": "k"},
+    ]
+    [detail] = accept_commands(json.dumps(batch).encode(), None, no_queue).body["error"]["details"]
+    assert detail["target"] == "[2].idempotencyKey"
+    assert detail["message"].startswith("commands 0 and 2 of the batch have the same idempotencyKey")
+
+
+@pytest.mark.parametrize(
+    ("body", "header", "target", "start"),
+    [
+        ({"action": "delete", "resource": "run", "id": "r"}, "k", "Idempotency-Key", "The Idempotency-Key header was"),
+        ({"action": "delete", "resource": "run", "id": "r", "idempotencyKey": "k"}, None, "idempotencyKey", "The "),
+        (
+            [{"action": "delete", "resource": "run", "id": "r", "idempotencyKey": "k"}],
+            None,
+            "[0].idempotencyKey",
+            "The",
+        ),
+    ],
+)
+def test_a_reused_idempotency_key_is_named_where_it_was_given(monkeypatch, body, header, target, start):
+    def reused(*_args, **_kwargs):
+        raise IdempotencyKeyReused(0, "20261123-kexisting")
+
+    monkeypatch.setattr("shared.http_api._accept", reused)
+    reply = accept_commands(json.dumps(body).encode(), None, lambda: None, idempotency_key=header)
+    assert reply.status == 409
+    assert reply.body["error"]["details"][0]["target"] == target
+    assert reply.body["error"]["message"].startswith(start)

@@ -97,10 +97,20 @@ def test_an_event_type_without_a_rule_produces_nothing():
     assert commands_for(event("realityModeling.jobCompleted.v1", jobId="j"), RULES, {}) == []
 
 
-def test_an_event_missing_what_its_rule_needs_is_invalid():
+def test_an_event_missing_what_its_rule_needs_is_invalid_naming_the_events_field():
     with pytest.raises(InvalidCommand) as caught:
         commands_for(event("iModels.iModelDeleted.v1"), RULES, {})
-    assert caught.value.details[0].target == "[0].iModelId"
+    assert caught.value.details[0].target == "content.imodelId"
+    assert caught.value.details[0].message == "content.imodelId is required: an iModel id (a GUID)."
+
+
+def test_an_event_field_that_is_not_what_the_command_needs_is_named_as_the_events():
+    with pytest.raises(InvalidCommand) as caught:
+        commands_for(event("iModels.iModelDeleted.v1", imodelId="not-a-guid"), RULES, {})
+    assert (caught.value.details[0].target, caught.value.details[0].message) == (
+        "content.imodelId",
+        "content.imodelId must be an iModel id (a GUID).",
+    )
 
 
 def test_rules_are_data_that_a_setting_replaces():
