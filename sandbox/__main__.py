@@ -90,9 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     simulator.faults = faults
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Ctrl-C and SIGTERM both stop it, whatever the disposition inherited: a shell without job control starts
+    # background commands with SIGINT ignored, and Python then never raises KeyboardInterrupt.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     simulator.start()
-    try:  # from here on, Ctrl-C at any point stops the server threads, or the process would never exit
+    try:  # from here on, any way out stops the server threads, or the process would never exit
         args.ca_out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(simulator.ca_path, args.ca_out)
         ca = args.ca_out.resolve()
@@ -106,8 +109,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"REQUESTS_CA_BUNDLE={ca}", flush=True)
         while not stop.wait(0.5):
             pass
-    except KeyboardInterrupt:
-        pass
     finally:
         simulator.stop()
     print("stopped.", flush=True)
