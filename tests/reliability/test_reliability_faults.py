@@ -292,6 +292,10 @@ def resource_key(request: RecordedRequest) -> tuple[str, str]:
             return "job", body["name"]
         if request.path == "/clashdetection/runs":
             return "run", body["testId"]
+        if request.path == "/reality-modeling/jobs":
+            return "realityJob", body["name"]
+        if request.path.startswith("/clash-detection/") and request.path.endswith("/runs/jobs"):
+            return "clashRun", body["jobs"][0]["testId"]
     return "path", request.path
 
 
@@ -320,7 +324,10 @@ def test_every_dead_letter_says_why(fault_run: FaultRun) -> None:
         if error["code"] == "CreateOutcomeUnknown":
             # A run with a ledger row whose create got no clear answer is looked up on its next delivery instead;
             # without one, a matching run cannot be told from an older one.
-            assert kind == "create job" or (kind == "create run" and "commandId" not in command), envelope
+            # Runs (v1 and v2) and v2 jobs are looked up against the list their ledger row kept from before the
+            # create; a command sent straight onto the queue has no row, so a match cannot be told from an older one.
+            listed = kind in ("create run", "create clashRun", "create realityJob")
+            assert kind == "create job" or (listed and "commandId" not in command), envelope
             assert envelope["attempts"] == command.get("attempt", 1)
             reasons[f"CreateOutcomeUnknown ({kind}, {'ledger' if 'commandId' in command else 'no ledger'})"] += 1
         elif "gave up after" in error["message"]:
