@@ -123,10 +123,18 @@ class ITwinClient:
         stale: str | None = None
         refreshed = False
         attempt = 0
+        error: ITwinError | None = None
         while True:
             attempt += 1
             if stale is None:
-                self._pace(api, operation, deadline)
+                try:
+                    self._pace(api, operation, deadline)
+                except Throttled:
+                    if error is None:
+                        raise
+                    # A repeat that pacing holds back was not sent; the failure it would have repeated stands, so
+                    # an attempt is used up as for any other failure (a wait would repeat a 503 forever).
+                    raise error from None
             # else: the repeat with a fresh token after a 401 takes the refused call's slot: a call refused for its
             # token was not carried out, and pacing it again could turn a lost credential into endless waits.
             token = self.tokens.token(stale=stale, deadline=deadline)
