@@ -24,7 +24,7 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 
 pytest: $(STAMP) $(AZURITE)
-	$(PY) -m pytest tests --ignore=tests/infra
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder tests --ignore=tests/infra
 
 # Infrastructure checks: pycep parse, drift, security-property and telemetry tests (tests/infra), checkov on both
 # network variants (tests/infra/test_infra_checkov.py runs it from its own .venv-infra, whose pinned dependencies

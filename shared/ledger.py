@@ -76,12 +76,17 @@ from typing import Any
 
 LEDGER_TABLE = "itwincommands"
 # How long a create's lease keeps other deliveries from taking the create over. The holder sends no create later
-# than LEASE - LEASE_MARGIN after sending its claim: the margin covers the time from that check to the request
-# reaching the API, and is measured on the holder's own clock, so it needs no agreement between machines.
+# than LEASE - LEASE_MARGIN after sending its claim, measured on its own clock, so it needs no agreement between
+# machines. The margin covers all a create sent at that last moment may still do: reach the API, be waited on by
+# the client (REQUEST_LIMIT at most), and take effect up to SETTLE after the client gave up; so a taker, which
+# looks only after LEASE, finds whatever it made.
 LEASE = timedelta(minutes=2)
-LEASE_MARGIN = timedelta(seconds=30)
 # The longest a create the client stopped waiting for may still take effect on the platform (see "Handed over").
 SETTLE = timedelta(seconds=30)
+# The longest the client spends on one request: connecting and waiting for its answer (`shared.client.DEFAULT_TIMEOUT`)
+# with room to spare.
+REQUEST_LIMIT = timedelta(seconds=20)
+LEASE_MARGIN = SETTLE + REQUEST_LIMIT + timedelta(seconds=10)
 _MAX_ERROR_BYTES = 30_000
 _KEY_INDEX = "keys"
 _RESOURCE_INDEX = "made"

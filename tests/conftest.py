@@ -1,4 +1,5 @@
-"""Shared fixtures: the iTwin Platform simulator (`sandbox.itwin_platform`), fresh for every test."""
+"""Shared fixtures: the iTwin Platform simulator (`sandbox.itwin_platform`), fresh for every test; and the order in
+which `make test`'s two workers take the modules."""
 
 from __future__ import annotations
 
@@ -13,6 +14,30 @@ from otel_capture import Captured
 from sandbox.azurite import Azurite, app_queues
 from sandbox.itwin_platform import Simulator
 from shared.ledger import Ledger
+
+# The modules that take longest (a minute or two each, mostly waiting), started first: `make test` runs the suite
+# on two workers (pytest-xdist, one module per worker at a time, in this order), and the short modules then fill in
+# around them instead of leaving one worker on a long module at the end.
+LONGEST_FIRST = (
+    "test_reliability_operations.py",
+    "test_reliability_restart.py",
+    "test_create_interleavings.py",
+    "test_reliability_faults.py",
+    "test_reliability_instances.py",
+    "test_bench_smoke.py",
+    "test_ops_poison.py",
+    "test_worker_indexing.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Move the `LONGEST_FIRST` modules to the front, in that order; the rest keep theirs."""
+
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)
 
 
 @pytest.fixture
