@@ -76,13 +76,19 @@ workbook-pictures: $(STAMP) $(AZURITE)
 	SOAK=1 TELEMETRY_EXPORT=$(WORKBOOK_EXPORT) $(PY) -m pytest tests/reliability/test_reliability_operations.py -q -s
 	$(PY) -m observability.pictures $(WORKBOOK_EXPORT) docs/workbook
 
-# `make dev PORT=7072` when 7071 is taken (SIMULATOR_PORT and AZURITE_PORT likewise); VERBOSE=1 also logs each
-# invocation's Executing/Executed lines.
+# `make dev PORT=7072` when 7071 is taken (SIMULATOR_PORT likewise); VERBOSE=1 also logs each invocation's
+# Executing/Executed lines. Azurite takes its default ports (blob 10000, queue 10001, table 10002), so that Azure
+# Storage Explorer's local emulator connection finds it; a taken one is replaced by a free port, and said.
+# PERSIST=1 keeps Azurite's data in .sandbox/azurite across runs (default: in memory).
 PORT ?= 7071
 SIMULATOR_PORT ?= 5443
+AZURITE_BLOB_PORT ?= 10000
 AZURITE_PORT ?= 10001
+AZURITE_TABLE_PORT ?= 10002
 dev: $(STAMP) $(AZURITE)
-	$(PY) -m sandbox.dev --port $(PORT) --simulator-port $(SIMULATOR_PORT) --azurite-port $(AZURITE_PORT) $(if $(VERBOSE),--verbose)
+	$(PY) -m sandbox.dev --port $(PORT) --simulator-port $(SIMULATOR_PORT) --azurite-blob-port $(AZURITE_BLOB_PORT) \
+		--azurite-port $(AZURITE_PORT) --azurite-table-port $(AZURITE_TABLE_PORT) $(if $(PERSIST),--persist) \
+		$(if $(VERBOSE),--verbose)
 
 clean:
 	rm -rf $(VENV) $(INFRA_VENV) node_modules .pytest_cache .ruff_cache .sandbox .bench
