@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 AZURITE := node_modules/.bin/azurite
 
-.PHONY: test lint pytest infra-check dev bench bench-docs soak workbook-pictures clean
+.PHONY: test lint pytest infra-check dev bench bench-docs soak workbook-pictures package-list clean
 
 test: lint pytest infra-check
 
@@ -89,6 +89,10 @@ dev: $(STAMP) $(AZURITE)
 	$(PY) -m sandbox.dev --port $(PORT) --simulator-port $(SIMULATOR_PORT) --azurite-blob-port $(AZURITE_BLOB_PORT) \
 		--azurite-port $(AZURITE_PORT) --azurite-table-port $(AZURITE_TABLE_PORT) $(if $(PERSIST),--persist) \
 		$(if $(VERBOSE),--verbose)
+
+# What `func azure functionapp publish` and `azd deploy` send: the files .funcignore lets through, with their sizes.
+package-list: $(STAMP)
+	$(PY) -m tools.package
 
 clean:
 	rm -rf $(VENV) $(INFRA_VENV) node_modules .pytest_cache .ruff_cache .sandbox .bench
