@@ -6,9 +6,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 AZURITE := node_modules/.bin/azurite
 
-.PHONY: test lint pytest infra-check dev bench bench-docs soak workbook-pictures clean
+.PHONY: test lint pytest infra-check dev bench bench-docs soak workbook-pictures package-list setup clean
 
 test: lint pytest infra-check
+
+# The virtual environment and Azurite, nothing run (the devcontainer's postCreateCommand).
+setup: $(STAMP) $(AZURITE)
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-ops.txt
 	$(PYTHON) -m venv $(VENV)
@@ -76,13 +79,24 @@ workbook-pictures: $(STAMP) $(AZURITE)
 	SOAK=1 TELEMETRY_EXPORT=$(WORKBOOK_EXPORT) $(PY) -m pytest tests/reliability/test_reliability_operations.py -q -s
 	$(PY) -m observability.pictures $(WORKBOOK_EXPORT) docs/workbook
 
-# `make dev PORT=7072` when 7071 is taken (SIMULATOR_PORT and AZURITE_PORT likewise); VERBOSE=1 also logs each
-# invocation's Executing/Executed lines.
+# `make dev PORT=7072` when 7071 is taken (SIMULATOR_PORT likewise); VERBOSE=1 also logs each invocation's
+# Executing/Executed lines. Azurite takes its default ports (blob 10000, queue 10001, table 10002), so that Azure
+# Storage Explorer's local emulator connection finds it; a taken one is replaced by a free port, and said.
+# PERSIST=1 keeps Azurite's data in .sandbox/azurite across runs (default: in memory).
+# DEBUG=1 runs it under debugpy, listening on 127.0.0.1:5678 for a debugger to attach (.vscode/launch.json).
 PORT ?= 7071
 SIMULATOR_PORT ?= 5443
+AZURITE_BLOB_PORT ?= 10000
 AZURITE_PORT ?= 10001
+AZURITE_TABLE_PORT ?= 10002
 dev: $(STAMP) $(AZURITE)
-	$(PY) -m sandbox.dev --port $(PORT) --simulator-port $(SIMULATOR_PORT) --azurite-port $(AZURITE_PORT) $(if $(VERBOSE),--verbose)
+	$(PY) $(if $(DEBUG),-m debugpy --listen 127.0.0.1:5678) -m sandbox.dev --port $(PORT) --simulator-port $(SIMULATOR_PORT) --azurite-blob-port $(AZURITE_BLOB_PORT) \
+		--azurite-port $(AZURITE_PORT) --azurite-table-port $(AZURITE_TABLE_PORT) $(if $(PERSIST),--persist) \
+		$(if $(VERBOSE),--verbose)
+
+# What `func azure functionapp publish` and `azd deploy` send: the files .funcignore lets through, with their sizes.
+package-list: $(STAMP)
+	$(PY) -m tools.package
 
 clean:
 	rm -rf $(VENV) $(INFRA_VENV) node_modules .pytest_cache .ruff_cache .sandbox .bench

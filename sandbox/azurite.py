@@ -6,8 +6,8 @@
 
 Azurite comes from npm (``package.json`` pins 3.35.0; 3.36+ need a newer Node than this machine's 20):
 ``make test`` or ``npm ci`` installs it into ``node_modules``. ``--skipApiVersionCheck`` is needed because
-azure-storage-queue 12.18 speaks a newer Storage API version than Azurite 3.35 knows. Storage is in memory:
-every start is an empty account.
+azure-storage-queue 12.18 speaks a newer Storage API version than Azurite 3.35 knows. Storage is in memory, every
+start an empty account, unless ``location`` names a folder to keep it in (``make dev PERSIST=1``).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 __all__ = [
     "ACCOUNT_KEY",
     "ACCOUNT_NAME",
+    "DEFAULT_PORTS",
     "Azurite",
     "AzuriteError",
     "AzuriteNotInstalled",
@@ -38,7 +39,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 ACCOUNT_NAME = "devstoreaccount1"
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
-_LISTENING = re.compile(r"Azurite (Queue|Table) service is successfully listening at https?://[^\s:]+:(\d+)")
+_LISTENING = re.compile(r"Azurite (Blob|Queue|Table) service is successfully listening at https?://[^\s:]+:(\d+)")
+# Azurite's own defaults, which UseDevelopmentStorage=true and Azure Storage Explorer's local emulator connection use.
+DEFAULT_PORTS = {"blob": 10000, "queue": 10001, "table": 10002}
 
 
 class AzuriteError(RuntimeError):
@@ -49,22 +52,27 @@ class AzuriteNotInstalled(AzuriteError):
     """node_modules/.bin/azurite is missing."""
 
 
-def connection_string(port: int, host: str = "127.0.0.1", table_port: int | None = None) -> str:
+def connection_string(
+    port: int, host: str = "127.0.0.1", table_port: int | None = None, blob_port: int | None = None
+) -> str:
     """The development-account connection string for Azurite's queue service on ``host:port`` (and its table
-    service on ``table_port``)."""
+    service on ``table_port``, its blob service on ``blob_port``)."""
+    blobs = f"BlobEndpoint=http://{host}:{blob_port}/{ACCOUNT_NAME};" if blob_port else ""
     tables = f"TableEndpoint=http://{host}:{table_port}/{ACCOUNT_NAME};" if table_port else ""
     return (
-        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT_NAME};AccountKey={ACCOUNT_KEY};"
+        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT_NAME};AccountKey={ACCOUNT_KEY};{blobs}"
         f"QueueEndpoint=http://{host}:{port}/{ACCOUNT_NAME};{tables}"
     )
 
 
 class Azurite:
-    """Azurite's queue and table services in a child process; a context manager (``start()`` / ``stop()`` also work).
+    """Azurite's blob, queue and table services in a child process; a context manager (``start()`` / ``stop()`` also
+    work).
 
-    ``port=0`` lets Azurite pick free ports, parsed from what it prints (the table service always takes a free one).
-    ``start()`` returns once both ports accept connections (about a second). Its blob service runs too, on a free
-    port, unused: the all-in-one ``azurite`` is the one that prints the ports it took.
+    ``port`` is the queue service's, ``table_port`` and ``blob_port`` the others'; 0 (the default for each) lets
+    Azurite pick a free port, parsed from what it prints. ``start()`` returns once the queue and table ports accept
+    connections (about a second). The app uses no blobs; the Functions host (``func start``) does, and Storage
+    Explorer shows them. ``location`` keeps the account's data in that folder across restarts (default: in memory).
     """
 
     def __init__(
@@ -72,18 +80,25 @@ class Azurite:
         port: int = 0,
         *,
         host: str = "127.0.0.1",
+        table_port: int = 0,
+        blob_port: int = 0,
+        location: str | Path | None = None,
         root: str | Path | None = None,
         startup_timeout: float = 30.0,
         extra_args: tuple[str, ...] = (),
     ) -> None:
         self.host = host
         self.requested_port = port
+        self.requested_table_port = table_port
+        self.requested_blob_port = blob_port
+        self.location = Path(location) if location is not None else None
         self.root = Path(root) if root is not None else REPO_ROOT
         self.startup_timeout = startup_timeout
         self.extra_args = tuple(extra_args)
         self.process: subprocess.Popen[str] | None = None
         self._port: int | None = None
         self._table_port: int | None = None
+        self._blob_port: int | None = None
         self._output: collections.deque[str] = collections.deque(maxlen=200)
         self._listening = threading.Event()
         self._reader: threading.Thread | None = None
@@ -105,12 +120,18 @@ class Azurite:
         return self._table_port
 
     @property
+    def blob_port(self) -> int:
+        if self._blob_port is None:
+            raise AzuriteError("Azurite is not running: call start() or use it as a context manager")
+        return self._blob_port
+
+    @property
     def queue_endpoint(self) -> str:
         return f"http://{self.host}:{self.port}/{ACCOUNT_NAME}"
 
     @property
     def connection_string(self) -> str:
-        return connection_string(self.port, self.host, self.table_port)
+        return connection_string(self.port, self.host, self.table_port, self.blob_port)
 
     @property
     def output(self) -> str:
@@ -133,12 +154,12 @@ class Azurite:
             "--tableHost",
             self.host,
             "--tablePort",
-            "0",
+            str(self.requested_table_port),
             "--blobHost",
             self.host,
             "--blobPort",
-            "0",
-            "--inMemoryPersistence",
+            str(self.requested_blob_port),
+            *(("--location", str(self.location)) if self.location else ("--inMemoryPersistence",)),
             "--skipApiVersionCheck",
             "--disableTelemetry",
             "--loose",
@@ -171,9 +192,11 @@ class Azurite:
             match = _LISTENING.search(line)
             if match and match.group(1) == "Queue":
                 self._port = int(match.group(2))
-            elif match:
+            elif match and match.group(1) == "Table":
                 self._table_port = int(match.group(2))
-            if self._port is not None and self._table_port is not None:
+            elif match:
+                self._blob_port = int(match.group(2))
+            if None not in (self._port, self._table_port, self._blob_port):
                 self._listening.set()
 
     def _wait_until_ready(self) -> None:
@@ -218,6 +241,7 @@ class Azurite:
             process.stdout.close()
         self._port = None
         self._table_port = None
+        self._blob_port = None
         self._listening.clear()
 
     def __enter__(self) -> Azurite:
@@ -229,9 +253,10 @@ class Azurite:
         self.stop()
 
 
-def app_queues(connection_string: str) -> dict[str, Any]:
-    """The app's command and poison queues on this account (their names are fixed): created, or emptied if they exist;
-    and the command ledger's table, created when missing (as the Bicep template creates it in Azure).
+def app_queues(connection_string: str, *, clear: bool = True) -> dict[str, Any]:
+    """The app's command and poison queues on this account (their names are fixed): created, or emptied if they exist
+    (kept as they are with ``clear=False``); and the command ledger's table, created when missing (as the Bicep
+    template creates it in Azure).
 
     Returns ``azure.storage.queue.QueueClient`` objects by queue name.
     """
@@ -250,5 +275,6 @@ def app_queues(connection_string: str) -> dict[str, Any]:
         try:
             client.create_queue()
         except ResourceExistsError:
-            client.clear_messages()
+            if clear:
+                client.clear_messages()
     return clients

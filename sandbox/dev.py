@@ -8,7 +8,10 @@ the iModel's connections are deleted. The settings the sandbox runs with are wri
 `.sandbox/local.settings.json`, for `python -m ops --settings .sandbox/local.settings.json ...` in another
 terminal; changes to its webhook secrets are reloaded (as a restart would), so `webhook rotate-secret` works live.
 Settings come from `local.settings.json` when it exists (the environment wins). With real `ITWIN_*` values there,
-the same command talks to the real iTwin Platform and no simulator is started.
+the same command talks to the real iTwin Platform and no simulator is started. Azurite listens on its default ports
+(blob 10000, queue 10001, table 10002: what `UseDevelopmentStorage=true` and Azure Storage Explorer's local emulator
+connection expect), each taken one replaced by a free port with a message; `--persist` keeps its data in
+`.sandbox/azurite` across runs.
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack, suppress
 from pathlib import Path
 
 from ops.cli import main as ops_main
 from ops.local_settings import LocalSettingsFile
-from sandbox.azurite import Azurite, app_queues
+from sandbox.azurite import DEFAULT_PORTS, Azurite, app_queues
 from sandbox.host import LocalHost, load_local_settings
 from sandbox.itwin_platform import RecordedRequest, Simulator
 from sandbox.settings_reload import SettingsReloader
@@ -39,6 +43,7 @@ from shared.signature import PREVIOUS_SECRET_SETTING, SECRET_SETTING
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".sandbox"
 SANDBOX_SETTINGS = WORK / "local.settings.json"
+AZURITE_DATA = WORK / "azurite"
 DEMO_IMODEL = "5db42812-ebb8-4c58-98a4-2eaa99e0d8b6"
 log = logging.getLogger("sandbox.dev")
 
@@ -67,11 +72,44 @@ def _start_simulator(stack: ExitStack, port: int) -> Simulator:
     return simulator
 
 
-def _start_azurite(stack: ExitStack, port: int) -> Azurite:
-    azurite = stack.enter_context(Azurite(port=port))
+def _start_azurite(stack: ExitStack, ports: Mapping[str, int], persist: bool) -> Azurite:
+    location = AZURITE_DATA if persist else None
+    if location:
+        location.mkdir(parents=True, exist_ok=True)
+    azurite = Azurite(port=ports["queue"], table_port=ports["table"], blob_port=ports["blob"], location=location)
+    stack.enter_context(azurite)
     os.environ[STORAGE_CONNECTION] = azurite.connection_string
-    app_queues(azurite.connection_string)
+    app_queues(azurite.connection_string, clear=not persist)
     return azurite
+
+
+def azurite_ports(
+    wanted: Mapping[str, int], is_taken: Callable[[int], bool] | None = None
+) -> tuple[dict[str, int], list[str]]:
+    """The port for each of Azurite's services ("blob", "queue", "table"): the wanted one when it is free, else 0 (a
+    free one, which Azurite picks). Returns the ports and, for each taken port, what to say about it."""
+    is_taken = is_taken or taken
+    ports: dict[str, int] = {}
+    notes: list[str] = []
+    for service, port in wanted.items():
+        if port and is_taken(port):
+            ports[service] = 0
+            notes.append(
+                f"port {port} (Azurite's {service} service) is taken on 127.0.0.1: another Azurite, perhaps; "
+                f"using a free port instead, so Azure Storage Explorer's local emulator connection will not find "
+                f"it: connect it with the connection string printed below"
+            )
+        else:
+            ports[service] = port
+    return ports, notes
+
+
+def _describe_azurite(azurite: Azurite, persist: bool, fell_back: bool) -> str:
+    where = f"kept in {AZURITE_DATA.relative_to(ROOT)}" if persist else "in memory; make dev PERSIST=1 keeps it"
+    text = f"Azurite: blob {azurite.blob_port}, queue {azurite.port}, table {azurite.table_port} ({where})"
+    if fell_back:
+        return f"{text}\n  Storage Explorer: connect with {azurite.connection_string}"
+    return f"{text}\n  Storage Explorer: its local storage emulator connection (default ports)"
 
 
 def _write_sandbox_settings(base: str) -> Path:
@@ -130,7 +168,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", default=str(ROOT / "local.settings.json"))
     parser.add_argument("--port", type=int, default=7071, help="functions HTTP port (default 7071)")
     parser.add_argument("--simulator-port", type=int, default=5443, help="the simulator's HTTPS port (default 5443)")
-    parser.add_argument("--azurite-port", type=int, default=10001, help="Azurite's queue port (default 10001)")
+    azurite_help = "Azurite's {} port (default {}; when taken, a free one)"
+    parser.add_argument(
+        "--azurite-blob-port",
+        type=int,
+        default=DEFAULT_PORTS["blob"],
+        help=azurite_help.format("blob", DEFAULT_PORTS["blob"]),
+    )
+    parser.add_argument(
+        "--azurite-port",
+        dest="azurite_queue_port",
+        type=int,
+        default=DEFAULT_PORTS["queue"],
+        help=azurite_help.format("queue", DEFAULT_PORTS["queue"]),
+    )
+    parser.add_argument(
+        "--azurite-table-port",
+        type=int,
+        default=DEFAULT_PORTS["table"],
+        help=azurite_help.format("table", DEFAULT_PORTS["table"]),
+    )
+    parser.add_argument("--persist", action="store_true", help="keep Azurite's data in .sandbox/azurite across runs")
     parser.add_argument("--verbose", action="store_true", help="log each invocation's Executing/Executed lines too")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
@@ -142,19 +200,26 @@ def main(argv: list[str] | None = None) -> int:
     wanted = [("the functions", "PORT", "--port", args.port)]
     if _unset("ITWIN_CLIENT_ID"):
         wanted.append(("the iTwin Platform simulator", "SIMULATOR_PORT", "--simulator-port", args.simulator_port))
-    if needs_azurite:
-        wanted.append(("Azurite's queue service", "AZURITE_PORT", "--azurite-port", args.azurite_port))
     if problems := port_problems(wanted):
         for problem in problems:
             print(f"make dev: {problem}", file=sys.stderr)
         return 1
+    wanted_azurite = {
+        "blob": args.azurite_blob_port,
+        "queue": args.azurite_queue_port,
+        "table": args.azurite_table_port,
+    }
+    ports, notes = azurite_ports(wanted_azurite) if needs_azurite else ({}, [])
+    for note in notes:
+        print(f"make dev: {note}", file=sys.stderr)
 
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     with ExitStack() as stack:
         simulator = _start_simulator(stack, args.simulator_port) if _unset("ITWIN_CLIENT_ID") else None
         if needs_azurite:
-            _start_azurite(stack, args.azurite_port)
+            azurite = _start_azurite(stack, ports, args.persist)
+            print(_describe_azurite(azurite, args.persist, bool(notes)))
         if _unset("ITWIN_WEBHOOK_SECRET"):
             os.environ["ITWIN_WEBHOOK_SECRET"] = secrets.token_urlsafe(32)
             print("ITWIN_WEBHOOK_SECRET was not set: using a random one for this run.")

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import requests
 
+from sandbox.azurite import Azurite, app_queues
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -20,6 +22,11 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def azurite_on_free_ports() -> list[str]:
+    """make dev's options for Azurite on free ports: tests leave the default ports to a developer's make dev."""
+    return [f"--azurite{option}-port={free_port()}" for option in ("-blob", "", "-table")]
 
 
 def read_until(process, text, lines, timeout=30.0):
@@ -47,7 +54,7 @@ def test_make_dev_registers_the_webhook_with_the_tool_and_a_deleted_imodels_conn
         "--port",
         str(port),
     ]
-    command += ["--simulator-port", str(free_port()), "--azurite-port", str(free_port())]
+    command += ["--simulator-port", str(free_port()), *azurite_on_free_ports()]
     process = subprocess.Popen(  # noqa: S603
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -98,3 +105,43 @@ def test_make_dev_with_its_port_taken_says_which_port_and_how_to_choose_another(
     assert f"port {port} (the functions) is taken" in done.stderr
     assert f"make dev PORT={port + 1}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_make_dev_with_an_azurite_port_taken_uses_a_free_one_and_says_how_storage_explorer_connects(tmp_path):
+    # GIVEN something already listening on the port make dev wants for Azurite's blob service
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        blob_port = holder.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ITWIN_", "AzureWebJobs"))}
+        command = [sys.executable, "-u", "-m", "sandbox.dev", "--settings", str(tmp_path / "none.json")]
+        command += ["--port", str(free_port()), "--simulator-port", str(free_port()), *azurite_on_free_ports()]
+        command.append(f"--azurite-blob-port={blob_port}")
+        # WHEN make dev starts
+        process = subprocess.Popen(  # noqa: S603
+            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        lines: list[str] = []
+        try:
+            started = read_until(process, "Azurite: blob", lines)
+            explorer = read_until(process, "Storage Explorer:", lines)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=20)
+    # THEN it says which port was taken, runs Azurite's blob service on another, and prints the connection string
+    assert f"port {blob_port} (Azurite's blob service) is taken" in "".join(lines)
+    assert f"blob {blob_port}," not in started
+    assert "in memory; make dev PERSIST=1 keeps it" in started
+    assert "BlobEndpoint=http://127.0.0.1:" in explorer
+    assert process.returncode == 0
+
+
+def test_azurite_with_a_location_keeps_the_queues_messages_when_restarted(tmp_path):
+    # GIVEN Azurite keeping its data in a folder, as make dev PERSIST=1 does, and a message on the command queue
+    with Azurite(location=tmp_path) as azurite:
+        app_queues(azurite.connection_string)["itwin-commands"].send_message("kept")
+    # WHEN it starts again on the same folder and make dev sets the queues up without clearing them
+    with Azurite(location=tmp_path) as azurite:
+        queues = app_queues(azurite.connection_string, clear=False)
+        # THEN the message is still there
+        assert [m.content for m in queues["itwin-commands"].peek_messages()] == ["kept"]

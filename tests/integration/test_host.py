@@ -1,4 +1,4 @@
-"""The local Functions host (sandbox/host.py) against a small test app and Azurite."""
+"""The local Functions host (sandbox/host/) against a small test app and Azurite."""
 
 from __future__ import annotations
 

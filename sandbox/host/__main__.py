@@ -1,0 +1,7 @@
+"""``python -m sandbox.host``: see :mod:`sandbox.host.cli`."""
+
+import sys
+
+from sandbox.host.cli import main
+
+sys.exit(main())
