@@ -58,6 +58,7 @@ import contextlib
 import json
 import logging
 import math
+import random
 import threading
 import time
 from collections import Counter
@@ -82,6 +83,7 @@ MAX_BATCH = 64  # reservations in one table request
 MAX_TRIES = 8  # conditional writes per request before giving up on contention (this call paces locally)
 TABLE_TIMEOUT = 0.5  # seconds: the table client's connect and read timeouts (see `table_client_options`)
 TABLE_WAIT = 1.0  # seconds a caller waits for a reservation before pacing locally
+CONFLICT_PAUSE = 0.02  # seconds: the longest random pause after a 412 before reading again
 DOWN_FIRST = 1.0
 DOWN_MOST = 30.0
 
@@ -271,8 +273,12 @@ class SharedPacer:
         local: Pacer | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        rand: Callable[[], float] = random.random,
     ) -> None:
         self.table = table
+        self._sleep = sleep
+        self._rand = rand
         self.limits = Limits(dict(rates), tuple(tier))
         self.local = local or Pacer(rates, clock=clock, monotonic=monotonic)
         self._wall = clock
@@ -376,12 +382,21 @@ class SharedPacer:
         return waiter.answer
 
     def _serve(self) -> None:
-        """Reserve for the pending callers, in one conditional write (under the table lock)."""
-        with self._lock:
-            batch = [w for w in self._pending if not w.abandoned][:MAX_BATCH]
-            self._pending = [w for w in self._pending if not w.abandoned and w not in batch]
+        """Reserve for the pending callers, in one conditional write (under the table lock). After a 412 it waits a
+        random moment before reading again (instances that met desynchronise) and takes in who asked meanwhile."""
+        batch: list[_Waiter] = []
+
+        def take() -> None:
+            with self._lock:
+                more = [w for w in self._pending if not w.abandoned][: MAX_BATCH - len(batch)]
+                self._pending = [w for w in self._pending if not w.abandoned and w not in more]
+            batch.extend(more)
+
+        take()
         try:
-            answers = self._commit(lambda state, now: reserve(state, self.limits, [w.api for w in batch], now))
+            answers = self._commit(
+                lambda state, now: reserve(state, self.limits, [w.api for w in batch], now), retry=take
+            )
         except TableDown as error:
             if not isinstance(error, Contended):
                 self._fail(error)
@@ -392,9 +407,10 @@ class SharedPacer:
                 waiter.answer = answer
                 waiter.done.set()
 
-    def _commit(self, change: Callable[[State, float], Any]) -> Any:
-        """Apply ``change`` to the shared state by a conditional write on its ETag, reading again after a 412;
-        the change's result. Raises `TableDown` when the table fails or stays contended."""
+    def _commit(self, change: Callable[[State, float], Any], retry: Callable[[], None] | None = None) -> Any:
+        """Apply ``change`` to the shared state by a conditional write on its ETag, reading again after a 412
+        (``retry`` is called first); the change's result. Raises `TableDown` when the table fails or stays
+        contended."""
         from azure.core import MatchConditions
         from azure.core.exceptions import AzureError, HttpResponseError
         from azure.data.tables import UpdateMode
@@ -418,6 +434,9 @@ class SharedPacer:
                     self.counts["conflicts"] += 1
                     with self._lock:
                         self._state = self._etag = None
+                    self._sleep(self._rand() * CONFLICT_PAUSE)
+                    if retry is not None:
+                        retry()
                     continue
                 with self._lock:
                     self._state, self._etag = state, written["etag"]

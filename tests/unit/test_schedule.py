@@ -58,8 +58,9 @@ class BreakableTable(MemoryTable):
         return super().update_entity(*args, **kwargs)
 
 
-def instance(table: MemoryTable, clock: ManualClock, tier=()) -> SharedPacer:
-    return SharedPacer(table, {API: 6.0}, tier, clock=clock, monotonic=clock)
+def instance(table: MemoryTable, clock: ManualClock, tier=(), sleep=None) -> SharedPacer:
+    """An instance's pacer; its pauses after a 412 pass on ``clock`` unless ``sleep`` says otherwise."""
+    return SharedPacer(table, {API: 6.0}, tier, clock=clock, monotonic=clock, sleep=sleep or clock.advance)
 
 
 # -- the pure schedule ---------------------------------------------------------------------------------------------
@@ -267,7 +268,7 @@ def test_a_429_while_the_table_is_down_holds_and_cuts_locally():
 def test_sixteen_instances_starting_together_get_no_429_from_a_one_second_window():
     table, clock = MemoryTable(), ManualClock(1000.0)
     platform = RateLimiter()
-    pacers = [instance(table, clock) for _ in range(16)]
+    pacers = [instance(table, clock, sleep=lambda _: None) for _ in range(16)]
     # Every instance reserves for its invocations at once, then each call goes at its slot.
     slots = sorted((p.reserve(API).slot.at, i) for _ in range(15) for i, p in enumerate(pacers))
     refused = 0
