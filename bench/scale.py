@@ -215,6 +215,9 @@ def scale(table: Table, smoke: bool) -> dict[str, Any]:
                 result = run_instances(sim, drop.processes, drop.runs, schedule, storage=storages[mode])
                 data["drops"][mode] = {**_drop_rows(table, result, drop), "name": mode}
             data["drop"] = data["drops"]["local"]
+    from bench.model import model, model_rows
+
+    data["model"] = model_rows(table, model(smoke))
     return data
 
 
