@@ -7,10 +7,13 @@ instances share one schedule instead: a single entity in the ledger's table (Par
 rate the schedule issues slots at, and a generation; and one ``tat`` per window of the subscription's tier limits
 (``ITWIN_TIER_LIMITS``), which every API's calls count against. ``ITWIN_SHARED_PACING=on`` turns it on.
 
-**Reserving.** A slot for an API is ``max(now, tat, the tier's tats)``; reserving it moves the API's ``tat`` one
-interval (``1 / (rate x SAFETY)``) past it and each tier window's ``tat`` one ``window / (calls x SAFETY)`` past it,
-so slots of one API are evenly spaced (a one-second window of the platform never holds more than the limit) and all
-APIs' slots together respect every tier window, sliding or fixed, however it is aligned. The change is written by
+**Reserving.** A slot for an API is its ``tat`` (or now, when that has passed); reserving it moves ``tat`` one
+interval (``1 / (rate x SAFETY)``) past it, so the slots of one API are evenly spaced and a one-second window of the
+platform never holds more than the limit. The tier's limits count every API together: each window's calls are
+counted by slot time in buckets of a tenth of the window, and a bucket holds at most ``calls x SAFETY / 11`` (a
+sliding window of any alignment overlaps at most 11 buckets), so no window, sliding or fixed, exceeds its limit; a
+slot whose bucket is full moves to the next bucket with room. The cost: about 86% of a tier's limit is usable.
+The change is written by
 a conditional update on the entity's ETag (If-Match): of two instances that read the same state, one writes and the
 other gets 412, reads again and recomputes. That is the only thing deciding who gets which slot: no decision
 compares two machines' clocks. An instance keeps the state and ETag its last write returned, so while nobody else
@@ -27,11 +30,15 @@ back unreserved, to show when the schedule has come closer, so a limit that drop
 slots reserved at the old rate.
 
 **A 429 moves the shared schedule** (traffic the app does not see, a lowered limit, a slot sent late): the API's
-``tat`` goes past the ``Retry-After`` for every instance, and its rate is cut by `CUT`, once per generation: a 429
-answering a slot reserved before the last cut (an older generation) does not cut again. A carried slot of an older
-generation than this instance knows is not used; it reserves again. After `PROBE_AFTER` seconds without a cut the
-rate doubles back towards the ceiling (``ITWIN_RATE_LIMITS``), one step per reservation; a limit that came back is
-thus reached within a few seconds, and a limit that stays low costs a 429 every few seconds (one probe).
+``tat`` goes past the ``Retry-After`` for every instance. A second 429 within `STRIKE_WINDOW` (a lone one is more
+likely a call sent late than a lower limit) cuts its rate by `CUT`, once per generation: a 429 answering a slot
+reserved before the last cut (an older generation) does not cut again. A cut starts the API's schedule again after
+the ``Retry-After`` at the new rate: the slots reserved before it are void, and a carried slot of an older
+generation than this instance knows is not used; it reserves again. An instance whose copy of the state is older
+than the cut still sends its carried slots at the old rate: a 429 each, at worst, which tells it. After
+`PROBE_AFTER` seconds without a cut the rate doubles back towards the ceiling (``ITWIN_RATE_LIMITS``), one step per
+reservation; a limit that came back is thus reached within a few seconds, and a limit that stays low costs a 429
+every few seconds (one probe).
 
 **Falls back, comes back.** A table request that fails (unreachable, 5xx, a timeout: the table client is built with
 short timeouts and no retries) or that the caller waited on longer than `TABLE_WAIT` sends this process to its own
@@ -75,14 +82,16 @@ PARTITION = "pacing"
 ROW = "schedule"
 CUT = 0.5  # a 429 cuts the shared rate to this share
 GROW = 2.0  # ... and PROBE_AFTER seconds without one multiply it by this, up to the ceiling
-PROBE_AFTER = 1.0
+PROBE_AFTER = 1.5
+STRIKE_WINDOW = 2.0  # seconds: a cut needs a second 429 of the same generation within this long of the first
 FLOOR_SHARE = 64  # the lowest shared rate is the ceiling / 64
+TIER_BUCKETS = 10  # a tier window's calls are counted in buckets of a tenth of it
 HORIZON = 60.0  # seconds: no slot is reserved further ahead
 LATE = 0.5  # a carried slot more than this share of the API's interval past is void
 MAX_BATCH = 64  # reservations in one table request
 MAX_TRIES = 8  # conditional writes per request before giving up on contention (this call paces locally)
 TABLE_TIMEOUT = 0.5  # seconds: the table client's connect and read timeouts (see `table_client_options`)
-TABLE_WAIT = 1.0  # seconds a caller waits for a reservation before pacing locally
+TABLE_WAIT = 2.0  # seconds a caller waits for a reservation before pacing locally
 CONFLICT_PAUSE = 0.02  # seconds: the longest random pause after a 412 before reading again
 DOWN_FIRST = 1.0
 DOWN_MOST = 30.0
@@ -136,6 +145,7 @@ class ApiState:
     rate: float | None = None  # calls/s issued now (None: the API has no configured rate, only the tier)
     gen: int = 0  # cuts so far
     changed: float = 0.0  # when the rate last changed
+    strike: float = 0.0  # when a lone 429 of this generation came (0: none lately)
 
 
 @dataclass
@@ -143,17 +153,18 @@ class State:
     """The shared entity's content."""
 
     apis: dict[str, ApiState] = field(default_factory=dict)
-    tier: dict[str, float] = field(default_factory=dict)  # window seconds (as text) -> tat
+    tier: dict[str, dict[str, int]] = field(default_factory=dict)  # window (s, as text) -> bucket index -> calls
 
     def to_json(self) -> str:
-        apis = {name: [a.tat, a.rate, a.gen, a.changed] for name, a in sorted(self.apis.items())}
+        apis = {name: [a.tat, a.rate, a.gen, a.changed, a.strike] for name, a in sorted(self.apis.items())}
         return json.dumps({"apis": apis, "tier": self.tier}, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> State:
         data = json.loads(text or "{}")
         apis = {name: ApiState(*values) for name, values in (data.get("apis") or {}).items()}
-        return cls(apis, {str(k): float(v) for k, v in (data.get("tier") or {}).items()})
+        tier = {str(k): {str(i): int(n) for i, n in v.items()} for k, v in (data.get("tier") or {}).items()}
+        return cls(apis, tier)
 
     def copy(self) -> State:
         return State.from_json(self.to_json())
@@ -184,15 +195,43 @@ def _api(state: State, limits: Limits, api: str, now: float) -> ApiState:
     return current
 
 
+def _bucket(window: float) -> float:
+    return window / TIER_BUCKETS
+
+
+def _cap(calls: int) -> int:
+    """Calls one bucket of a tier window may hold: a sliding window of any alignment overlaps at most
+    ``TIER_BUCKETS + 1`` buckets, so that many full buckets stay within the limit (with `SAFETY`)."""
+    return max(1, math.floor(calls * SAFETY / (TIER_BUCKETS + 1)))
+
+
 def next_slot(state: State, limits: Limits, api: str, now: float) -> float:
-    """When the next slot for ``api`` would be, without reserving it."""
-    current = _api(state, limits, api, now)
-    return max([now, current.tat, *(state.tier.get(_key(w), 0.0) for w, _ in limits.tier)])
+    """When the next slot for ``api`` would be, without reserving it: the API's next free slot, moved to the next
+    tier bucket that has room while its own is full."""
+    at = max(now, _api(state, limits, api, now).tat)
+    for _ in range(10_000):
+        full = None
+        for window, calls in limits.tier:
+            size = _bucket(window)
+            index = math.floor(at / size)
+            if state.tier.get(_key(window), {}).get(str(index), 0) >= _cap(calls):
+                full = (index + 1) * size
+                break
+        if full is None:
+            return at
+        at = full
+    return at
 
 
 def reserve(state: State, limits: Limits, asks: list[str], now: float) -> list[Slot | float]:
     """Reserve a slot per ask (an API name), in order, changing ``state``: each a `Slot`, or, where the slot would
     lie more than `HORIZON` ahead, the time it would be (nothing reserved)."""
+    for window, _ in limits.tier:  # buckets no window that can still be reserved in reaches
+        size = _bucket(window)
+        oldest = math.floor(now / size) - TIER_BUCKETS - 1
+        counts = state.tier.setdefault(_key(window), {})
+        for index in [i for i in counts if int(i) < oldest]:
+            del counts[index]
     answers: list[Slot | float] = []
     for api in asks:
         at = next_slot(state, limits, api, now)
@@ -202,8 +241,10 @@ def reserve(state: State, limits: Limits, asks: list[str], now: float) -> list[S
         current = state.apis[api]
         if current.rate:
             current.tat = at + 1.0 / (current.rate * SAFETY)
-        for window, calls in limits.tier:
-            state.tier[_key(window)] = at + window / (calls * SAFETY)
+        for window, _ in limits.tier:
+            counts = state.tier.setdefault(_key(window), {})
+            index = str(math.floor(at / _bucket(window)))
+            counts[index] = counts.get(index, 0) + 1
         answers.append(Slot(api, at, current.gen))
     return answers
 
@@ -212,13 +253,23 @@ def throttled(state: State, limits: Limits, api: str, now: float, retry_after: f
     """A 429 for ``api``: no slot before ``retry_after`` has passed, and the rate cut unless the call's slot was
     reserved before the last cut (``gen`` older). Whether it cut."""
     current = _api(state, limits, api, now)
-    current.tat = max(current.tat, now + retry_after)
     ceiling = limits.ceilings.get(api)
     if ceiling is None or current.rate is None or (gen is not None and gen < current.gen):
+        current.tat = max(current.tat, now + retry_after)
         return False
+    if current.strike <= 0 or now - current.strike > STRIKE_WINDOW:
+        # A lone 429 (a call sent late, a burst of traffic the app does not see): the schedule pauses for the
+        # Retry-After, and the slots already reserved stand.
+        current.strike = now
+        current.tat = max(current.tat, now + retry_after)
+        return False
+    # A cut starts the schedule again after the Retry-After, at the new rate: the slots reserved at the old rate
+    # are void (their generation is older), and are reserved again as their commands show, rather than after them.
+    current.tat = now + retry_after
     current.rate = max(ceiling / FLOOR_SHARE, current.rate * CUT)
     current.gen += 1
-    current.changed = now
+    current.changed = now + retry_after  # probing counts from when the schedule starts again
+    current.strike = 0.0
     return True
 
 
@@ -422,6 +473,8 @@ class SharedPacer:
                 assert self._state is not None
                 state = self._state.copy()
                 result = change(state, self._wall())
+                if isinstance(result, list) and not any(isinstance(a, Slot) for a in result):
+                    return result  # nothing reserved (all past the horizon): nothing to write
                 entity = {"PartitionKey": PARTITION, "RowKey": ROW, "state": state.to_json()}
                 self.counts["writes"] += 1
                 try:
