@@ -350,7 +350,7 @@ def model_rows(table: Any, rows: list[dict[str, Any]]) -> str:
             goal = TARGETS.get(name) if mode == "shared" and n in (64, 256) else None
             value = row[name]
             table.add(
-                f"model.{mode}.{start}.{n}.{name}",
+                f"scale.model.{mode}.{start}.{n}.{name}",
                 f"{label}: {what}",
                 value,
                 f"{value:{fmt}}",
