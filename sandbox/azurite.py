@@ -62,7 +62,9 @@ def connection_string(port: int, host: str = "127.0.0.1", table_port: int | None
 class Azurite:
     """Azurite's queue and table services in a child process; a context manager (``start()`` / ``stop()`` also work).
 
-    ``port=0`` lets Azurite pick free ports, parsed from what it prints (the table service always takes a free one).
+    ``port=0`` (and ``table_port=0``) lets Azurite pick free ports, parsed from what it prints. Storage is in memory
+    unless ``location`` names a directory: then it is kept there, so that a stopped Azurite started again on the same
+    ports and location is the same account (the shared pacing schedule's stop-and-restart test does that).
     ``start()`` returns once both ports accept connections (about a second). Its blob service runs too, on a free
     port, unused: the all-in-one ``azurite`` is the one that prints the ports it took.
     """
@@ -75,9 +77,13 @@ class Azurite:
         root: str | Path | None = None,
         startup_timeout: float = 30.0,
         extra_args: tuple[str, ...] = (),
+        table_port: int = 0,
+        location: str | Path | None = None,
     ) -> None:
         self.host = host
         self.requested_port = port
+        self.requested_table_port = table_port
+        self.location = Path(location) if location is not None else None
         self.root = Path(root) if root is not None else REPO_ROOT
         self.startup_timeout = startup_timeout
         self.extra_args = tuple(extra_args)
@@ -133,12 +139,12 @@ class Azurite:
             "--tableHost",
             self.host,
             "--tablePort",
-            "0",
+            str(self.requested_table_port),
             "--blobHost",
             self.host,
             "--blobPort",
             "0",
-            "--inMemoryPersistence",
+            *(("--location", str(self.location)) if self.location is not None else ("--inMemoryPersistence",)),
             "--skipApiVersionCheck",
             "--disableTelemetry",
             "--loose",
