@@ -125,10 +125,18 @@ class ITwinClient:
         refreshed = False
         attempt = 0
         slot: Slot | None = None
+        error: ITwinError | None = None
         while True:
             attempt += 1
             if stale is None:
-                slot = self._pace(api, operation, deadline)
+                try:
+                    slot = self._pace(api, operation, deadline)
+                except Throttled:
+                    if error is None:
+                        raise
+                    # A repeat that pacing holds back was not sent; the failure it would have repeated stands, so
+                    # an attempt is used up as for any other failure (a wait would repeat a 503 forever).
+                    raise error from None
             # else: the repeat with a fresh token after a 401 takes the refused call's slot: a call refused for its
             # token was not carried out, and pacing it again could turn a lost credential into endless waits.
             token = self.tokens.token(stale=stale, deadline=deadline)

@@ -273,6 +273,17 @@ def test_server_errors_on_idempotent_calls_back_off_and_repeat(api, simulator):
     assert [r.status for r in simulator.api_calls()] == [503, 503, 404]
 
 
+def test_a_repeat_that_pacing_holds_back_raises_the_failure_it_would_have_repeated(simulator, captured):
+    settings = Settings.from_env({**settings_for(simulator), "ITWIN_RATE_LIMITS": "clashdetection=0.5"})
+    still = ManualClock(0.0)  # the first call takes the slot at 0, the next one's is 2 s later: past the budget
+    pacer = Pacer(settings.rate_limits, clock=still, monotonic=still)
+    api = ITwinApi(ITwinClient(settings, telemetry=captured.telemetry, pacer=pacer, policy=RetryPolicy(budget=1.0)))
+    simulator.fail_next("DELETE", "/clashdetection/runs/", 503, times=2)
+    with pytest.raises(ServerError):  # not Throttled: that would be a wait, which uses up no attempt
+        api.delete_run(MISSING)
+    assert [r.status for r in simulator.api_calls()] == [503]
+
+
 def test_a_create_is_not_repeated_after_a_server_error(api, simulator):
     simulator.fail_next("POST", "/export/connections", 500)
     with pytest.raises(ServerError):
