@@ -34,8 +34,6 @@ from sandbox.memory_table import MemoryTable
 from sandbox.simulator.faults import RateLimiter
 from shared.pacing import SAFETY, Pacer
 from shared.schedule import (
-    CONFLICT_PAUSE,
-    HORIZON,
     LATE,
     MAX_BATCH,
     PARTITION,
@@ -43,6 +41,7 @@ from shared.schedule import (
     Limits,
     Slot,
     State,
+    conflict_pause,
     reserve,
     throttled,
 )
@@ -99,6 +98,7 @@ class Instance:
     state: State | None = None  # the shared schedule as this instance last wrote or read it
     etag: str | None = None
     busy: bool = False  # a table request in flight
+    conflicts: int = 0  # 412s in a row
     pending: list[Callable[[Slot | float], None]] = field(default_factory=list)
 
 
@@ -198,7 +198,7 @@ class Model:
         if slot is not None:
             known = instance.state.apis.get(API) if instance.state is not None else None
             late = LATE / (LIMIT * SAFETY)
-            if slot.at - self.now >= -late and (known is None or known.gen <= slot.gen):
+            if slot.at - self.now >= -late and (known is None or known.void_below <= slot.gen):
                 self._at_slot(instance, thread, message, slot, deadline)
                 return
 
@@ -206,7 +206,7 @@ class Model:
             if isinstance(answer, Slot):
                 self._at_slot(instance, thread, message, answer, deadline)
             else:  # past the horizon: back, unreserved, until the schedule has come closer
-                self._send(message, max(0.0, answer - self.now - HORIZON / 2))
+                self._send(message, max(0.0, answer - self.now))
                 self._done(instance, thread)
 
         self._ask(instance, answered)
@@ -260,16 +260,18 @@ class Model:
 
         def land() -> None:
             if self._write(instance, state):
+                instance.conflicts = 0
                 for answer, callback in zip(answers, batch, strict=True):
                     callback(answer)
                 instance.busy = False
                 if instance.pending:
                     self._start(instance)
                 return
-            # A 412: a random pause (`CONFLICT_PAUSE`), then read again, with who asked meanwhile.
+            # A 412: a random pause (`conflict_pause`), then read again, with who asked meanwhile.
             instance.state = None
+            instance.conflicts += 1
             instance.pending = batch + instance.pending
-            self.at(self.now + self.rng.random() * CONFLICT_PAUSE, lambda: self._start(instance))
+            self.at(self.now + conflict_pause(instance.conflicts, self.rng.random), lambda: self._start(instance))
 
         self.at(self.now + requests * TABLE_LATENCY, land)
 

@@ -225,7 +225,7 @@ class ITwinClient:
             if reservation is None:
                 reservation = pacer.reserve(api, remaining)
             wait, slot = reservation.wait, reservation.slot
-            if wait > remaining:
+            if wait > remaining or reservation.beyond:
                 held = pacer.held(api)
                 if slot is None and held > remaining:
                     raise Throttled(
@@ -252,6 +252,8 @@ class ITwinClient:
                 )
             if wait > 0:
                 self._sleep(wait)
+                if slot is not None and pacer.late(slot):
+                    continue  # woke up late (a busy host): sent now, the call would crowd the next slot's
             if pacer.held(api) <= 0:
                 return slot
 

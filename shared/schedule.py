@@ -4,59 +4,78 @@
 that a limit is shared only from a 429 of its own, so every instance that joins a busy limit pays one. Here the
 instances share one schedule instead: a single entity in the ledger's table (PartitionKey `PARTITION`, RowKey
 `ROW`, one JSON property) holds, per API, the GCRA "theoretical arrival time" (``tat``: the next free slot), the
-rate the schedule issues slots at, and a generation; and one ``tat`` per window of the subscription's tier limits
-(``ITWIN_TIER_LIMITS``), which every API's calls count against. ``ITWIN_SHARED_PACING=on`` turns it on.
+rate the schedule issues slots at, the rate known to go through, and a generation; and one count per bucket of each
+window of the subscription's tier limits (``ITWIN_TIER_LIMITS``), which every API's calls count against.
+``ITWIN_SHARED_PACING=on`` turns it on.
 
 **Reserving.** A slot for an API is its ``tat`` (or now, when that has passed); reserving it moves ``tat`` one
 interval (``1 / (rate x SAFETY)``) past it, so the slots of one API are evenly spaced and a one-second window of the
 platform never holds more than the limit. The tier's limits count every API together: each window's calls are
 counted by slot time in buckets of a tenth of the window, and a bucket holds at most ``calls x SAFETY / 11`` (a
 sliding window of any alignment overlaps at most 11 buckets), so no window, sliding or fixed, exceeds its limit; a
-slot whose bucket is full moves to the next bucket with room. The cost: about 86% of a tier's limit is usable.
-The change is written by
-a conditional update on the entity's ETag (If-Match): of two instances that read the same state, one writes and the
-other gets 412, reads again and recomputes. That is the only thing deciding who gets which slot: no decision
-compares two machines' clocks. An instance keeps the state and ETag its last write returned, so while nobody else
-writes, a reservation is one request. **Batching:** an instance has one table request in flight at a time; the
-reservations its invocations ask for meanwhile (any API) go together in the next one, so contention and requests per
-call fall as load rises (group commit). A slot is reserved only for a caller that asked, so nothing is reserved
-ahead for work that may not come.
+slot whose bucket is full moves to the next bucket with room (about 86% of a tier's limit is usable). The change is
+written by a conditional update on the entity's ETag (If-Match): of two instances that read the same state, one
+writes and the other gets 412, reads again and recomputes. That is the only thing deciding who gets which slot: no
+decision compares two machines' clocks. **Group commit:** an instance has one table request in flight at a time;
+the reservations its invocations ask for meanwhile (any API) go together in the next one. **After a 412** it pauses
+a random moment before reading again, the longest pause doubling with each 412 in a row (`conflict_pause`:
+exponential backoff with full jitter), so that instances that met spread out instead of meeting again, and more
+asks join the next write. A slot is reserved only for a caller that asked, so nothing is reserved ahead for work
+that may not come (a block reserved ahead would leave gaps wherever its instance stopped getting work).
 
 **A slot beyond the invocation's budget** is not given back: the command goes back to the queue with its visibility
 delay set to the slot (rounded down to the queue's whole seconds, so it shows early) and carries the reservation
 (``slot`` in the message: API, time, generation). Whoever receives it waits the rest and sends, with no table
-request (`redeem`). Slots are not reserved more than `HORIZON` ahead: a command whose slot would lie further goes
-back unreserved, to show when the schedule has come closer, so a limit that drops does not meet a long backlog of
-slots reserved at the old rate.
+request (`redeem`). A backlog is thus reserved once, in order, and each command goes back at most once for pacing.
+At the API's ceiling a slot may lie up to `HORIZON` ahead (an hour: any backlog a queue of commands holds); below
+it (after a cut, while probing back up) no more than `CUT_HORIZON`, so that a backlog is not scheduled at a rate
+that was a guess (a command past it goes back unreserved, to ask again when the schedule has come closer).
 
-**A 429 moves the shared schedule** (traffic the app does not see, a lowered limit, a slot sent late): the API's
-``tat`` goes past the ``Retry-After`` for every instance. A second 429 within `STRIKE_WINDOW` (a lone one is more
-likely a call sent late than a lower limit) cuts its rate by `CUT`, once per generation: a 429 answering a slot
-reserved before the last cut (an older generation) does not cut again. A cut starts the API's schedule again after
-the ``Retry-After`` at the new rate: the slots reserved before it are void, and a carried slot of an older
-generation than this instance knows is not used; it reserves again. An instance whose copy of the state is older
-than the cut still sends its carried slots at the old rate: a 429 each, at worst, which tells it. After
-`PROBE_AFTER` seconds without a cut the rate doubles back towards the ceiling (``ITWIN_RATE_LIMITS``), one step per
-reservation; a limit that came back is thus reached within a few seconds, and a limit that stays low costs a 429
-every few seconds (one probe).
+**Sent late is not sent.** A slot more than `LATE` of an interval past when its caller is ready (a busy host whose
+sleep overran, a message shown late) is void: sent, the call would crowd the next slot's and draw a 429. The caller
+reserves again (`late`).
+
+**A 429 moves the shared schedule** (traffic the app does not see, a lowered limit): the API's ``tat`` goes past the
+``Retry-After`` for every instance. A lone 429 at a rate known to go through changes nothing else (a call sent late,
+a burst); a second within `STRIKE_WINDOW` cuts the rate to `CUT` (a third) of it, once per generation: a 429
+answering a slot reserved before the last change (an older generation) does not cut again. A cut starts the
+schedule again after the ``Retry-After`` at the new rate: the slots reserved before it are void, and a carried slot
+of an older generation than this instance knows is not used; it reserves again. Every `PROBE_AFTER` seconds
+without a 429 the rate becomes known to go through and doubles (a probe), up to the ceiling
+(``ITWIN_RATE_LIMITS``), one step per reservation; a 429 answering a probe goes straight back to the rate it left.
+A limit that came back is reached within two probes (6/s from 2/s: about 2 s); a limit that stays low costs a
+429 or two per probe.
 
 **Falls back, comes back.** A table request that fails (unreachable, 5xx, a timeout: the table client is built with
-short timeouts and no retries) or that the caller waited on longer than `TABLE_WAIT` sends this process to its own
-adaptive `Pacer` (`shared.pacing`) for `DOWN_FIRST` seconds, doubling to `DOWN_MOST` while it keeps failing; the
-first reservation after that tries the table again, and one that succeeds brings the process back. The local pacer
-is fed every answer all along, so it starts warm. Nothing is lost or doubled either way: pacing only delays calls,
-never sends or drops one; a failure here never raises to the caller; a reservation whose write landed but whose
-answer was lost is a slot nobody uses (a little throughput), never two calls in one slot.
+`TABLE_TIMEOUT` timeouts and no retries) sends this process to its own adaptive `Pacer` (`shared.pacing`) for
+`DOWN_FIRST` seconds, doubling to `DOWN_MOST` while it keeps failing; the first reservation after that tries the
+table again, and one that succeeds brings the process back. The local pacer is fed every answer all along, so it
+starts warm. A table that answers but is busy is not a failure: a caller that waited `TABLE_WAIT` for its turn, or
+whose request met `MAX_TRIES` 412s in a row, gives its command back for `CONTENDED_BACK` seconds, and the process
+stays on the schedule (pacing locally beside instances that pace by the table would send at the full rate on top of
+theirs). Nothing is lost or doubled either way: pacing only delays calls, never sends or drops one; a failure here
+never raises to the caller; a reservation whose write landed but whose answer was lost is a slot nobody uses.
 
-**Failure modes, and what they cost.** Wall time places the slots (as the local pacer's grid does): an instance whose
-clock is ``d`` behind sends its slots ``d`` late, one ahead reserves from a later "now". Skew costs pacing accuracy
-(calls closer together than the interval, at worst a 429, which is a wait), never correctness. Other costs: an
-instance in fallback while others use the table adds its local pace to the schedule's (429s until it returns); a
-message shown later than its slot (a host that polls slowly: keep host.json's ``maxPollingInterval`` at 2 s) finds
-its slot more than `LATE` past and reserves again (a second give-back); a slot reserved for a command that is then
-not sent (the invocation died, the message expired) is a gap in the schedule; with many instances reserving at
-once, 412s add requests (measured in BENCHMARKS.md). The entity is one row for every API: its throughput bounds
-the reservations a second (Table Storage: about 1,000 writes a second per partition, far above any API's limit).
+**Failure modes, and what they cost** (measured in BENCHMARKS.md):
+
+- *Contention.* Every reservation of an instance that was not the entity's last writer costs a 412, a read and a
+  write; group commit and the backoff amortise it, but when many instances take fresh commands at once (a backlog
+  meeting a fleet) a reservation costs several table requests: about 1.7 per call at 16 instances starting together
+  in the model, up to about 5 at 256. The entity takes some hundreds of writes a second (Table Storage: about 1,000
+  a second per partition), which bounds the fresh commands a second the fleet can schedule, far above any API's
+  limit.
+- *Clock skew.* Wall time places the slots (as the local pacer's grid does): an instance whose clock is ``d`` behind
+  sends its slots ``d`` late, one ahead reserves from a later "now". Skew costs pacing accuracy (calls closer than
+  the interval, at worst a 429, which is a wait), never correctness.
+- *Slow hosts.* A slot missed by more than `LATE` is reserved again (a table request, and a give-back when the new
+  slot lies past the budget); the missed slot is lost throughput.
+- *Fallback beside the schedule.* An instance whose table requests fail paces locally at the full rate on top of
+  the schedule's instances (429s until it returns).
+- *Messages shown late.* A host that polls slowly finds a carried slot past (keep host.json's
+  ``maxPollingInterval`` at 2 s); it reserves again.
+- *Gaps.* A slot reserved for a command that is then not sent (the invocation died, the message expired) is lost.
+- *A cut with a backlog reserved.* Carried slots of the old generation are void where the new one is known: their
+  commands go back a second time.
 """
 
 from __future__ import annotations
@@ -80,21 +99,30 @@ log = logging.getLogger(__name__)
 
 PARTITION = "pacing"
 ROW = "schedule"
-CUT = 0.5  # a 429 cuts the shared rate to this share
+CUT = 1 / 3  # a cut takes the shared rate to this share (a probe that fails goes back to the rate it left)
 GROW = 2.0  # ... and PROBE_AFTER seconds without one multiply it by this, up to the ceiling
-PROBE_AFTER = 1.5
+PROBE_AFTER = 1.0
 STRIKE_WINDOW = 2.0  # seconds: a cut needs a second 429 of the same generation within this long of the first
 FLOOR_SHARE = 64  # the lowest shared rate is the ceiling / 64
 TIER_BUCKETS = 10  # a tier window's calls are counted in buckets of a tenth of it
-HORIZON = 60.0  # seconds: no slot is reserved further ahead
-LATE = 0.5  # a carried slot more than this share of the API's interval past is void
+HORIZON = 3600.0  # seconds: no slot is reserved further ahead while the API runs at its ceiling
+CUT_HORIZON = 5.0  # ... nor further than this while it runs below (after a cut: the rate is a guess)
+LATE = 0.3  # a slot this share of the API's interval past is void: sent, it would crowd the next one
 MAX_BATCH = 64  # reservations in one table request
-MAX_TRIES = 8  # conditional writes per request before giving up on contention (this call paces locally)
-TABLE_TIMEOUT = 0.5  # seconds: the table client's connect and read timeouts (see `table_client_options`)
-TABLE_WAIT = 2.0  # seconds a caller waits for a reservation before pacing locally
-CONFLICT_PAUSE = 0.02  # seconds: the longest random pause after a 412 before reading again
+MAX_TRIES = 16  # conditional writes per request before giving up on contention (the command goes back)
+TABLE_TIMEOUT = 2.0  # seconds: the table client's connect and read timeouts (see `table_client_options`)
+TABLE_WAIT = 5.0  # seconds a caller waits for its turn at the table before its command goes back
+CONFLICT_PAUSE = 0.01  # seconds: the longest random pause after a first 412, doubling with each further one
+CONFLICT_MOST = 0.32  # ... up to this
+CONTENDED_BACK = 1.0  # seconds a command waits in the queue when the table was too contended to reserve
 DOWN_FIRST = 1.0
 DOWN_MOST = 30.0
+
+
+def conflict_pause(conflicts: int, rand: Callable[[], float]) -> float:
+    """The random pause before reading again after the ``conflicts``-th 412 in a row: exponential backoff with full
+    jitter, so that many instances that met desynchronise instead of meeting again."""
+    return rand() * min(CONFLICT_MOST, CONFLICT_PAUSE * 2 ** max(0, conflicts - 1))
 
 
 def table_client_options() -> dict[str, Any]:
@@ -146,6 +174,8 @@ class ApiState:
     gen: int = 0  # cuts so far
     changed: float = 0.0  # when the rate last changed
     strike: float = 0.0  # when a lone 429 of this generation came (0: none lately)
+    safe: float | None = None  # the highest rate known to go through since the last cut (a probe goes above it)
+    void_below: int = 0  # slots of an older generation are void (a cut's older slots stand until a 429 confirms it)
 
 
 @dataclass
@@ -156,7 +186,10 @@ class State:
     tier: dict[str, dict[str, int]] = field(default_factory=dict)  # window (s, as text) -> bucket index -> calls
 
     def to_json(self) -> str:
-        apis = {name: [a.tat, a.rate, a.gen, a.changed, a.strike] for name, a in sorted(self.apis.items())}
+        apis = {
+            name: [a.tat, a.rate, a.gen, a.changed, a.strike, a.safe, a.void_below]
+            for name, a in sorted(self.apis.items())
+        }
         return json.dumps({"apis": apis, "tier": self.tier}, separators=(",", ":"))
 
     @classmethod
@@ -185,14 +218,26 @@ def _api(state: State, limits: Limits, api: str, now: float) -> ApiState:
     ceiling = limits.ceilings.get(api)
     current = state.apis.get(api)
     if current is None:
-        current = state.apis[api] = ApiState(rate=ceiling, changed=now)
+        current = state.apis[api] = ApiState(rate=ceiling, changed=now, safe=ceiling)
     if ceiling is None:
-        current.rate = None
+        current.rate = current.safe = None
     elif current.rate is None or current.rate > ceiling:
-        current.rate = ceiling
+        current.rate = current.safe = ceiling
     elif current.rate < ceiling and now - current.changed >= PROBE_AFTER:
+        # PROBE_AFTER seconds at this rate without a 429: it goes through; probe the next step up.
+        current.safe = current.rate
         current.rate, current.changed = min(ceiling, current.rate * GROW), now
     return current
+
+
+def horizon(state: State, limits: Limits, api: str) -> float:
+    """How far ahead a slot for ``api`` may be reserved now: far at the API's ceiling, briefly below it (a rate
+    found after a cut is a guess, and the backlog must not be scheduled at it)."""
+    ceiling = limits.ceilings.get(api)
+    current = state.apis.get(api)
+    if ceiling is None or current is None or current.rate is None or current.rate >= ceiling:
+        return HORIZON
+    return CUT_HORIZON
 
 
 def _bucket(window: float) -> float:
@@ -225,7 +270,7 @@ def next_slot(state: State, limits: Limits, api: str, now: float) -> float:
 
 def reserve(state: State, limits: Limits, asks: list[str], now: float) -> list[Slot | float]:
     """Reserve a slot per ask (an API name), in order, changing ``state``: each a `Slot`, or, where the slot would
-    lie more than `HORIZON` ahead, the time it would be (nothing reserved)."""
+    lie further ahead than the API's `horizon`, when to ask again (nothing reserved)."""
     for window, _ in limits.tier:  # buckets no window that can still be reserved in reaches
         size = _bucket(window)
         oldest = math.floor(now / size) - TIER_BUCKETS - 1
@@ -235,8 +280,9 @@ def reserve(state: State, limits: Limits, asks: list[str], now: float) -> list[S
     answers: list[Slot | float] = []
     for api in asks:
         at = next_slot(state, limits, api, now)
-        if at - now > HORIZON:
-            answers.append(at)
+        ahead = horizon(state, limits, api)
+        if at - now > ahead:
+            answers.append(at - ahead / 2)
             continue
         current = state.apis[api]
         if current.rate:
@@ -250,24 +296,40 @@ def reserve(state: State, limits: Limits, asks: list[str], now: float) -> list[S
 
 
 def throttled(state: State, limits: Limits, api: str, now: float, retry_after: float, gen: int | None) -> bool:
-    """A 429 for ``api``: no slot before ``retry_after`` has passed, and the rate cut unless the call's slot was
-    reserved before the last cut (``gen`` older). Whether it cut."""
+    """A 429 for ``api`` answering a slot of generation ``gen``: no slot before ``retry_after`` has passed, and
+    the schedule changed as the module's docstring says ("A 429 moves the shared schedule"). Whether the rate or
+    the slots that stand changed."""
     current = _api(state, limits, api, now)
     ceiling = limits.ceilings.get(api)
-    if ceiling is None or current.rate is None or (gen is not None and gen < current.gen):
-        current.tat = max(current.tat, now + retry_after)
+    if ceiling is None or current.rate is None or (gen is not None and gen < current.void_below):
+        current.tat = max(current.tat, now + retry_after)  # a void slot sent anyway (its sender did not know)
         return False
-    if current.strike <= 0 or now - current.strike > STRIKE_WINDOW:
+    if gen is not None and gen < current.gen:
+        # A slot reserved before the last cut met a 429 too: the cut was right, and the slots at the old spacing
+        # are void; the schedule starts again after the Retry-After at the new rate.
+        current.void_below = current.gen
+        current.tat = now + retry_after
+        return True
+    if current.safe is not None and current.rate > current.safe:
+        # A probe failed: back to the rate known to go through; the probe's slots (a few seconds' worth, see
+        # `horizon`) are void at once.
+        current.rate = current.safe
+        current.gen += 1
+        current.void_below = current.gen
+        current.tat = now + retry_after
+    elif current.strike <= 0 or now - current.strike > STRIKE_WINDOW:
         # A lone 429 (a call sent late, a burst of traffic the app does not see): the schedule pauses for the
         # Retry-After, and the slots already reserved stand.
         current.strike = now
         current.tat = max(current.tat, now + retry_after)
         return False
-    # A cut starts the schedule again after the Retry-After, at the new rate: the slots reserved at the old rate
-    # are void (their generation is older), and are reserved again as their commands show, rather than after them.
-    current.tat = now + retry_after
-    current.rate = max(ceiling / FLOOR_SHARE, current.rate * CUT)
-    current.gen += 1
+    else:
+        # A cut. The slots already reserved stand for now (two 429s of calls sent late on a busy host look like a
+        # lower limit, and voiding a backlog's slots sends every command back again): new slots come after them,
+        # at the new rate, and the next 429 of an older slot confirms the cut and voids them (above).
+        current.rate = current.safe = max(ceiling / FLOOR_SHARE, current.rate * CUT)
+        current.gen += 1
+        current.tat = max(current.tat, now + retry_after)
     current.changed = now + retry_after  # probing counts from when the schedule starts again
     current.strike = 0.0
     return True
@@ -288,11 +350,14 @@ class Reservation:
     beyond: bool = False
 
 
+_CONTENDED = "contended"  # the answer to an ask the table was too contended to serve
+
+
 class _Waiter:
     def __init__(self, api: str) -> None:
         self.api = api
         self.done = threading.Event()
-        self.answer: Slot | float | None = None  # None: the table failed
+        self.answer: Slot | float | str | None = None  # None: the table failed; _CONTENDED: it was too busy
         self.abandoned = False
 
 
@@ -301,8 +366,8 @@ class TableDown(Exception):
 
 
 class Contended(TableDown):
-    """Every conditional write of one request met another instance's write first: this call paces locally, and the
-    process stays on the table."""
+    """Every conditional write of one request met another instance's write first: the table answers, it is only
+    busy, so the process stays on it and the command goes back to the queue for `CONTENDED_BACK` seconds."""
 
 
 class SharedPacer:
@@ -337,6 +402,7 @@ class SharedPacer:
         self._lock = threading.Lock()  # guards the fields below
         self._table_lock = threading.Lock()  # one table request in flight per process
         self._pending: list[_Waiter] = []
+        self._spare: list[Slot] = []  # slots reserved for callers that had stopped waiting (see `_spare_before`)
         self._state: State | None = None
         self._etag: str | None = None
         self._down_until = -math.inf
@@ -359,23 +425,53 @@ class SharedPacer:
         answer = self._ask(api)
         if answer is None:
             return Reservation(self.local.reserve(api, limit))
+        if answer == _CONTENDED:
+            self.counts["contended"] += 1
+            return Reservation(CONTENDED_BACK, beyond=True)
         if isinstance(answer, Slot):
+            answer = self._spare_before(answer)
             return Reservation(answer.at - self._wall(), answer)
-        return Reservation(max(0.0, answer - self._wall() - HORIZON / 2), beyond=True)
+        return Reservation(max(0.0, float(answer) - self._wall()), beyond=True)
+
+    def _spare_before(self, slot: Slot) -> Slot:
+        """``slot``, or an earlier one of its API that a caller of this process gave up waiting for (it stopped
+        waiting, `TABLE_WAIT`, while its request was being written): a slot reserved and not used is lost
+        throughput, so the next caller takes it, and ``slot`` becomes the spare."""
+        with self._lock:
+            now = self._wall()
+            self._spare = [s for s in self._spare if not self._past(s, now)]
+            spare = [s for s in self._spare if s.api == slot.api and s.at < slot.at]
+            if not spare:
+                return slot
+            earliest = min(spare, key=lambda s: s.at)
+            self._spare.remove(earliest)
+            self._spare.append(slot)
+        self.counts["spare slots used"] += 1
+        return earliest
 
     def redeem(self, slot: Slot) -> Reservation | None:
         """The wait for a slot a command carried, or None when it is void: more than `LATE` of an interval past,
-        of an older generation than this process knows (the schedule was cut since), or the API held after a 429
-        here."""
+        of a generation this process knows to be void (a cut since, confirmed by a 429 of an older slot; a probe
+        that failed), or the API held after a 429 here."""
         wait = slot.at - self._wall()
-        ceiling = self.limits.ceilings.get(slot.api)
-        late = LATE / (ceiling * SAFETY) if ceiling else LATE
         with self._lock:
             known = self._state.apis.get(slot.api) if self._state is not None else None
-        if wait < -late or (known is not None and known.gen > slot.gen) or self.local.held(slot.api) > 0:
+        if self.late(slot) or (known is not None and known.void_below > slot.gen) or self.local.held(slot.api) > 0:
             self.counts["void slots"] += 1
             return None
         return Reservation(wait, slot)
+
+    def late(self, slot: Slot) -> bool:
+        """Whether ``slot`` is more than `LATE` of its API's interval past: a call sent now would crowd the next
+        slot's (a busy host that woke up late, a message shown late), so it reserves again instead."""
+        if self._past(slot, self._wall()):
+            self.counts["late slots"] += 1
+            return True
+        return False
+
+    def _past(self, slot: Slot, now: float) -> bool:
+        ceiling = self.limits.ceilings.get(slot.api)
+        return now - slot.at > (LATE / (ceiling * SAFETY) if ceiling else LATE)
 
     def held(self, api: str) -> float:
         return self.local.held(api)
@@ -411,7 +507,7 @@ class SharedPacer:
         return known.rate if known is not None and known.rate else self.limits.ceilings[api]
 
     # -- group commit ----------------------------------------------------------------------------------------------
-    def _ask(self, api: str) -> Slot | float | None:
+    def _ask(self, api: str) -> Slot | float | str | None:
         waiter = _Waiter(api)
         with self._lock:
             self._pending.append(waiter)
@@ -422,8 +518,9 @@ class SharedPacer:
                 with self._lock:
                     waiter.abandoned = not waiter.done.is_set()
                 if waiter.abandoned:
-                    self._fail(TableDown(f"no reservation within {TABLE_WAIT:g} s"))
-                    return None
+                    # Waiting behind this process's other table requests (slow ones end in a timeout, which is
+                    # a failure): the table is busy, not down.
+                    return _CONTENDED
                 break
             try:
                 if not waiter.done.is_set():
@@ -448,13 +545,16 @@ class SharedPacer:
             answers = self._commit(
                 lambda state, now: reserve(state, self.limits, [w.api for w in batch], now), retry=take
             )
+        except Contended:
+            answers = [_CONTENDED] * len(batch)
         except TableDown as error:
-            if not isinstance(error, Contended):
-                self._fail(error)
+            self._fail(error)
             answers = [None] * len(batch)
         self.counts["reservations"] += sum(isinstance(a, Slot) for a in answers)
         with self._lock:
             for waiter, answer in zip(batch, answers, strict=True):
+                if waiter.abandoned and isinstance(answer, Slot):
+                    self._spare.append(answer)
                 waiter.answer = answer
                 waiter.done.set()
 
@@ -466,6 +566,7 @@ class SharedPacer:
         from azure.core.exceptions import AzureError, HttpResponseError
         from azure.data.tables import UpdateMode
 
+        conflicts = 0
         try:
             for _ in range(MAX_TRIES):
                 if self._state is None or self._etag is None:
@@ -485,9 +586,10 @@ class SharedPacer:
                     if failure.status_code not in (404, 412):
                         raise
                     self.counts["conflicts"] += 1
+                    conflicts += 1
                     with self._lock:
                         self._state = self._etag = None
-                    self._sleep(self._rand() * CONFLICT_PAUSE)
+                    self._sleep(conflict_pause(conflicts, self._rand))
                     if retry is not None:
                         retry()
                     continue

@@ -15,15 +15,22 @@ from sandbox.memory_table import MemoryTable
 from sandbox.simulator.faults import RateLimiter
 from shared.pacing import SAFETY
 from shared.schedule import (
+    CONFLICT_MOST,
+    CONFLICT_PAUSE,
+    CONTENDED_BACK,
     CUT,
+    CUT_HORIZON,
     DOWN_FIRST,
     HORIZON,
+    LATE,
+    MAX_TRIES,
     PROBE_AFTER,
     Limits,
     SharedPacer,
     Slot,
     State,
     carrying,
+    conflict_pause,
     reserve,
     taken,
     throttled,
@@ -98,44 +105,86 @@ def test_an_api_without_a_configured_rate_is_paced_only_by_the_tier():
     assert Limits({API: 6.0}, ((60.0, 500),)).paced("export")
 
 
-def test_no_slot_is_reserved_beyond_the_horizon():
+def test_no_slot_is_reserved_beyond_the_horizon_and_the_command_comes_back_when_it_is_closer():
     state = State()
     calls = int(HORIZON / INTERVAL) + 5
     answers = reserve(state, LIMITS, [API] * calls, 0.0)
     beyond = [a for a in answers if not isinstance(a, Slot)]
     assert beyond
-    assert all(a > HORIZON for a in beyond)
+    assert all(HORIZON / 2 < a <= HORIZON for a in beyond)
     assert state.apis[API].tat <= HORIZON + INTERVAL
 
 
-def test_a_429_moves_the_schedule_past_retry_after_and_cuts_once_per_generation():
+def test_a_backlog_is_scheduled_far_ahead_at_the_ceiling_but_only_briefly_after_a_cut():
+    state = State()
+    assert all(isinstance(a, Slot) for a in reserve(state, LIMITS, [API] * 600, 0.0))  # 100 s of slots
+    state = State()
+    reserve(state, LIMITS, [API], 0.0)
+    throttled(state, LIMITS, API, 0.1, 1.0, 0)
+    throttled(state, LIMITS, API, 0.2, 1.0, 0)  # cut: the new rate is a guess
+    answers = reserve(state, LIMITS, [API] * 60, 0.3)
+    reserved = [a.at for a in answers if isinstance(a, Slot)]
+    assert max(reserved) - 0.3 <= CUT_HORIZON
+    assert len(reserved) < 60
+
+
+def test_a_429_moves_the_schedule_past_retry_after_and_a_second_one_cuts_the_rate_once():
     state = State()
     slots = reserve(state, LIMITS, [API] * 4, 0.0)
     # A lone 429 pauses the schedule for the Retry-After, and cuts nothing.
     assert not throttled(state, LIMITS, API, 0.5, 1.0, slots[0].gen)
     assert state.apis[API].rate == 6.0
     assert reserve(state, LIMITS, [API], 0.55)[0].at == pytest.approx(1.5)
-    # A second one soon after cuts, and starts the schedule again after its Retry-After.
+    # A second one soon after cuts, and new slots come after the Retry-After at the new rate.
     assert throttled(state, LIMITS, API, 0.6, 1.0, slots[1].gen)
     assert state.apis[API].rate == pytest.approx(6.0 * CUT)
-    # A 429 for a slot reserved before the cut answers a call sent at the old rate: no second cut.
-    assert not throttled(state, LIMITS, API, 0.7, 1.0, slots[2].gen)
+    assert state.apis[API].gen == 1
+    # A 429 for a slot reserved before the cut confirms it (its slots are void) but does not cut again.
+    assert throttled(state, LIMITS, API, 0.7, 1.0, slots[2].gen)
     assert not throttled(state, LIMITS, API, 0.8, 1.0, slots[3].gen)
     assert state.apis[API].rate == pytest.approx(6.0 * CUT)
     assert reserve(state, LIMITS, [API], 0.9)[0].at == pytest.approx(1.8)  # past the last Retry-After
 
 
+def test_a_cut_leaves_the_slots_already_reserved_standing_until_a_429_of_one_of_them_confirms_it():
+    table, clock = MemoryTable(), ManualClock(1000.0)
+    a, b = instance(table, clock), instance(table, clock)
+    backlog = [a.reserve(API).slot for _ in range(20)]  # 3.5 s of slots, carried by commands in the queue
+    a.throttled(API, 1.0, backlog[0])
+    a.throttled(API, 1.0, backlog[1])  # two late calls on a busy host look like a lower limit: a cut
+    assert b.reserve(API).slot.at > backlog[-1].at  # new slots come after the ones that stand
+    assert b.rate(API) == pytest.approx(6.0 * CUT)
+    assert b.redeem(backlog[15]) is not None  # b is told of the cut, and still sends at the old slot
+    b.throttled(API, 1.0, backlog[15])  # ... which meets a 429: the limit did drop
+    clock.advance(1.0)
+    assert b.redeem(backlog[18]) is None  # the old slots are void now
+    assert b.reserve(API).slot.at < backlog[18].at  # and the schedule starts again at the new rate
+
+
 def test_after_a_cut_the_rate_doubles_back_to_the_ceiling_one_step_per_probe_period():
     state = State()
     reserve(state, LIMITS, [API], 0.0)
-    for gen in (0, 0, 1, 1):  # two 429s a cut: 6 -> 3 -> 1.5, the schedule starting again at 1.0
+    for gen in (0, 0):  # two 429s cut: 6 -> 2, the schedule starting again at 1.0
         throttled(state, LIMITS, API, 0.01, 0.99, gen)
-    assert state.apis[API].rate == pytest.approx(1.5)
+    assert state.apis[API].rate == pytest.approx(2.0)
     rates = []
     for now in (1.0 + PROBE_AFTER / 2, 1.0 + PROBE_AFTER, 1.0 + 1.5 * PROBE_AFTER, 1.0 + 2 * PROBE_AFTER):
         reserve(state, LIMITS, [API], now)
         rates.append(state.apis[API].rate)
-    assert rates == pytest.approx([1.5, 3.0, 3.0, 6.0])
+    assert rates == pytest.approx([2.0, 4.0, 4.0, 6.0])
+
+
+def test_a_probe_that_meets_a_429_goes_straight_back_to_the_rate_known_to_go_through():
+    state = State()
+    reserve(state, LIMITS, [API], 0.0)
+    throttled(state, LIMITS, API, 0.01, 0.99, 0)
+    throttled(state, LIMITS, API, 0.02, 0.99, 0)  # cut to 2/s, generation 1
+    reserve(state, LIMITS, [API], 1.02 + PROBE_AFTER)  # probing 4/s
+    assert state.apis[API].rate == pytest.approx(4.0)
+    # One 429 at the probe's rate is enough: no second strike needed, and its slots are void.
+    assert throttled(state, LIMITS, API, 2.1, 1.0, 1)
+    assert state.apis[API].rate == pytest.approx(2.0)
+    assert state.apis[API].gen == 2
 
 
 def test_the_state_survives_its_json_form():
@@ -202,6 +251,43 @@ def test_asks_made_while_a_request_is_in_flight_go_together_in_the_next_one():
         thread.join(5)
     assert len({r.slot.at for r in results}) == 6
     assert table.ops["update"] == 2  # one for the first, one for the five that asked meanwhile
+
+
+class ContendedTable(MemoryTable):
+    """Another instance writes the schedule just before each of this one's writes: every write meets a 412."""
+
+    def update_entity(self, entity, *args, **kwargs):
+        super().update_entity(dict(entity), mode=kwargs.get("mode"))  # the other instance's write, unconditional
+        return super().update_entity(entity, *args, **kwargs)
+
+
+def test_pauses_after_412s_in_a_row_double_up_to_a_cap():
+    pauses = [conflict_pause(n, lambda: 1.0) for n in (1, 2, 3, 30)]
+    assert pauses == pytest.approx([CONFLICT_PAUSE, 2 * CONFLICT_PAUSE, 4 * CONFLICT_PAUSE, CONFLICT_MOST])
+    assert conflict_pause(5, lambda: 0.0) == 0.0  # full jitter: anywhere from no pause to the longest
+
+
+def test_a_table_too_contended_to_reserve_sends_the_command_back_and_the_process_stays_on_the_schedule():
+    table, clock = ContendedTable(), ManualClock(1000.0)
+    pacer = instance(table, clock)
+    reservation = pacer.reserve(API)
+    assert reservation.beyond
+    assert reservation.slot is None
+    assert reservation.wait == CONTENDED_BACK
+    assert pacer.counts["conflicts"] == MAX_TRIES
+    assert not pacer.down  # busy is not down: pacing locally beside the others would send on top of them
+    assert pacer.counts["fallbacks"] == 0
+
+
+def test_a_slot_woken_up_for_too_late_is_void_and_one_on_time_is_not():
+    table, clock = MemoryTable(), ManualClock(1000.0)
+    pacer = instance(table, clock)
+    slot = pacer.reserve(API).slot
+    clock.advance(LATE * INTERVAL * 0.9)
+    assert not pacer.late(slot)
+    clock.advance(LATE * INTERVAL * 0.2)
+    assert pacer.late(slot)
+    assert pacer.redeem(slot) is None
 
 
 def test_a_429_at_one_instance_moves_the_schedule_for_all():
