@@ -37,14 +37,17 @@ reserves again (`late`).
 
 **A 429 moves the shared schedule** (traffic the app does not see, a lowered limit): the API's ``tat`` goes past the
 ``Retry-After`` for every instance. A lone 429 at a rate known to go through changes nothing else (a call sent late,
-a burst); a second within `STRIKE_WINDOW` cuts the rate to `CUT` (a third) of it, once per generation: a 429
-answering a slot reserved before the last change (an older generation) does not cut again. A cut starts the
-schedule again after the ``Retry-After`` at the new rate: the slots reserved before it are void, and a carried slot
-of an older generation than this instance knows is not used; it reserves again. Every `PROBE_AFTER` seconds
-without a 429 the rate becomes known to go through and doubles (a probe), up to the ceiling
-(``ITWIN_RATE_LIMITS``), one step per reservation; a 429 answering a probe goes straight back to the rate it left.
-A limit that came back is reached within two probes (6/s from 2/s: about 2 s); a limit that stays low costs a
-429 or two per probe.
+a burst). A second within `STRIKE_WINDOW` cuts the rate to `CUT` (a third) of it, and starts a generation. The
+slots reserved before the cut stand for now, and new ones come after them at the new rate: two late calls on a busy
+host look like a lower limit, and voiding a backlog's slots would send every command back to the queue again. A
+429 answering one of those older slots confirms the cut: they are void from then on (``void_below``), the schedule
+starts again after the ``Retry-After`` at the new rate, and a carried slot that an instance knows to be void is not
+used; it reserves again. An instance whose copy of the state is older still sends its carried slots: a 429 each,
+at worst, which tells it. Every `PROBE_AFTER` seconds without a 429 the rate becomes known to go through and
+doubles (a probe), up to the ceiling (``ITWIN_RATE_LIMITS``), one step per reservation; a 429 answering a probe
+goes straight back to the rate it left and voids the probe's slots (a few seconds' worth: see `horizon`). A limit
+that came back is reached within two probes (6/s from 2/s: about 2 s); a limit that stays low costs a 429 or two
+per probe.
 
 **Falls back, comes back.** A table request that fails (unreachable, 5xx, a timeout: the table client is built with
 `TABLE_TIMEOUT` timeouts and no retries) sends this process to its own adaptive `Pacer` (`shared.pacing`) for
@@ -56,14 +59,28 @@ stays on the schedule (pacing locally beside instances that pace by the table wo
 theirs). Nothing is lost or doubled either way: pacing only delays calls, never sends or drops one; a failure here
 never raises to the caller; a reservation whose write landed but whose answer was lost is a slot nobody uses.
 
+**Why not leased shares.** Leasing each instance with work a fixed share of the slots (offset ``o`` of ``k``
+members on the shared grid, renewed every few seconds) would need no table request per call, but a command would
+take a slot of the instance that happened to receive it: the queue hands each instance a random part of a backlog,
+so the busiest member's share sets the wall time (16 members with 15 commands each on average: the busiest gets
+about 23, 1.5 times the floor), renewals cost requests per member and second whether calls go or not, and a change
+of membership may take effect only once every member has seen it, while the slots carried in messages reach as far
+ahead as the backlog. Here the next free slot goes to whoever asks, so a backlog is spread over the slots in the
+order it was picked up, whichever instances picked it up; the table is paid per fresh command instead.
+
 **Failure modes, and what they cost** (measured in BENCHMARKS.md):
 
 - *Contention.* Every reservation of an instance that was not the entity's last writer costs a 412, a read and a
-  write; group commit and the backoff amortise it, but when many instances take fresh commands at once (a backlog
-  meeting a fleet) a reservation costs several table requests: about 1.7 per call at 16 instances starting together
-  in the model, up to about 5 at 256. The entity takes some hundreds of writes a second (Table Storage: about 1,000
-  a second per partition), which bounds the fresh commands a second the fleet can schedule, far above any API's
-  limit.
+  write; group commit and the backoff amortise it over the asks of one instance (at most its concurrent
+  invocations), not over instances. When many instances take fresh commands at once (a backlog meeting a fleet,
+  every instance asking until the whole backlog has slots) a call's reservation costs several table requests: 2 to
+  3 at 16 instances started together, about 5 at 64 and 9 at 256 in the model (BENCHMARKS.md); fresh commands that
+  trickle in cost one or two. While that lasts the invocations wait on the table (up to `TABLE_WAIT`), and a
+  carried command that shows meanwhile may find no free invocation before its slot has passed. The entity takes
+  some hundreds of writes a second (Table Storage: about 1,000 a second per partition), which bounds the fresh
+  commands a second the fleet can schedule, far above any API's limit.
+- *Cut by mistake.* Two 429s of calls sent late within `STRIKE_WINDOW` cut the rate: new slots come at a third of
+  it for about two seconds of probing, and commands past `CUT_HORIZON` go back unreserved meanwhile.
 - *Clock skew.* Wall time places the slots (as the local pacer's grid does): an instance whose clock is ``d`` behind
   sends its slots ``d`` late, one ahead reserves from a later "now". Skew costs pacing accuracy (calls closer than
   the interval, at worst a 429, which is a wait), never correctness.
