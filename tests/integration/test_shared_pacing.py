@@ -14,13 +14,20 @@ from pathlib import Path
 import pytest
 from app_settings import settings_for
 from azure.data.tables import TableServiceClient
+from manual_clock import ManualClock
 
 from bench.harness import MemoryQueue, drain, make_worker
 from sandbox.azurite import Azurite
 from sandbox.itwin_platform import Simulator
+from sandbox.memory_table import MemoryTable
+from shared.client import ITwinClient
+from shared.errors import NotFound
 from shared.ledger import LEDGER_TABLE, Ledger
 from shared.outcomes import Outcome
+from shared.resources import ITwinApi
+from shared.retry import RetryPolicy
 from shared.schedule import SharedPacer, table_client_options
+from shared.settings import Settings
 from shared.telemetry import Telemetry
 
 pytestmark = pytest.mark.integration
@@ -145,3 +152,29 @@ def test_azurite_stopped_and_started_again_mid_run_sends_instances_to_local_paci
     assert len(simulator.runs) == runs
     assert sum(o.get("succeeded", 0) for o in outcomes) == runs
     assert sum(o.get("dead_lettered", 0) for o in outcomes) == 0
+
+
+def test_a_call_whose_wait_for_its_slot_overran_reserves_again_instead_of_crowding_the_next_slot(make_simulator):
+    simulator: Simulator = make_simulator(rate_limits={API: 6.0})
+    clock = ManualClock(1000.0)
+    table = MemoryTable()
+    pacer = SharedPacer(table, {API: 6.0}, clock=clock, monotonic=clock, sleep=clock.advance)
+    SharedPacer(table, {API: 6.0}, clock=clock, monotonic=clock).reserve(API)  # another instance takes the next slot
+    overruns = [0.1]  # the first sleep wakes up 0.1 s late: more than a third of the 175-ms interval
+
+    def sleep(seconds: float) -> None:
+        clock.advance(seconds + (overruns.pop() if overruns else 0.0))
+
+    client = ITwinClient(
+        Settings.from_env(settings_for(simulator)),
+        telemetry=Telemetry(),
+        policy=RetryPolicy(budget=1.0),
+        pacer=pacer,
+        clock=clock,
+        sleep=sleep,
+    )
+    with pytest.raises(NotFound):
+        ITwinApi(client).delete_run("a-run")  # any answer will do: the call went, once
+    assert pacer.counts["late slots"] == 1
+    assert pacer.counts["reservations"] == 2
+    assert len(simulator.api_calls(API)) == 1
