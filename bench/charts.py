@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.scale import BEFORE, LIMIT, TARGETS
+from bench.scale import BEFORE, LIMIT, SHARED_TARGETS
 
 
 def scale_chart(runs: list[dict[str, Any]], path: Path) -> None:
@@ -15,18 +15,26 @@ def scale_chart(runs: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    processes = [run["processes"] for run in runs]
-    share = [100 * run["refused"] / run["calls"] for run in runs]
-    wall = [run["wall"] / run["floor"] for run in runs]
     before = sorted(BEFORE)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot(before, [100 * BEFORE[n][1] for n in before], "o--", color="grey", label="before (fixed 6/s each)")
-    left.plot(processes, share, "o-", color="tab:red", label="adaptive pacer")
-    left.axhline(100 * TARGETS[16]["share"], color="tab:red", linestyle=":", linewidth=1, label="target at 16")
-    left.set(xlabel="processes", ylabel="429s, % of all calls", title="429s of all calls", ylim=(0, 80))
     right.plot(before, [BEFORE[n][3] for n in before], "o--", color="grey", label="before (fixed 6/s each)")
-    right.plot(processes, wall, "o-", color="tab:blue", label="adaptive pacer")
-    right.axhline(TARGETS[16]["wall"], color="tab:blue", linestyle=":", linewidth=1, label="target at 16")
+    processes: list[int] = []
+    wall: list[float] = []
+    styles = {"local": ("o-", "adaptive pacer (local)"), "shared": ("s-", "shared schedule")}
+    for mode, (style, name) in styles.items():
+        chosen = [r for r in runs if r.get("mode", "local") == mode and r.get("start", "together") == "together"]
+        if not chosen:
+            continue
+        n = [r["processes"] for r in chosen]
+        processes += n
+        wall += [r["wall"] / r["floor"] for r in chosen]
+        left.plot(n, [100 * r["refused"] / r["calls"] for r in chosen], style, label=name)
+        right.plot(n, [r["wall"] / r["floor"] for r in chosen], style, label=name)
+    left.axhline(100 * SHARED_TARGETS["share"], color="tab:red", linestyle=":", linewidth=1, label="target at 16")
+    left.set(xlabel="processes", ylabel="429s, % of all calls", title="429s of all calls (started together)")
+    left.set_yscale("symlog", linthresh=1)
+    right.axhline(SHARED_TARGETS["wall"], color="tab:blue", linestyle=":", linewidth=1, label="target at 16")
     right.set(xlabel="processes", ylabel="wall time / floor (runs / 6 s)", title="Wall time / floor")
     right.set_ylim(0.9, max(2.0, max(wall) + 0.1))
     for axes in (left, right):
@@ -70,7 +78,10 @@ def drop_chart(drop: dict[str, Any], path: Path) -> None:
     marks = [s + 0.5 for s in range(seconds) if refused[s]]
     axes.scatter(marks, [refused[int(s)] for s in marks], color="tab:red", marker="x", zorder=3, label="429s")
     axes.set(xlabel="seconds since the start", ylabel="calls per second", ylim=(0, LIMIT + 1))
-    axes.set_title("The limit drops from 6/s to 2/s and comes back: one instance follows it (make bench, one run)")
+    axes.set_title(
+        f"The limit drops from 6/s to 2/s and comes back: one instance follows it ({drop.get('name', 'local')} "
+        "pacer, make bench, one run)"
+    )
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -88,8 +99,12 @@ def draw_charts(data: dict[str, Any], root: Path) -> dict[str, str]:
     if data["drop"] is not None:
         drop_chart(data["drop"], root / DROP_CHART)
         charts["drop"] = DROP_CHART
+    if data.get("drops", {}).get("shared") is not None:
+        drop_chart(data["drops"]["shared"], root / DROP_CHART_SHARED)
+        charts["drop_shared"] = DROP_CHART_SHARED
     return charts
 
 
 SCALE_CHART = "docs/bench-scale.png"
 DROP_CHART = "docs/bench-limit-drop.png"
+DROP_CHART_SHARED = "docs/bench-limit-drop-shared.png"

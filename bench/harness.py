@@ -188,11 +188,12 @@ def make_worker(
     queue: MemoryQueue,
     poison: MemoryQueue | None = None,
     ledger: Ledger | None = None,
+    pacer: Any = None,
 ) -> Worker:
     """The worker as `shared.runtime.worker` builds it, on the given settings, telemetry and in-memory queue, and
-    with the command ledger when one is given."""
+    with the command ledger and the pacer (a `shared.schedule.SharedPacer`) when given."""
     settings = Settings.from_env(dict(env))
-    client = ITwinClient(settings, telemetry=telemetry, policy=WORKER_POLICY)
+    client = ITwinClient(settings, telemetry=telemetry, policy=WORKER_POLICY, pacer=pacer)
     commands = CommandQueue(queue, poison if poison is not None else MemoryQueue())
     return Worker(ITwinApi(client), commands, telemetry, max_attempts=settings.max_attempts, ledger=ledger)
 

@@ -159,6 +159,7 @@ class InstanceResult:
     dead_lettered: int
     finished: float
     samples: list[tuple[float, float]] = field(default_factory=list)
+    table: dict[str, int] = field(default_factory=dict)  # the shared schedule's table requests and fallbacks
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,8 @@ class InstanceSpec:
     ca_path: str
     queue: SharedQueue
     threads: int
+    storage: str | None = None  # a connection string: pace by the shared schedule in its table
+    delay: float = 0.0  # seconds after the start before this instance takes work (starts spread out)
 
 
 def run_instance(spec: InstanceSpec, ready: Any, start: Any, results: Any) -> None:
@@ -180,11 +183,22 @@ def run_instance(spec: InstanceSpec, ready: Any, start: Any, results: Any) -> No
     queue = spec.queue.connect()
     otel = Otel.production_like()
     poison = MemoryQueue()
-    worker = make_worker(spec.env, otel.telemetry, queue, poison)
+    shared = None
+    if spec.storage is not None:
+        from shared.ledger import Ledger
+        from shared.schedule import SharedPacer, table_client_options
+        from shared.settings import Settings
+
+        settings = Settings.from_env(spec.env)
+        table = Ledger.from_environment({"AzureWebJobsStorage": spec.storage}, **table_client_options()).table
+        shared = SharedPacer(table, settings.rate_limits, settings.tier_limits)
+    worker = make_worker(spec.env, otel.telemetry, queue, poison, pacer=shared)
     worker.api.client.tokens.token()
     pacer = worker.api.client.pacer
     ready.wait()
     start.wait()
+    if spec.delay:
+        time.sleep(spec.delay)
     samples: list[tuple[float, float]] = []
     stop = threading.Event()
 
@@ -200,4 +214,5 @@ def run_instance(spec: InstanceSpec, ready: Any, start: Any, results: Any) -> No
     stop.set()
     sampler.join()
     otel.shutdown()
-    results.put(InstanceResult(spec.index, outcomes, poison.sent, finished, samples))
+    counts = dict(shared.counts) if shared is not None else {}
+    results.put(InstanceResult(spec.index, outcomes, poison.sent, finished, samples, counts))

@@ -3,13 +3,17 @@ platform limit (the simulator, in its own process, at ``clashdetection=6``) and 
 
 Each run enqueues Clash Detection run creates on a shared in-memory queue server (`bench.instances.QueueServer`:
 it hands a message out again only after its visibility delay, as a storage queue does), starts N instances on
-them at once, and waits until the queue is drained. The simulator counts every call and every 429. A second
-scenario lowers the platform's limit from 6/s to 2/s mid-run and restores it, while one instance samples the rate
-its pacer allows itself.
+them together or spread over `SPREAD` seconds, and waits until the queue is drained. The simulator counts every
+call and every 429. Every run is made twice in one `make bench`: with today's pacer (``local``: each instance paces
+itself) and with the shared schedule (``shared``: `shared.schedule` in the table of an Azurite started here). A
+second scenario lowers the platform's limit from 6/s to 2/s mid-run and restores it, while one instance samples the
+rate its pacer allows itself. `bench.model` runs the same workload in a discrete-event model at 64 and 256
+instances.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -31,6 +35,9 @@ from bench.instances import (
 from bench.table import Table
 
 LIMIT = 6.0  # calls/s, the simulator's Clash Detection limit and the configured ceiling
+SPREAD = 4.0  # seconds over which instances join, in the "spread" starts
+MODES = ("local", "shared")
+TIER = "5000/m"  # the shared schedule's tier limits in these runs (Standard): Clash Detection's 6/s binds
 THREADS = 4  # concurrent invocations per instance; the limit, not concurrency, bounds the work
 START_TIMEOUT = 180.0
 
@@ -38,11 +45,15 @@ START_TIMEOUT = 180.0
 # letters, wall/floor).
 BEFORE = {1: (1.00, 0.00, 0, 1.06), 4: (1.60, 0.38, 0, 1.19), 8: (2.29, 0.56, 0, 1.13), 16: (3.34, 0.72, 15, 1.03)}
 
-# Targets from the issue: at 16 processes, and at 1 process (the single-process targets of `make bench`).
+# Targets from the issue: at 16 processes, and at 1 process (the single-process targets of `make bench`); issue 19's
+# for the shared schedule at 16 processes (and in the model): 429s, calls per run, reschedules per command for
+# pacing, wall / floor, table requests per API call.
 TARGETS = {
     16: {"calls": 1.10, "share": 0.05, "wall": 1.20},
     1: {"share": 0.02, "wall": 1.15},
 }
+SHARED_TARGETS = {"share": 0.01, "calls": 1.02, "reschedules": 1.0, "wall": 1.10, "table": 1.0}
+DROP_TARGET_SHARED = 3.0  # seconds, both ways
 
 
 @dataclass(frozen=True)
@@ -62,7 +73,7 @@ class ScaleSizes:
     drop: Drop | None
 
 
-FULL_SCALE = ScaleSizes(((1, 60), (4, 60), (8, 240), (16, 240)), Drop(1, 320, 10.0, 20.0, 2.0))
+FULL_SCALE = ScaleSizes(((1, 60), (4, 60), (16, 240)), Drop(1, 320, 10.0, 20.0, 2.0))
 SMOKE_SCALE = ScaleSizes(((1, 6), (2, 12)), None)
 
 
@@ -76,6 +87,16 @@ class RunResult:
     instances: list[InstanceResult]
     started: float
     limits: list[tuple[float, float]] = field(default_factory=list)  # (wall-clock time, platform limit) changes
+    mode: str = "local"
+    start: str = "together"
+
+    @property
+    def table_requests(self) -> int:
+        return sum(i.table.get(k, 0) for i in self.instances for k in ("reads", "inserts", "writes"))
+
+    @property
+    def fallbacks(self) -> int:
+        return sum(i.table.get("fallbacks", 0) for i in self.instances)
 
     @property
     def refused(self) -> int:
@@ -94,20 +115,34 @@ class RunResult:
 
 
 def run_instances(
-    sim: Platform, processes: int, runs: int, schedule: tuple[tuple[float, float], ...] = ()
+    sim: Platform,
+    processes: int,
+    runs: int,
+    schedule: tuple[tuple[float, float], ...] = (),
+    *,
+    storage: str | None = None,
+    spread: float = 0.0,
 ) -> RunResult:
-    """``runs`` run creates, ``processes`` instances started together; ``schedule`` changes the platform's limit
-    (seconds after the start, new rate)."""
+    """``runs`` run creates, ``processes`` instances started together (or joining over ``spread`` seconds);
+    ``schedule`` changes the platform's limit (seconds after the start, new rate); with ``storage`` (a connection
+    string), the instances pace by the shared schedule in its table, starting from a fresh one."""
+    if storage is not None:
+        _fresh_schedule(storage)
     with queue_server() as shared:
         queue = shared.connect()
         for index in range(runs):
             queue.send_message(create_run(index))
-        env = simulator_settings(sim, ITWIN_RATE_LIMITS=f"{API}={LIMIT:g}")
+        env = simulator_settings(sim, ITWIN_RATE_LIMITS=f"{API}={LIMIT:g}", ITWIN_TIER_LIMITS=TIER)
         ready, start, results = SPAWN.Barrier(processes + 1), SPAWN.Event(), SPAWN.Queue()
         pool = [
             SPAWN.Process(
                 target=run_instance,
-                args=(InstanceSpec(i, env, sim.ca_path, shared, THREADS), ready, start, results),
+                args=(
+                    InstanceSpec(i, env, sim.ca_path, shared, THREADS, storage, spread * i / max(1, processes - 1)),
+                    ready,
+                    start,
+                    results,
+                ),
                 name=f"instance-{i}",
             )
             for i in range(processes)
@@ -130,9 +165,24 @@ def run_instances(
                 if process.is_alive():
                     process.terminate()
         calls, after = sim.calls(API)
-    wall = max(instance.finished for instance in instances) - started
+    # Done when the last run was created (an instance that joins after the queue drained finishes later, idle).
+    accepted = [t for t, status in calls if status is not None and status < 400]
+    wall = (max(accepted) if accepted else max(instance.finished for instance in instances)) - started
     instances.sort(key=lambda instance: instance.index)
-    return RunResult(processes, runs, wall, calls, after - before, instances, started, limits)
+    mode, start_kind = ("shared" if storage else "local"), ("spread" if spread else "together")
+    return RunResult(processes, runs, wall, calls, after - before, instances, started, limits, mode, start_kind)
+
+
+def _fresh_schedule(storage: str) -> None:
+    from azure.core.exceptions import ResourceNotFoundError
+    from azure.data.tables import TableServiceClient
+
+    from shared.ledger import LEDGER_TABLE
+    from shared.schedule import PARTITION, ROW
+
+    table = TableServiceClient.from_connection_string(storage).create_table_if_not_exists(LEDGER_TABLE)
+    with contextlib.suppress(ResourceNotFoundError):
+        table.delete_entity(PARTITION, ROW)
 
 
 def _change_limits(sim: Platform, started: float, schedule: tuple[tuple[float, float], ...], log: list) -> None:
@@ -143,19 +193,30 @@ def _change_limits(sim: Platform, started: float, schedule: tuple[tuple[float, f
 
 
 def scale(table: Table, smoke: bool) -> dict[str, Any]:
-    """Benchmark 7: the runs at 1 to 16 processes and the limit drop; rows into ``table``, data for the charts."""
+    """Benchmark 7: the runs at 1 to 16 processes, started together and spread, with each pacer, and the limit drop;
+    rows into ``table``, data for the charts."""
+    from sandbox.azurite import Azurite
+
     sizes = SMOKE_SCALE if smoke else FULL_SCALE
-    data: dict[str, Any] = {"runs": [], "drop": None}
-    with platform({API: LIMIT}) as sim:
+    data: dict[str, Any] = {"runs": [], "drop": None, "drops": {}}
+    with platform({API: LIMIT}) as sim, Azurite() as azurite:
+        storages = {"local": None, "shared": azurite.connection_string}
         for processes, runs in sizes.runs:
-            result = run_instances(sim, processes, runs)
-            _rows(table, result)
-            data["runs"].append(_summary(result))
+            for spread in (0.0, SPREAD) if processes > 1 else (0.0,):
+                for mode in MODES:
+                    result = run_instances(sim, processes, runs, storage=storages[mode], spread=spread)
+                    _rows(table, result)
+                    data["runs"].append(_summary(result))
         if sizes.drop is not None:
             drop = sizes.drop
             schedule = ((drop.before, drop.low_rate), (drop.before + drop.low, LIMIT))
-            result = run_instances(sim, drop.processes, drop.runs, schedule)
-            data["drop"] = _drop_rows(table, result, drop)
+            for mode in MODES:
+                result = run_instances(sim, drop.processes, drop.runs, schedule, storage=storages[mode])
+                data["drops"][mode] = {**_drop_rows(table, result, drop), "name": mode}
+            data["drop"] = data["drops"]["local"]
+    from bench.model import model, model_rows
+
+    data["model"] = model_rows(table, model(smoke))
     return data
 
 
@@ -172,6 +233,10 @@ def _summary(result: RunResult) -> dict[str, Any]:
         "floor": result.floor,
         "created_by_instance": [instance.outcomes.get("succeeded", 0) for instance in result.instances],
         "rescheduled": result.outcome("rescheduled"),
+        "mode": result.mode,
+        "start": result.start,
+        "table": result.table_requests,
+        "fallbacks": result.fallbacks,
     }
 
 
@@ -180,50 +245,76 @@ def _rows(table: Table, result: RunResult) -> None:
     per_run = calls / runs
     share = result.refused / calls if calls else 0.0
     ratio = result.wall / result.floor
-    target = TARGETS.get(n, {})
-    label = f"Scale: {n} process{'es' if n > 1 else ''}, {runs} run creates at {LIMIT:g}/s"
+    rescheduled = result.outcome("rescheduled")
+    shared = result.mode == "shared"
+    target: dict[str, float] = SHARED_TARGETS if shared and n == 16 else TARGETS.get(n, {}) if not shared else {}
+    if shared and n == 1:
+        target = {"share": TARGETS[1]["share"], "wall": TARGETS[1]["wall"]}
+    started = f", {result.start}" if n > 1 else ""
+    label = (
+        f"Scale, {result.mode} pacer: {n} process{'es' if n > 1 else ''}{started}, {runs} run creates at {LIMIT:g}/s"
+    )
+    key = f"scale.{result.mode}.{result.start}.{n}"
     made = [instance.outcomes.get("succeeded", 0) for instance in result.instances]
     spread = f"; created per process {min(made)}-{max(made)}" if n > 1 else ""
-    table.add(
-        f"scale.{n}.calls",
-        f"{label}: API calls per run",
+
+    def add(name: str, what: str, value: float, shown: str, goal: str, fmt: str) -> None:
+        limit = target.get(goal)
+        table.add(
+            f"{key}.{name}",
+            f"{label}: {what}",
+            value,
+            shown,
+            f"≤ {limit:{fmt}}" if limit is not None else "—",
+            value <= limit if limit is not None else None,
+        )
+
+    add(
+        "calls",
+        "API calls per run",
         per_run,
         f"{per_run:.2f} ({calls} calls, {result.created} runs created{spread})",
-        f"≤ {target['calls']:.2f}" if "calls" in target else "—",
-        per_run <= target["calls"] if "calls" in target else None,
+        "calls",
+        ".2f",
     )
-    table.add(
-        f"scale.{n}.429_share",
-        f"{label}: 429s / calls",
-        share,
-        f"{share:.1%} ({result.refused} of {calls}; {result.outcome('rescheduled')} reschedules, most not sent)",
-        f"≤ {target['share']:.0%}" if "share" in target else "—",
-        share <= target["share"] if "share" in target else None,
+    add("429_share", "429s / calls", share, f"{share:.1%} ({result.refused} of {calls})", "share", ".0%")
+    add(
+        "reschedules",
+        "reschedules per command",
+        rescheduled / runs,
+        f"{rescheduled / runs:.2f} ({rescheduled} give-backs to the queue, most not sent)",
+        "reschedules",
+        ".1f",
     )
+    add("wall", f"wall time / floor ({result.floor:g} s)", ratio, f"{ratio:.3f} ({result.wall:.1f} s)", "wall", ".2f")
+    if shared:
+        per_call = result.table_requests / calls if calls else 0.0
+        add(
+            "table",
+            "table requests per API call",
+            per_call,
+            f"{per_call:.2f} ({result.table_requests} requests; {result.fallbacks} fallbacks)",
+            "table",
+            ".0f",
+        )
     table.add(
-        f"scale.{n}.dead_lettered",
+        f"{key}.dead_lettered",
         f"{label}: dead-lettered runs",
         result.dead_lettered,
         f"{result.dead_lettered}",
         "= 0",
         result.dead_lettered == 0 and result.created == runs,
     )
-    table.add(
-        f"scale.{n}.wall",
-        f"{label}: wall time / floor ({result.floor:g} s)",
-        ratio,
-        f"{ratio:.3f} ({result.wall:.1f} s)",
-        f"≤ {target['wall']:.2f}" if "wall" in target else "—",
-        ratio <= target["wall"] if "wall" in target else None,
-    )
     table.counts.update(
         {
-            f"scale.{n}.runs": runs,
-            f"scale.{n}.created": result.created,
-            f"scale.{n}.calls": calls,
-            f"scale.{n}.refused": result.refused,
-            f"scale.{n}.dead_lettered": result.dead_lettered,
-            f"scale.{n}.succeeded": result.outcome("succeeded"),
+            f"{key}.runs": runs,
+            f"{key}.created": result.created,
+            f"{key}.calls": calls,
+            f"{key}.refused": result.refused,
+            f"{key}.dead_lettered": result.dead_lettered,
+            f"{key}.succeeded": result.outcome("succeeded"),
+            f"{key}.rescheduled": rescheduled,
+            f"{key}.table": result.table_requests,
         }
     )
 
@@ -239,25 +330,29 @@ def _drop_rows(table: Table, result: RunResult, drop: Drop) -> dict[str, Any]:
     up = next((t - restored for t, rate in samples if t >= restored and rate >= LIMIT), math.inf)
     low_calls = [status for t, status in result.calls if dropped <= t < restored]
     refused_low = sum(status == 429 for status in low_calls)
+    shared = result.mode == "shared"
+    down_target, up_target = (DROP_TARGET_SHARED, DROP_TARGET_SHARED) if shared else (DOWN_TARGET, UP_TARGET)
     table.add(
-        "scale.drop.down",
-        f"Limit drop: {LIMIT:g}/s to {drop.low_rate:g}/s for {drop.low:g} s, one process: seconds until it allows "
-        f"itself ≤ {drop.low_rate:g}/s",
+        f"scale.drop.{result.mode}.down",
+        f"Limit drop, {result.mode} pacer: {LIMIT:g}/s to {drop.low_rate:g}/s for {drop.low:g} s, one process: "
+        f"seconds until it allows itself ≤ {drop.low_rate:g}/s",
         down,
         f"{down:.1f} s ({refused_low} 429s of {len(low_calls)} calls while the limit was low)",
-        f"≤ {DOWN_TARGET:g} s",
-        down <= DOWN_TARGET,
+        f"≤ {down_target:g} s",
+        down <= down_target,
     )
     table.add(
-        "scale.drop.up",
-        f"Limit drop: seconds after the limit is back until it allows itself {LIMIT:g}/s again",
+        f"scale.drop.{result.mode}.up",
+        f"Limit drop, {result.mode} pacer: seconds after the limit is back until it allows itself {LIMIT:g}/s again",
         up,
         f"{up:.1f} s ({result.refused} 429s and {len(result.calls)} calls in the whole run, "
         f"{result.created} of {drop.runs} runs created, {result.dead_lettered} dead-lettered)",
-        f"≤ {UP_TARGET:g} s",
-        up <= UP_TARGET and result.dead_lettered == 0,
+        f"≤ {up_target:g} s",
+        up <= up_target and result.dead_lettered == 0,
     )
-    table.counts.update({"scale.drop.created": result.created, "scale.drop.refused": result.refused})
+    table.counts.update(
+        {f"scale.drop.{result.mode}.created": result.created, f"scale.drop.{result.mode}.refused": result.refused}
+    )
     return {
         "started": result.started,
         "limits": result.limits,
@@ -268,35 +363,50 @@ def _drop_rows(table: Table, result: RunResult, drop: Drop) -> dict[str, Any]:
 
 
 def scale_section(data: dict[str, Any], charts: dict[str, str]) -> str:
-    """The issue's table, before (the issue's figures) and after (this run), and the charts."""
+    """Today's pacer against the shared schedule, run by run (this run), the model's figures, and the charts."""
     lines = [
         "## Many instances, one platform limit",
         "",
         f"N worker instances, each a separate OS process with its own client, pacer and worker (the production "
         f"`WORKER_POLICY`, the real `Worker.handle`, {THREADS} invocations at a time), create Clash Detection runs "
         f"against one simulator limited to {LIMIT:g} calls/s, through one shared queue that hands a rescheduled "
-        "command out again after its visibility delay. Before: the issue's figures, a fixed 6/s per process. "
-        "After: this run.",
+        f"command out again after its visibility delay; started together, or joining over {SPREAD:g} s. Each run "
+        "is made with today's pacer (each instance paces itself: local) and with the shared schedule (`shared."
+        "schedule` on Azurite's table: shared), in this one `make bench`.",
         "",
-        "| processes | calls / run | 429s of all calls | dead-lettered runs | wall / floor (runs / 6 s) |",
-        "|---|---|---|---|---|",
+        "| processes, start | 429s of all calls | calls / run | reschedules / command | wall / floor | table requests "
+        "/ call | dead letters |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for run in data["runs"]:
-        n = run["processes"]
-        calls, share = run["calls"] / run["runs"], run["refused"] / run["calls"]
-        wall = run["wall"] / run["floor"]
-        before = BEFORE.get(n)
-        if before is None:
-            cells = (f"{calls:.2f}", f"{share:.1%}", f"{run['dead_lettered']}", f"{wall:.2f}")
-        else:
-            cells = (
-                f"{before[0]:.2f} → **{calls:.2f}**",
-                f"{before[1]:.0%} → **{share:.1%}**",
-                f"{before[2]} → **{run['dead_lettered']}**",
-                f"{before[3]:.2f} → **{wall:.2f}**",
-            )
-        lines.append(f"| {n} ({run['runs']} runs) | " + " | ".join(cells) + " |")
-    for key, alt in (("scale", "429 share and wall / floor against the number of processes"), ("drop", "limit drop")):
+    by = {(r["processes"], r["start"], r["mode"]): r for r in data["runs"]}
+    for n, start in dict.fromkeys((r["processes"], r["start"]) for r in data["runs"]):
+        cells = []
+        for column in ("share", "calls", "reschedules", "wall", "table", "dead"):
+            shown = []
+            for mode in MODES:
+                run = by.get((n, start, mode))
+                if run is None:
+                    shown.append("—")
+                    continue
+                value = {
+                    "share": f"{run['refused'] / max(1, run['calls']):.1%}",
+                    "calls": f"{run['calls'] / run['runs']:.2f}",
+                    "reschedules": f"{run['rescheduled'] / run['runs']:.2f}",
+                    "wall": f"{run['wall'] / run['floor']:.2f}",
+                    "table": f"{run['table'] / max(1, run['calls']):.2f}" if mode == "shared" else "—",
+                    "dead": f"{run['dead_lettered']}",
+                }[column]
+                shown.append(value)
+            cells.append(f"{shown[0]} → **{shown[1]}**")
+        lines.append(f"| {n} ({by[(n, start, 'local')]['runs']} runs), {start} | " + " | ".join(cells) + " |")
+    model = data.get("model")
+    if model:
+        lines += ["", model]
+    for key, alt in (
+        ("scale", "429 share and wall / floor against the number of processes"),
+        ("drop", "limit drop, today's pacer"),
+        ("drop_shared", "limit drop, shared schedule"),
+    ):
         if key in charts:
             lines += ["", f"![{alt}]({charts[key]})"]
     return "\n".join(lines) + "\n"

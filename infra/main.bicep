@@ -107,6 +107,13 @@ param itwinEventRules string = ''
 @description('ITWIN_RATE_LIMITS: calls per second the app allows itself per API, e.g. export=8,contextcapture=8 (empty keeps the built-in pacing, including the documented Clash Detection limit).')
 param itwinRateLimits string = ''
 
+@description('ITWIN_SHARED_PACING: on: every instance paces its calls by one schedule in the app\'s table (falling back to its own pacing while the table fails); off: each instance paces itself.')
+@allowed(['on', 'off'])
+param itwinSharedPacing string = 'off'
+
+@description('ITWIN_TIER_LIMITS: the subscription\'s limits across all APIs, paced by the shared schedule, e.g. 5000/m (Standard) or 500/m,5000/h (Community); off: none.')
+param itwinTierLimits string = '500/m,5000/h'
+
 @description('ITWIN_MAX_RETRY_AFTER: the longest wait a Retry-After header may impose (longer ones are cut to this and logged), 1m to 24h.')
 param itwinMaxRetryAfter string = '15m'
 
@@ -231,6 +238,8 @@ var appSettings = {
   ITWIN_CLASH_V2_CHANGES_TEST_IDS: itwinClashV2ChangesTestIds
   ITWIN_EVENT_RULES: itwinEventRules
   ITWIN_RATE_LIMITS: itwinRateLimits
+  ITWIN_SHARED_PACING: itwinSharedPacing
+  ITWIN_TIER_LIMITS: itwinTierLimits
   ITWIN_MAX_RETRY_AFTER: itwinMaxRetryAfter
   ITWIN_MAX_ATTEMPTS: string(itwinMaxAttempts)
   ITWIN_MAX_COMMAND_AGE: itwinMaxCommandAge

@@ -21,6 +21,7 @@ from shared.bodies import ERROR_BODY_LIMIT, SUCCESS_BODY_LIMIT, BodyNotRead, rea
 from shared.errors import ITwinError, RateLimited, ServerError, Throttled, TransportError, Unauthorized, api_error
 from shared.pacing import Pacer
 from shared.retry import RetryPolicy, retry_after_of, retry_delay
+from shared.schedule import SharedPacer, Slot, taken
 from shared.settings import Settings
 from shared.telemetry import Telemetry, default_telemetry
 
@@ -67,7 +68,7 @@ class ITwinClient:
         session: requests.Session | None = None,
         tokens: TokenProvider | None = None,
         telemetry: Telemetry | None = None,
-        pacer: Pacer | None = None,
+        pacer: Pacer | SharedPacer | None = None,
         policy: RetryPolicy | None = None,
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
@@ -123,12 +124,13 @@ class ITwinClient:
         stale: str | None = None
         refreshed = False
         attempt = 0
+        slot: Slot | None = None
         error: ITwinError | None = None
         while True:
             attempt += 1
             if stale is None:
                 try:
-                    self._pace(api, operation, deadline)
+                    slot = self._pace(api, operation, deadline)
                 except Throttled:
                     if error is None:
                         raise
@@ -155,7 +157,10 @@ class ITwinClient:
                 continue
             delay = retry_delay(error, method, attempt, self.policy)
             if isinstance(error, RateLimited) and delay is not None:
-                self.pacer.throttled(api, delay)
+                if isinstance(self.pacer, SharedPacer):
+                    self.pacer.throttled(api, delay, slot)
+                else:
+                    self.pacer.throttled(api, delay)
             elif error.status is not None and not isinstance(error, RateLimited | Unauthorized):
                 self.pacer.accepted(api)  # answered, so the API's limit counted it: the call went through
             if delay is None:
@@ -167,11 +172,14 @@ class ITwinClient:
             log.info("%s %s: %s; repeating in %.2f s", method, operation, error, delay)
             self._sleep(delay)
 
-    def _pace(self, api: str, operation: str, deadline: float) -> None:
-        """Wait for this process's next slot for ``api``; raise `Throttled` when it comes after ``deadline``.
+    def _pace(self, api: str, operation: str, deadline: float) -> Slot | None:
+        """Wait for this process's next slot for ``api``; raise `Throttled` when it comes after ``deadline``. The
+        shared schedule's slot the call goes at, if any.
 
         When a 429 arrived while this call waited for its slot, the slot is void: it asks for a new one.
         """
+        if isinstance(self.pacer, SharedPacer):
+            return self._pace_shared(self.pacer, api, operation, deadline)
         while True:
             remaining = max(0.0, deadline - self._clock())
             delay = self.pacer.reserve(api, remaining)
@@ -196,10 +204,58 @@ class ITwinClient:
                     linger=remaining,
                 )
             if delay <= 0:
-                return
+                return None
             self._sleep(delay)
             if self.pacer.held(api) <= 0:
-                return
+                return None
+
+    def _pace_shared(self, pacer: SharedPacer, api: str, operation: str, deadline: float) -> Slot | None:
+        """`_pace` by the shared schedule (`shared.schedule`): a slot the command carries is used as it is; a slot
+        reserved now that lies past the budget goes back with the command (`Throttled.slot`), to be sent at by
+        whoever receives it; with the table failing, this process's own pacer decides, as in `_pace`.
+
+        The token comes first: a call sent later than its slot (behind a token request) crowds the next ones.
+        """
+        self.tokens.token(deadline=deadline)
+        carried = taken(api)
+        while True:
+            remaining = max(0.0, deadline - self._clock())
+            reservation = pacer.redeem(carried) if carried is not None else None
+            carried = None
+            if reservation is None:
+                reservation = pacer.reserve(api, remaining)
+            wait, slot = reservation.wait, reservation.slot
+            if wait > remaining or reservation.beyond:
+                held = pacer.held(api)
+                if slot is None and held > remaining:
+                    raise Throttled(
+                        f"not sent: calls to {api} are held for {held:.1f} s after a 429 (Retry-After), "
+                        "longer than this invocation waits",
+                        operation=operation,
+                        retry_after=held,
+                    )
+                if slot is not None or reservation.beyond:
+                    what = "its reserved slot" if slot is not None else "the shared schedule's next free slot"
+                    raise Throttled(
+                        f"not sent: {what} for calls to {api} is in {wait:.1f} s, later than this invocation "
+                        "waits; the command goes back to the queue until then",
+                        operation=operation,
+                        retry_after=wait,
+                        slot=slot,
+                    )
+                raise Throttled(
+                    f"not sent: this instance's next slot for calls to {api} is in {wait:.1f} s (paced locally: "
+                    "the shared schedule does not answer), later than this invocation waits",
+                    operation=operation,
+                    retry_after=0.0,
+                    linger=remaining,
+                )
+            if wait > 0:
+                self._sleep(wait)
+                if slot is not None and pacer.late(slot):
+                    continue  # woke up late (a busy host): sent now, the call would crowd the next slot's
+            if pacer.held(api) <= 0:
+                return slot
 
     def api_of(self, url: str) -> str:
         """The API a URL belongs to (``clashdetection``...): its first path segment after ITWIN_API_URL's path."""

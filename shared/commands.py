@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.errors import ErrorDetail
+from shared.schedule import Slot
 
 MAX_BODY_BYTES = 48 * 1024
 MAX_BATCH = 100
@@ -36,6 +37,8 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _JOB_TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
 _TRACEPARENT = re.compile(r"^(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
 CORRELATION_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+_API = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
+_SLOT_TIMES = (946_684_800.0, 4_102_444_800.0)  # 2000 to 2100, Unix seconds
 
 # (action, resource) -> what the command carries besides its action and resource.
 _SHAPES: dict[tuple[str, str], str] = {
@@ -82,6 +85,7 @@ _TOP_LEVEL = {
     "lookUp",
     "leaseSeen",
     "leaseWaited",
+    "slot",
 }
 
 
@@ -111,6 +115,7 @@ class Command:
     look_up: bool = False  # an earlier delivery's create got no clear answer: look for what it made first
     lease_seen: str | None = None  # the lease on this create that earlier deliveries of this message found held
     lease_waited: int = 0  # seconds this message has waited on ``lease_seen`` (its visibility delays, added up)
+    slot: Slot | None = None  # a slot of the shared pacing schedule reserved for its next call (`shared.schedule`)
 
     @property
     def kind(self) -> str:
@@ -143,6 +148,8 @@ class Command:
         if self.lease_seen:
             message["leaseSeen"] = self.lease_seen
             message["leaseWaited"] = self.lease_waited
+        if self.slot is not None:
+            message["slot"] = self.slot.to_message()
         return message
 
     @property
@@ -156,12 +163,12 @@ class Command:
 
     def next_attempt(self, now: datetime | None = None) -> Command:
         """The copy to reschedule after a failure that counts as an attempt."""
-        again = replace(self, attempt=self.attempt + 1)
+        again = replace(self, attempt=self.attempt + 1, slot=None)
         return again.enqueued(now) if now else again
 
     def after_wait(self, now: datetime) -> Command:
         """The copy to reschedule after a wait (429, busy): the attempt count is left as it is."""
-        return replace(self, waits=self.waits + 1).enqueued(now)
+        return replace(self, waits=self.waits + 1, slot=None).enqueued(now)
 
     def age(self, now: datetime) -> float:
         """Seconds since the command was first enqueued (0 when nobody stamped it yet)."""
@@ -288,6 +295,21 @@ def _check_inputs(value: Any) -> bool:
     )
 
 
+def _slot(value: Any) -> bool:
+    """``{"api", "at", "gen"}``: an API name, a Unix time between 2000 and 2100, a whole generation."""
+    return (
+        isinstance(value, dict)
+        and set(value) == {"api", "at", "gen"}
+        and isinstance(value["api"], str)
+        and bool(_API.match(value["api"]))
+        and len(value["api"]) <= 64
+        and isinstance(value["at"], int | float)
+        and not isinstance(value["at"], bool)
+        and _SLOT_TIMES[0] < value["at"] < _SLOT_TIMES[1]
+        and _whole(0, 10**9)(value["gen"])
+    )
+
+
 def _test_settings(value: Any) -> bool:
     return isinstance(value, dict) and set(value) <= {"resultsLimit"}
 
@@ -398,6 +420,7 @@ def validate(data: Any, prefix: str = "") -> Command:
     c.optional(
         data, "leaseWaited", "leaseWaited", _whole(0, MAX_LEASE_WAITED), f"whole seconds from 0 to {MAX_LEASE_WAITED}"
     )
+    c.optional(data, "slot", "slot", _slot, "a reserved slot {api, at (Unix seconds), gen}")
     if "projectId" in data and (action, resource) != ("create", "run"):
         c.add("UnknownProperty", "projectId", "projectId belongs only to a create run command.")
     else:
@@ -455,6 +478,7 @@ def validate(data: Any, prefix: str = "") -> Command:
         look_up=data.get("lookUp", False),
         lease_seen=data.get("leaseSeen"),
         lease_waited=data.get("leaseWaited", 0),
+        slot=Slot(data["slot"]["api"], float(data["slot"]["at"]), data["slot"]["gen"]) if "slot" in data else None,
     )
 
 

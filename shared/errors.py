@@ -93,13 +93,16 @@ class TransportError(ITwinError):
 class Throttled(ITwinError):
     """The call was not sent: this process holds calls to the API (after a 429, or to pace them) for longer than
     the caller's budget. ``retry_after`` says when to offer the work again; nothing reached the API, so repeating
-    is safe. ``linger`` is how long the caller should stay busy after handing the work back (see `ITwinClient`)."""
+    is safe. ``linger`` is how long the caller should stay busy after handing the work back (see `ITwinClient`).
+    ``slot``: a slot of the shared schedule reserved for the call (`shared.schedule.Slot`), which the work carries
+    back to the queue, to be sent at without reserving again."""
 
     transient = True
 
-    def __init__(self, message: str, *, linger: float = 0.0, **kwargs: Any) -> None:
+    def __init__(self, message: str, *, linger: float = 0.0, slot: Any = None, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.linger = linger
+        self.slot = slot
 
 
 class TokenError(ITwinError):

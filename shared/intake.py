@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 # What the worker adds or changes on the way: not part of what a caller asked for.
 _BOOKKEEPING = frozenset(
-    {"commandId", "firstEnqueued", "traceparent", "attempt", "waits", "lookUp", "leaseSeen", "leaseWaited"}
+    {"commandId", "firstEnqueued", "traceparent", "attempt", "waits", "lookUp", "leaseSeen", "leaseWaited", "slot"}
 )
 
 

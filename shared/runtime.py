@@ -22,6 +22,8 @@ from shared.settings import Settings
 
 if TYPE_CHECKING:
     from shared.ledger import Ledger
+    from shared.pacing import Pacer
+    from shared.schedule import SharedPacer
     from shared.worker import Worker
 
 T = TypeVar("T")
@@ -94,7 +96,7 @@ def worker() -> Worker:
     from shared.telemetry import default_telemetry
     from shared.worker import Worker
 
-    client = ITwinClient(settings(), policy=WORKER_POLICY)
+    client = ITwinClient(settings(), policy=WORKER_POLICY, pacer=pacer())
     return Worker(
         ITwinApi(client),
         command_queue(),
@@ -105,7 +107,22 @@ def worker() -> Worker:
     )
 
 
+@_once
+def pacer() -> Pacer | SharedPacer:
+    """The process's pacer: the shared schedule in the ledger's table, with its own table client (short timeouts,
+    no retries: see `shared.schedule`), when ``ITWIN_SHARED_PACING`` is on; else the process's own."""
+    from shared.pacing import Pacer
+
+    if not settings().shared_pacing:
+        return Pacer(settings().rate_limits)
+    from shared.ledger import Ledger
+    from shared.schedule import SharedPacer, table_client_options
+
+    table = Ledger.from_environment(os.environ, **table_client_options()).table
+    return SharedPacer(table, settings().rate_limits, settings().tier_limits)
+
+
 def reset() -> None:
     """Forget every built object (tests and the local host call this after changing the environment)."""
-    for get in (settings, command_queue, event_rules, recent_deliveries, max_dequeue_count, ledger, worker):
+    for get in (settings, command_queue, event_rules, recent_deliveries, max_dequeue_count, ledger, pacer, worker):
         get.reset()  # type: ignore[attr-defined]

@@ -35,6 +35,11 @@ MAX_RATE = 10_000.0
 # hourly limit at most an hour), so a longer hold comes from a proxy or a bug; a wrong hold then costs at most this
 # long, a right one an extra 429 after it.
 DEFAULT_MAX_RETRY_AFTER = "15m"
+# The subscription's tier limits across all APIs, paced by the shared schedule (ITWIN_SHARED_PACING): the developer
+# portal's "Rate limits" page gives Community 500 calls a minute and 5,000 an hour (the default: the lowest tier),
+# Standard and higher 5,000 a minute.
+DEFAULT_TIER_LIMITS = "500/m,5000/h"
+_TIER_WINDOWS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,18 @@ SETTINGS: tuple[Setting, ...] = (
         "Calls per second this process allows itself per API (the first path segment), e.g. "
         "export=8,reality-modeling=8; clashdetection=6 and clash-detection=6 (Clash Detection v1 and v2, their "
         "documented limit) unless set here.",
+    ),
+    Setting(
+        "ITWIN_SHARED_PACING",
+        "on: every instance paces its calls by one schedule in the app's table (falling back to its own pacing while "
+        "the table fails); off: each instance paces itself.",
+        "off",
+    ),
+    Setting(
+        "ITWIN_TIER_LIMITS",
+        "The subscription's limits across all APIs, paced by the shared schedule, e.g. 5000/m (Standard) or "
+        "500/m,5000/h (Community, the default); off: none.",
+        DEFAULT_TIER_LIMITS,
     ),
     Setting(
         "ITWIN_MAX_RETRY_AFTER",
@@ -187,6 +204,24 @@ def parse_rate_limits(text: str | None) -> dict[str, float]:
     return limits
 
 
+def parse_tier_limits(text: str | None) -> tuple[tuple[float, int], ...]:
+    """``"500/m,5000/h"`` as (window seconds, calls) pairs; ``off`` (or nothing) as none."""
+    value = (text or DEFAULT_TIER_LIMITS).strip().lower()
+    if value == "off":
+        return ()
+    limits: dict[float, int] = {}
+    for item in value.split(","):
+        calls, _, unit = item.strip().partition("/")
+        window = _TIER_WINDOWS.get(unit.strip())
+        if window is None or not calls.strip().isdigit() or not 1 <= int(calls) <= 10_000_000 or window in limits:
+            raise SettingsError(
+                f"ITWIN_TIER_LIMITS must look like 500/m,5000/h (whole calls per s, m or h, each window once) or "
+                f"off; got {item.strip()!r}"
+            )
+        limits[window] = int(calls)
+    return tuple(sorted(limits.items()))
+
+
 def parse_duration(name: str, text: str, longest: str = "30d") -> float:
     """``"24h"``, ``"90m"``, ``"2d"``, ``"3600s"`` or plain seconds, as seconds from 1 minute to ``longest``."""
 
@@ -228,6 +263,8 @@ class Settings:
     ledger_retention_days: int = 7
     rate_limits: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
     max_retry_after: float = 15 * 60.0
+    shared_pacing: bool = False
+    tier_limits: tuple[tuple[float, int], ...] = ((60.0, 500), (3600.0, 5000))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -249,6 +286,9 @@ class Settings:
         retention_text = get("ITWIN_LEDGER_RETENTION") or DEFAULT_LEDGER_RETENTION
         max_age = parse_duration("ITWIN_MAX_COMMAND_AGE", max_age_text)
         retention = parse_days("ITWIN_LEDGER_RETENTION", retention_text)
+        shared_pacing = (get("ITWIN_SHARED_PACING") or "off").lower()
+        if shared_pacing not in ("on", "off"):
+            raise SettingsError(f"ITWIN_SHARED_PACING must be on or off; got {shared_pacing!r}")
         if retention * 86400 < max_age + 86400:
             raise SettingsError(
                 f"ITWIN_LEDGER_RETENTION ({retention_text}) must be at least ITWIN_MAX_COMMAND_AGE ({max_age_text}) "
@@ -273,4 +313,6 @@ class Settings:
             max_retry_after=parse_duration(
                 "ITWIN_MAX_RETRY_AFTER", get("ITWIN_MAX_RETRY_AFTER") or DEFAULT_MAX_RETRY_AFTER, longest="24h"
             ),
+            shared_pacing=shared_pacing == "on",
+            tier_limits=parse_tier_limits(get("ITWIN_TIER_LIMITS")),
         )

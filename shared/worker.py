@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import socket
 import threading
@@ -45,6 +46,7 @@ from shared.poison import encode_envelope
 from shared.queues import CommandQueue
 from shared.resources import Connection, ITwinApi
 from shared.retry import RedeliveryBackoff
+from shared.schedule import carrying
 from shared.settings import COMMAND_QUEUE, POISON_QUEUE
 from shared.telemetry import Telemetry, current_traceparent
 
@@ -143,7 +145,8 @@ class Worker:
                 result = Result(Outcome.DEAD_LETTERED, problem.message, problem.code, error=problem.to_dict())
                 self._record_dead_letter(original, problem.to_dict())
             else:
-                result = self._run(command)
+                with carrying(command.slot):
+                    result = self._run(command)
             span.set_attribute("itwin.outcome", result.outcome.value)
             if result.outcome is Outcome.DEAD_LETTERED:
                 span.set_status(Status(StatusCode.ERROR, result.detail))
@@ -466,6 +469,12 @@ class Worker:
             again = command.after_wait(now) if is_wait(error) else command.next_attempt(now)
             again = replace(again, look_up=uncertain)
             delay = error.retry_after if error.retry_after is not None else self.backoff.delay(command.deliveries)
+            slot = error.slot if isinstance(error, Throttled) else None
+            if slot is not None:
+                # A slot of the shared schedule goes with the command; the queue's delays are whole seconds, so the
+                # message shows up to a second early and its receiver waits the rest (see `shared.schedule`).
+                again = replace(again, slot=slot)
+                delay = float(math.floor(delay))
             if pending and lease is not None:
                 again = replace(again, lease_seen=lease.token, lease_waited=int(LEASE.total_seconds()))
                 delay = max(delay, self.settle)

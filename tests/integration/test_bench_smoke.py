@@ -57,7 +57,20 @@ ROWS = {
     "ledger.worker_again_delete_run",
     "ledger.overhead_ratio",
     "ledger.overhead_per_call",
-    *(f"scale.{n}.{figure}" for n in (1, 2) for figure in ("calls", "429_share", "dead_lettered", "wall")),
+    *(
+        f"scale.{mode}.{start}.{n}.{figure}"
+        for mode in ("local", "shared")
+        for start, n in (("together", 1), ("together", 2), ("spread", 2))
+        for figure in ("calls", "429_share", "reschedules", "dead_lettered", "wall")
+    ),
+    *(f"scale.shared.{start}.{n}.table" for start, n in (("together", 1), ("together", 2), ("spread", 2))),
+    *(
+        f"scale.model.{mode}.{start}.8.{figure}"
+        for mode in ("local", "shared")
+        for start in ("together", "spread")
+        for figure in ("share", "calls", "reschedules", "wall", "queue_per_s")
+    ),
+    *(f"scale.model.shared.{start}.8.table" for start in ("together", "spread")),
 }
 
 
@@ -185,9 +198,13 @@ def test_the_ledger_backed_worker_deletes_every_connection_with_two_round_trips_
 
 def test_instances_in_separate_processes_share_the_queue_and_create_every_run_once(smoke):
     counts = smoke["counts"]
-    for n in (1, 2):
-        runs = counts[f"scale.{n}.runs"]
-        assert counts[f"scale.{n}.created"] == counts[f"scale.{n}.succeeded"] == runs
-        assert counts[f"scale.{n}.dead_lettered"] == 0
-        assert counts[f"scale.{n}.calls"] == runs + counts[f"scale.{n}.refused"]
+    for key in (
+        f"scale.{mode}.{start}.{n}"
+        for mode in ("local", "shared")
+        for start, n in (("together", 1), ("together", 2), ("spread", 2))
+    ):
+        runs = counts[f"{key}.runs"]
+        assert counts[f"{key}.created"] == counts[f"{key}.succeeded"] == runs
+        assert counts[f"{key}.dead_lettered"] == 0
+        assert counts[f"{key}.calls"] == runs + counts[f"{key}.refused"]
     assert "## Many instances, one platform limit" in smoke["markdown"]

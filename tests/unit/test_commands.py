@@ -258,3 +258,38 @@ def test_a_body_field_in_the_wrong_case_is_suggested_too():
     assert "body.imodelId is not a known field; did you mean body.iModelId?" in [
         d.message for d in caught.value.details
     ]
+
+
+def test_a_reserved_slot_travels_with_the_command_until_it_is_rescheduled_for_another_reason():
+    from shared.schedule import Slot
+
+    message = {
+        "action": "delete",
+        "resource": "run",
+        "id": "run-1",
+        "slot": {"api": "clashdetection", "at": 1.8e9, "gen": 2},
+    }
+    command = validate(message)
+    assert command.slot == Slot("clashdetection", 1.8e9, 2)
+    assert validate(command.to_message()) == command
+    now = datetime(2026, 11, 23, tzinfo=UTC)
+    assert command.after_wait(now).slot is None
+    assert command.next_attempt(now).slot is None
+
+
+@pytest.mark.parametrize(
+    "slot",
+    [
+        {"api": "clashdetection", "at": 1.8e9},
+        {"api": "Clash Detection", "at": 1.8e9, "gen": 0},
+        {"api": "clashdetection", "at": "soon", "gen": 0},
+        {"api": "clashdetection", "at": 12.0, "gen": 0},
+        {"api": "clashdetection", "at": 1.8e9, "gen": -1},
+        {"api": "clashdetection", "at": 1.8e9, "gen": 0, "extra": 1},
+        "clashdetection@1800000000",
+    ],
+)
+def test_a_malformed_slot_is_refused_naming_the_field(slot):
+    with pytest.raises(InvalidCommand) as caught:
+        validate({"action": "delete", "resource": "run", "id": "run-1", "slot": slot})
+    assert [d.target for d in caught.value.details] == ["slot"]

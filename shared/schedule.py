@@ -1,0 +1,660 @@
+"""One pacing schedule shared by every instance, kept in the app's table, with today's pacer as its fallback.
+
+`shared.pacing` paces each process by itself, and its own analysis shows what that cannot do: an instance learns
+that a limit is shared only from a 429 of its own, so every instance that joins a busy limit pays one. Here the
+instances share one schedule instead: a single entity in the ledger's table (PartitionKey `PARTITION`, RowKey
+`ROW`, one JSON property) holds, per API, the GCRA "theoretical arrival time" (``tat``: the next free slot), the
+rate the schedule issues slots at, the rate known to go through, and a generation; and one count per bucket of each
+window of the subscription's tier limits (``ITWIN_TIER_LIMITS``), which every API's calls count against.
+``ITWIN_SHARED_PACING=on`` turns it on.
+
+**Reserving.** A slot for an API is its ``tat`` (or now, when that has passed); reserving it moves ``tat`` one
+interval (``1 / (rate x SAFETY)``) past it, so the slots of one API are evenly spaced and a one-second window of the
+platform never holds more than the limit. The tier's limits count every API together: each window's calls are
+counted by slot time in buckets of a tenth of the window, and a bucket holds at most ``calls x SAFETY / 11`` (a
+sliding window of any alignment overlaps at most 11 buckets), so no window, sliding or fixed, exceeds its limit; a
+slot whose bucket is full moves to the next bucket with room (about 86% of a tier's limit is usable). The change is
+written by a conditional update on the entity's ETag (If-Match): of two instances that read the same state, one
+writes and the other gets 412, reads again and recomputes. That is the only thing deciding who gets which slot: no
+decision compares two machines' clocks. **Group commit:** an instance has one table request in flight at a time;
+the reservations its invocations ask for meanwhile (any API) go together in the next one. **After a 412** it pauses
+a random moment before reading again, the longest pause doubling with each 412 in a row (`conflict_pause`:
+exponential backoff with full jitter), so that instances that met spread out instead of meeting again, and more
+asks join the next write. A slot is reserved only for a caller that asked, so nothing is reserved ahead for work
+that may not come (a block reserved ahead would leave gaps wherever its instance stopped getting work).
+
+**A slot beyond the invocation's budget** is not given back: the command goes back to the queue with its visibility
+delay set to the slot (rounded down to the queue's whole seconds, so it shows early) and carries the reservation
+(``slot`` in the message: API, time, generation). Whoever receives it waits the rest and sends, with no table
+request (`redeem`). A backlog is thus reserved once, in order, and each command goes back at most once for pacing.
+At the API's ceiling a slot may lie up to `HORIZON` ahead (an hour: any backlog a queue of commands holds); below
+it (after a cut, while probing back up) no more than `CUT_HORIZON`, so that a backlog is not scheduled at a rate
+that was a guess (a command past it goes back unreserved, to ask again when the schedule has come closer).
+
+**Sent late is not sent.** A slot more than `LATE` of an interval past when its caller is ready (a busy host whose
+sleep overran, a message shown late) is void: sent, the call would crowd the next slot's and draw a 429. The caller
+reserves again (`late`).
+
+**A 429 moves the shared schedule** (traffic the app does not see, a lowered limit): the API's ``tat`` goes past the
+``Retry-After`` for every instance. A lone 429 at a rate known to go through changes nothing else (a call sent late,
+a burst). A second within `STRIKE_WINDOW` cuts the rate to `CUT` (a third) of it, and starts a generation. The
+slots reserved before the cut stand for now, and new ones come after them at the new rate: two late calls on a busy
+host look like a lower limit, and voiding a backlog's slots would send every command back to the queue again. A
+429 answering one of those older slots confirms the cut: they are void from then on (``void_below``), the schedule
+starts again after the ``Retry-After`` at the new rate, and a carried slot that an instance knows to be void is not
+used; it reserves again. An instance whose copy of the state is older still sends its carried slots: a 429 each,
+at worst, which tells it. Every `PROBE_AFTER` seconds without a 429 the rate becomes known to go through and
+doubles (a probe), up to the ceiling (``ITWIN_RATE_LIMITS``), one step per reservation; a 429 answering a probe
+goes straight back to the rate it left and voids the probe's slots (a few seconds' worth: see `horizon`). A limit
+that came back is reached within two probes (6/s from 2/s: about 2 s); a limit that stays low costs a 429 or two
+per probe.
+
+**Falls back, comes back.** A table request that fails (unreachable, 5xx, a timeout: the table client is built with
+`TABLE_TIMEOUT` timeouts and no retries) sends this process to its own adaptive `Pacer` (`shared.pacing`) for
+`DOWN_FIRST` seconds, doubling to `DOWN_MOST` while it keeps failing; the first reservation after that tries the
+table again, and one that succeeds brings the process back. The local pacer is fed every answer all along, so it
+starts warm. A table that answers but is busy is not a failure: a caller that waited `TABLE_WAIT` for its turn, or
+whose request met `MAX_TRIES` 412s in a row, gives its command back for `CONTENDED_BACK` seconds, and the process
+stays on the schedule (pacing locally beside instances that pace by the table would send at the full rate on top of
+theirs). Nothing is lost or doubled either way: pacing only delays calls, never sends or drops one; a failure here
+never raises to the caller; a reservation whose write landed but whose answer was lost is a slot nobody uses.
+
+**Why not leased shares.** Leasing each instance with work a fixed share of the slots (offset ``o`` of ``k``
+members on the shared grid, renewed every few seconds) would need no table request per call, but a command would
+take a slot of the instance that happened to receive it: the queue hands each instance a random part of a backlog,
+so the busiest member's share sets the wall time (16 members with 15 commands each on average: the busiest gets
+about 23, 1.5 times the floor), renewals cost requests per member and second whether calls go or not, and a change
+of membership may take effect only once every member has seen it, while the slots carried in messages reach as far
+ahead as the backlog. Here the next free slot goes to whoever asks, so a backlog is spread over the slots in the
+order it was picked up, whichever instances picked it up; the table is paid per fresh command instead.
+
+**Failure modes, and what they cost** (measured in BENCHMARKS.md):
+
+- *Contention.* Every reservation of an instance that was not the entity's last writer costs a 412, a read and a
+  write; group commit and the backoff amortise it over the asks of one instance (at most its concurrent
+  invocations), not over instances. When many instances take fresh commands at once (a backlog meeting a fleet,
+  every instance asking until the whole backlog has slots) a call's reservation costs several table requests: 2 to
+  3 at 16 instances started together, about 5 at 64 and 9 at 256 in the model (BENCHMARKS.md); fresh commands that
+  trickle in cost one or two. While that lasts the invocations wait on the table (up to `TABLE_WAIT`), and a
+  carried command that shows meanwhile may find no free invocation before its slot has passed. The entity takes
+  some hundreds of writes a second (Table Storage: about 1,000 a second per partition), which bounds the fresh
+  commands a second the fleet can schedule, far above any API's limit.
+- *Cut by mistake.* Two 429s of calls sent late within `STRIKE_WINDOW` cut the rate: new slots come at a third of
+  it for about two seconds of probing, and commands past `CUT_HORIZON` go back unreserved meanwhile.
+- *Clock skew.* Wall time places the slots (as the local pacer's grid does): an instance whose clock is ``d`` behind
+  sends its slots ``d`` late, one ahead reserves from a later "now". Skew costs pacing accuracy (calls closer than
+  the interval, at worst a 429, which is a wait), never correctness.
+- *Slow hosts.* A slot missed by more than `LATE` is reserved again (a table request, and a give-back when the new
+  slot lies past the budget); the missed slot is lost throughput.
+- *Fallback beside the schedule.* An instance whose table requests fail paces locally at the full rate on top of
+  the schedule's instances (429s until it returns).
+- *Messages shown late.* A host that polls slowly finds a carried slot past (keep host.json's
+  ``maxPollingInterval`` at 2 s); it reserves again.
+- *Gaps.* A slot reserved for a command that is then not sent (the invocation died, the message expired) is lost.
+- *A cut with a backlog reserved.* Carried slots of the old generation are void where the new one is known: their
+  commands go back a second time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.pacing import SAFETY, Pacer
+
+log = logging.getLogger(__name__)
+
+PARTITION = "pacing"
+ROW = "schedule"
+CUT = 1 / 3  # a cut takes the shared rate to this share (a probe that fails goes back to the rate it left)
+GROW = 2.0  # ... and PROBE_AFTER seconds without one multiply it by this, up to the ceiling
+PROBE_AFTER = 1.0
+STRIKE_WINDOW = 2.0  # seconds: a cut needs a second 429 of the same generation within this long of the first
+FLOOR_SHARE = 64  # the lowest shared rate is the ceiling / 64
+TIER_BUCKETS = 10  # a tier window's calls are counted in buckets of a tenth of it
+HORIZON = 3600.0  # seconds: no slot is reserved further ahead while the API runs at its ceiling
+CUT_HORIZON = 5.0  # ... nor further than this while it runs below (after a cut: the rate is a guess)
+LATE = 0.3  # a slot this share of the API's interval past is void: sent, it would crowd the next one
+MAX_BATCH = 64  # reservations in one table request
+MAX_TRIES = 16  # conditional writes per request before giving up on contention (the command goes back)
+TABLE_TIMEOUT = 2.0  # seconds: the table client's connect and read timeouts (see `table_client_options`)
+TABLE_WAIT = 5.0  # seconds a caller waits for its turn at the table before its command goes back
+CONFLICT_PAUSE = 0.01  # seconds: the longest random pause after a first 412, doubling with each further one
+CONFLICT_MOST = 0.32  # ... up to this
+CONTENDED_BACK = 1.0  # seconds a command waits in the queue when the table was too contended to reserve
+DOWN_FIRST = 1.0
+DOWN_MOST = 30.0
+
+
+def conflict_pause(conflicts: int, rand: Callable[[], float]) -> float:
+    """The random pause before reading again after the ``conflicts``-th 412 in a row: exponential backoff with full
+    jitter, so that many instances that met desynchronise instead of meeting again."""
+    return rand() * min(CONFLICT_MOST, CONFLICT_PAUSE * 2 ** max(0, conflicts - 1))
+
+
+def table_client_options() -> dict[str, Any]:
+    """Options for the schedule's own table client: short timeouts and no retries, so that a table that does not
+    answer sends the process to its local pacer within about `TABLE_TIMEOUT`."""
+    return {"retry_total": 0, "connection_timeout": TABLE_TIMEOUT, "read_timeout": TABLE_TIMEOUT}
+
+
+# -- the slot a command carries ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Slot:
+    """A reserved slot: when (wall clock, Unix seconds) a call to ``api`` may go, and the schedule's generation for
+    that API when it was reserved."""
+
+    api: str
+    at: float
+    gen: int = 0
+
+    def to_message(self) -> dict[str, Any]:
+        return {"api": self.api, "at": round(self.at, 3), "gen": self.gen}
+
+
+_CARRIED: ContextVar[list[Slot] | None] = ContextVar("itwin_carried_slot", default=None)
+
+
+@contextlib.contextmanager
+def carrying(slot: Slot | None) -> Iterator[None]:
+    """While the block runs, the first paced call to ``slot.api`` in this context uses ``slot`` (see `taken`)."""
+    token = _CARRIED.set([slot] if slot is not None else None)
+    try:
+        yield
+    finally:
+        _CARRIED.reset(token)
+
+
+def taken(api: str) -> Slot | None:
+    """The slot carried for ``api`` in this context, once: a second call gets None."""
+    box = _CARRIED.get()
+    if box and box[0].api == api:
+        return box.pop()
+    return None
+
+
+# -- the state and its pure changes ------------------------------------------------------------------------------
+@dataclass
+class ApiState:
+    tat: float = 0.0  # the next free slot
+    rate: float | None = None  # calls/s issued now (None: the API has no configured rate, only the tier)
+    gen: int = 0  # cuts so far
+    changed: float = 0.0  # when the rate last changed
+    strike: float = 0.0  # when a lone 429 of this generation came (0: none lately)
+    safe: float | None = None  # the highest rate known to go through since the last cut (a probe goes above it)
+    void_below: int = 0  # slots of an older generation are void (a cut's older slots stand until a 429 confirms it)
+
+
+@dataclass
+class State:
+    """The shared entity's content."""
+
+    apis: dict[str, ApiState] = field(default_factory=dict)
+    tier: dict[str, dict[str, int]] = field(default_factory=dict)  # window (s, as text) -> bucket index -> calls
+
+    def to_json(self) -> str:
+        apis = {
+            name: [a.tat, a.rate, a.gen, a.changed, a.strike, a.safe, a.void_below]
+            for name, a in sorted(self.apis.items())
+        }
+        return json.dumps({"apis": apis, "tier": self.tier}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> State:
+        data = json.loads(text or "{}")
+        apis = {name: ApiState(*values) for name, values in (data.get("apis") or {}).items()}
+        tier = {str(k): {str(i): int(n) for i, n in v.items()} for k, v in (data.get("tier") or {}).items()}
+        return cls(apis, tier)
+
+    def copy(self) -> State:
+        return State.from_json(self.to_json())
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the schedule paces: each API's ceiling (calls/s) and the tier's windows (seconds, calls)."""
+
+    ceilings: Mapping[str, float]
+    tier: tuple[tuple[float, int], ...] = ()
+
+    def paced(self, api: str) -> bool:
+        return api in self.ceilings or bool(self.tier)
+
+
+def _api(state: State, limits: Limits, api: str, now: float) -> ApiState:
+    ceiling = limits.ceilings.get(api)
+    current = state.apis.get(api)
+    if current is None:
+        current = state.apis[api] = ApiState(rate=ceiling, changed=now, safe=ceiling)
+    if ceiling is None:
+        current.rate = current.safe = None
+    elif current.rate is None or current.rate > ceiling:
+        current.rate = current.safe = ceiling
+    elif current.rate < ceiling and now - current.changed >= PROBE_AFTER:
+        # PROBE_AFTER seconds at this rate without a 429: it goes through; probe the next step up.
+        current.safe = current.rate
+        current.rate, current.changed = min(ceiling, current.rate * GROW), now
+    return current
+
+
+def horizon(state: State, limits: Limits, api: str) -> float:
+    """How far ahead a slot for ``api`` may be reserved now: far at the API's ceiling, briefly below it (a rate
+    found after a cut is a guess, and the backlog must not be scheduled at it)."""
+    ceiling = limits.ceilings.get(api)
+    current = state.apis.get(api)
+    if ceiling is None or current is None or current.rate is None or current.rate >= ceiling:
+        return HORIZON
+    return CUT_HORIZON
+
+
+def _bucket(window: float) -> float:
+    return window / TIER_BUCKETS
+
+
+def _cap(calls: int) -> int:
+    """Calls one bucket of a tier window may hold: a sliding window of any alignment overlaps at most
+    ``TIER_BUCKETS + 1`` buckets, so that many full buckets stay within the limit (with `SAFETY`)."""
+    return max(1, math.floor(calls * SAFETY / (TIER_BUCKETS + 1)))
+
+
+def next_slot(state: State, limits: Limits, api: str, now: float) -> float:
+    """When the next slot for ``api`` would be, without reserving it: the API's next free slot, moved to the next
+    tier bucket that has room while its own is full."""
+    at = max(now, _api(state, limits, api, now).tat)
+    for _ in range(10_000):
+        full = None
+        for window, calls in limits.tier:
+            size = _bucket(window)
+            index = math.floor(at / size)
+            if state.tier.get(_key(window), {}).get(str(index), 0) >= _cap(calls):
+                full = (index + 1) * size
+                break
+        if full is None:
+            return at
+        at = full
+    return at
+
+
+def reserve(state: State, limits: Limits, asks: list[str], now: float) -> list[Slot | float]:
+    """Reserve a slot per ask (an API name), in order, changing ``state``: each a `Slot`, or, where the slot would
+    lie further ahead than the API's `horizon`, when to ask again (nothing reserved)."""
+    for window, _ in limits.tier:  # buckets no window that can still be reserved in reaches
+        size = _bucket(window)
+        oldest = math.floor(now / size) - TIER_BUCKETS - 1
+        counts = state.tier.setdefault(_key(window), {})
+        for index in [i for i in counts if int(i) < oldest]:
+            del counts[index]
+    answers: list[Slot | float] = []
+    for api in asks:
+        at = next_slot(state, limits, api, now)
+        ahead = horizon(state, limits, api)
+        if at - now > ahead:
+            answers.append(at - ahead / 2)
+            continue
+        current = state.apis[api]
+        if current.rate:
+            current.tat = at + 1.0 / (current.rate * SAFETY)
+        for window, _ in limits.tier:
+            counts = state.tier.setdefault(_key(window), {})
+            index = str(math.floor(at / _bucket(window)))
+            counts[index] = counts.get(index, 0) + 1
+        answers.append(Slot(api, at, current.gen))
+    return answers
+
+
+def throttled(state: State, limits: Limits, api: str, now: float, retry_after: float, gen: int | None) -> bool:
+    """A 429 for ``api`` answering a slot of generation ``gen``: no slot before ``retry_after`` has passed, and
+    the schedule changed as the module's docstring says ("A 429 moves the shared schedule"). Whether the rate or
+    the slots that stand changed."""
+    current = _api(state, limits, api, now)
+    ceiling = limits.ceilings.get(api)
+    if ceiling is None or current.rate is None or (gen is not None and gen < current.void_below):
+        current.tat = max(current.tat, now + retry_after)  # a void slot sent anyway (its sender did not know)
+        return False
+    if gen is not None and gen < current.gen:
+        # A slot reserved before the last cut met a 429 too: the cut was right, and the slots at the old spacing
+        # are void; the schedule starts again after the Retry-After at the new rate.
+        current.void_below = current.gen
+        current.tat = now + retry_after
+        return True
+    if current.safe is not None and current.rate > current.safe:
+        # A probe failed: back to the rate known to go through; the probe's slots (a few seconds' worth, see
+        # `horizon`) are void at once.
+        current.rate = current.safe
+        current.gen += 1
+        current.void_below = current.gen
+        current.tat = now + retry_after
+    elif current.strike <= 0 or now - current.strike > STRIKE_WINDOW:
+        # A lone 429 (a call sent late, a burst of traffic the app does not see): the schedule pauses for the
+        # Retry-After, and the slots already reserved stand.
+        current.strike = now
+        current.tat = max(current.tat, now + retry_after)
+        return False
+    else:
+        # A cut. The slots already reserved stand for now (two 429s of calls sent late on a busy host look like a
+        # lower limit, and voiding a backlog's slots sends every command back again): new slots come after them,
+        # at the new rate, and the next 429 of an older slot confirms the cut and voids them (above).
+        current.rate = current.safe = max(ceiling / FLOOR_SHARE, current.rate * CUT)
+        current.gen += 1
+        current.tat = max(current.tat, now + retry_after)
+    current.changed = now + retry_after  # probing counts from when the schedule starts again
+    current.strike = 0.0
+    return True
+
+
+def _key(window: float) -> str:
+    return f"{window:g}"
+
+
+# -- the process's view: group commit over the table, and the fallback --------------------------------------------
+@dataclass
+class Reservation:
+    """What a caller waits for: ``wait`` seconds; ``slot`` the shared slot reserved (None: paced locally, or, with
+    ``beyond``, no slot reserved because it lies past `HORIZON`)."""
+
+    wait: float
+    slot: Slot | None = None
+    beyond: bool = False
+
+
+_CONTENDED = "contended"  # the answer to an ask the table was too contended to serve
+
+
+class _Waiter:
+    def __init__(self, api: str) -> None:
+        self.api = api
+        self.done = threading.Event()
+        self.answer: Slot | float | str | None = None  # None: the table failed; _CONTENDED: it was too busy
+        self.abandoned = False
+
+
+class TableDown(Exception):
+    """The schedule's table did not answer as it should (wraps the cause)."""
+
+
+class Contended(TableDown):
+    """Every conditional write of one request met another instance's write first: the table answers, it is only
+    busy, so the process stays on it and the command goes back to the queue for `CONTENDED_BACK` seconds."""
+
+
+class SharedPacer:
+    """Paces calls by the shared schedule in ``table`` (an ``azure.data.tables.TableClient`` or `MemoryTable`),
+    falling back to ``local`` (today's `Pacer`) while the table fails. Thread-safe.
+
+    The methods the client uses are those of `Pacer` (``held``, ``hold``, ``accepted``, ``rate``), plus `reserve`
+    and `redeem` returning a `Reservation`, and ``throttled`` taking the slot the refused call used.
+    """
+
+    shared = True
+
+    def __init__(
+        self,
+        table: Any,
+        rates: Mapping[str, float],
+        tier: tuple[tuple[float, int], ...] = (),
+        *,
+        local: Pacer | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.table = table
+        self._sleep = sleep
+        self._rand = rand
+        self.limits = Limits(dict(rates), tuple(tier))
+        self.local = local or Pacer(rates, clock=clock, monotonic=monotonic)
+        self._wall = clock
+        self._monotonic = monotonic
+        self._lock = threading.Lock()  # guards the fields below
+        self._table_lock = threading.Lock()  # one table request in flight per process
+        self._pending: list[_Waiter] = []
+        self._spare: list[Slot] = []  # slots reserved for callers that had stopped waiting (see `_spare_before`)
+        self._state: State | None = None
+        self._etag: str | None = None
+        self._down_until = -math.inf
+        self._down_for = 0.0
+        self.counts: Counter[str] = Counter()  # table requests by kind, conflicts, fallbacks
+
+    # -- what the client asks ------------------------------------------------------------------------------------
+    @property
+    def down(self) -> bool:
+        """Whether this process paces locally now (the table failed lately)."""
+        with self._lock:
+            return self._monotonic() < self._down_until
+
+    def reserve(self, api: str, limit: float = math.inf) -> Reservation:
+        """A slot for a call to ``api``: shared when the table answers, else from the local pacer (which, as
+        `Pacer.reserve`, takes none when it lies past ``limit``). A shared slot is reserved whatever ``limit``: the
+        caller sends at it, or gives the command back carrying it."""
+        if not self.limits.paced(api) or self.down:
+            return Reservation(self.local.reserve(api, limit))
+        answer = self._ask(api)
+        if answer is None:
+            return Reservation(self.local.reserve(api, limit))
+        if answer == _CONTENDED:
+            self.counts["contended"] += 1
+            return Reservation(CONTENDED_BACK, beyond=True)
+        if isinstance(answer, Slot):
+            answer = self._spare_before(answer)
+            return Reservation(answer.at - self._wall(), answer)
+        return Reservation(max(0.0, float(answer) - self._wall()), beyond=True)
+
+    def _spare_before(self, slot: Slot) -> Slot:
+        """``slot``, or an earlier one of its API that a caller of this process gave up waiting for (it stopped
+        waiting, `TABLE_WAIT`, while its request was being written): a slot reserved and not used is lost
+        throughput, so the next caller takes it, and ``slot`` becomes the spare."""
+        with self._lock:
+            now = self._wall()
+            self._spare = [s for s in self._spare if not self._past(s, now)]
+            spare = [s for s in self._spare if s.api == slot.api and s.at < slot.at]
+            if not spare:
+                return slot
+            earliest = min(spare, key=lambda s: s.at)
+            self._spare.remove(earliest)
+            self._spare.append(slot)
+        self.counts["spare slots used"] += 1
+        return earliest
+
+    def redeem(self, slot: Slot) -> Reservation | None:
+        """The wait for a slot a command carried, or None when it is void: more than `LATE` of an interval past,
+        of a generation this process knows to be void (a cut since, confirmed by a 429 of an older slot; a probe
+        that failed), or the API held after a 429 here."""
+        wait = slot.at - self._wall()
+        with self._lock:
+            known = self._state.apis.get(slot.api) if self._state is not None else None
+        if self.late(slot) or (known is not None and known.void_below > slot.gen) or self.local.held(slot.api) > 0:
+            self.counts["void slots"] += 1
+            return None
+        return Reservation(wait, slot)
+
+    def late(self, slot: Slot) -> bool:
+        """Whether ``slot`` is more than `LATE` of its API's interval past: a call sent now would crowd the next
+        slot's (a busy host that woke up late, a message shown late), so it reserves again instead."""
+        if self._past(slot, self._wall()):
+            self.counts["late slots"] += 1
+            return True
+        return False
+
+    def _past(self, slot: Slot, now: float) -> bool:
+        ceiling = self.limits.ceilings.get(slot.api)
+        return now - slot.at > (LATE / (ceiling * SAFETY) if ceiling else LATE)
+
+    def held(self, api: str) -> float:
+        return self.local.held(api)
+
+    def hold(self, api: str, seconds: float) -> None:
+        self.local.hold(api, seconds)
+
+    def accepted(self, api: str) -> None:
+        self.local.accepted(api)
+
+    def throttled(self, api: str, seconds: float, slot: Slot | None = None) -> None:
+        """A 429: hold and cut locally, and move the shared schedule (when the table answers)."""
+        self.local.throttled(api, seconds)
+        if not self.limits.paced(api) or self.down:
+            return
+        gen = slot.gen if slot is not None and slot.api == api else None
+        if not self._table_lock.acquire(timeout=TABLE_WAIT):
+            return
+        try:
+            self._commit(lambda state, now: throttled(state, self.limits, api, now, seconds, gen))
+        except TableDown as error:
+            if not isinstance(error, Contended):
+                self._fail(error)
+        finally:
+            self._table_lock.release()
+
+    def rate(self, api: str) -> float:
+        """The calls per second the schedule this process follows allows ``api`` now (``inf``: not paced)."""
+        if self.down or api not in self.limits.ceilings:
+            return self.local.rate(api)
+        with self._lock:
+            known = self._state.apis.get(api) if self._state is not None else None
+        return known.rate if known is not None and known.rate else self.limits.ceilings[api]
+
+    # -- group commit ----------------------------------------------------------------------------------------------
+    def _ask(self, api: str) -> Slot | float | str | None:
+        waiter = _Waiter(api)
+        with self._lock:
+            self._pending.append(waiter)
+        end = self._monotonic() + TABLE_WAIT
+        while not waiter.done.is_set():
+            left = end - self._monotonic()
+            if left <= 0 or not self._table_lock.acquire(timeout=left):
+                with self._lock:
+                    waiter.abandoned = not waiter.done.is_set()
+                if waiter.abandoned:
+                    # Waiting behind this process's other table requests (slow ones end in a timeout, which is
+                    # a failure): the table is busy, not down.
+                    return _CONTENDED
+                break
+            try:
+                if not waiter.done.is_set():
+                    self._serve()
+            finally:
+                self._table_lock.release()
+        return waiter.answer
+
+    def _serve(self) -> None:
+        """Reserve for the pending callers, in one conditional write (under the table lock). After a 412 it waits a
+        random moment before reading again (instances that met desynchronise) and takes in who asked meanwhile."""
+        batch: list[_Waiter] = []
+
+        def take() -> None:
+            with self._lock:
+                more = [w for w in self._pending if not w.abandoned][: MAX_BATCH - len(batch)]
+                self._pending = [w for w in self._pending if not w.abandoned and w not in more]
+            batch.extend(more)
+
+        take()
+        try:
+            answers = self._commit(
+                lambda state, now: reserve(state, self.limits, [w.api for w in batch], now), retry=take
+            )
+        except Contended:
+            answers = [_CONTENDED] * len(batch)
+        except TableDown as error:
+            self._fail(error)
+            answers = [None] * len(batch)
+        self.counts["reservations"] += sum(isinstance(a, Slot) for a in answers)
+        with self._lock:
+            for waiter, answer in zip(batch, answers, strict=True):
+                if waiter.abandoned and isinstance(answer, Slot):
+                    self._spare.append(answer)
+                waiter.answer = answer
+                waiter.done.set()
+
+    def _commit(self, change: Callable[[State, float], Any], retry: Callable[[], None] | None = None) -> Any:
+        """Apply ``change`` to the shared state by a conditional write on its ETag, reading again after a 412
+        (``retry`` is called first); the change's result. Raises `TableDown` when the table fails or stays
+        contended."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import AzureError, HttpResponseError
+        from azure.data.tables import UpdateMode
+
+        conflicts = 0
+        try:
+            for _ in range(MAX_TRIES):
+                if self._state is None or self._etag is None:
+                    self._load()
+                assert self._state is not None
+                state = self._state.copy()
+                result = change(state, self._wall())
+                if isinstance(result, list) and not any(isinstance(a, Slot) for a in result):
+                    return result  # nothing reserved (all past the horizon): nothing to write
+                entity = {"PartitionKey": PARTITION, "RowKey": ROW, "state": state.to_json()}
+                self.counts["writes"] += 1
+                try:
+                    written = self.table.update_entity(
+                        entity, mode=UpdateMode.REPLACE, etag=self._etag, match_condition=MatchConditions.IfNotModified
+                    )
+                except HttpResponseError as failure:
+                    if failure.status_code not in (404, 412):
+                        raise
+                    self.counts["conflicts"] += 1
+                    conflicts += 1
+                    with self._lock:
+                        self._state = self._etag = None
+                    self._sleep(conflict_pause(conflicts, self._rand))
+                    if retry is not None:
+                        retry()
+                    continue
+                with self._lock:
+                    self._state, self._etag = state, written["etag"]
+                self._recovered()
+                return result
+        except AzureError as error:
+            with self._lock:
+                self._state = self._etag = None
+            raise TableDown(f"{type(error).__name__}: {str(error)[:200]}") from error
+        raise Contended(f"the schedule changed under {MAX_TRIES} writes in a row")
+
+    def _load(self) -> None:
+        from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+        for _ in range(3):
+            self.counts["reads"] += 1
+            try:
+                entity = self.table.get_entity(PARTITION, ROW)
+            except ResourceNotFoundError:
+                pass
+            else:
+                with self._lock:
+                    self._state, self._etag = State.from_json(entity.get("state", "")), entity.metadata["etag"]
+                return
+            self.counts["inserts"] += 1
+            state = State()
+            try:
+                written = self.table.create_entity({"PartitionKey": PARTITION, "RowKey": ROW, "state": state.to_json()})
+            except ResourceExistsError:
+                continue
+            with self._lock:
+                self._state, self._etag = state, written["etag"]
+            return
+        raise TableDown("the schedule's row kept appearing and vanishing")
+
+    # -- fallback --------------------------------------------------------------------------------------------------
+    def _fail(self, error: Exception) -> None:
+        with self._lock:
+            self._down_for = min(DOWN_MOST, self._down_for * 2 or DOWN_FIRST)
+            self._down_until = self._monotonic() + self._down_for
+            down_for = self._down_for
+        self.counts["fallbacks"] += 1
+        log.warning("the shared pacing schedule failed (%s): pacing locally for %.0f s", error, down_for)
+
+    def _recovered(self) -> None:
+        with self._lock:
+            was_down, self._down_for = self._down_for > 0, 0.0
+        if was_down:
+            log.warning("the shared pacing schedule answers again: pacing by it")
