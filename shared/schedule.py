@@ -115,7 +115,10 @@ from shared.pacing import SAFETY, Pacer
 log = logging.getLogger(__name__)
 
 PARTITION = "pacing"
-ROW = "schedule"
+ROW = "schedule"  # the rows are `row(part)`: schedule-0 .. schedule-{parts - 1}
+PARTS = 4  # entities the schedule is split across (`SharedPacer`'s ``parts``): see "Why four entities"
+SLACK = 1  # rounds of the grid an entity chosen may lie past the earliest one (`choose`)
+SKIPS = 1  # entities whose copy met a 412 passed over, trying another copy, before reading every entity again
 CUT = 1 / 3  # a cut takes the shared rate to this share (a probe that fails goes back to the rate it left)
 GROW = 2.0  # ... and PROBE_AFTER seconds without one multiply it by this, up to the ceiling
 PROBE_AFTER = 1.0
@@ -136,6 +139,11 @@ DOWN_FIRST = 1.0
 DOWN_MOST = 30.0
 
 
+def row(part: int) -> str:
+    """The RowKey of the schedule's entity ``part``."""
+    return f"{ROW}-{part}"
+
+
 def conflict_pause(conflicts: int, rand: Callable[[], float]) -> float:
     """The random pause before reading again after the ``conflicts``-th 412 in a row: exponential backoff with full
     jitter, so that many instances that met desynchronise instead of meeting again."""
@@ -151,15 +159,20 @@ def table_client_options() -> dict[str, Any]:
 # -- the slot a command carries ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Slot:
-    """A reserved slot: when (wall clock, Unix seconds) a call to ``api`` may go, and the schedule's generation for
-    that API when it was reserved."""
+    """A reserved slot: when (wall clock, Unix seconds) a call to ``api`` may go, the schedule's generation for that
+    API when it was reserved, and the entity (``part``) it was reserved in."""
 
     api: str
     at: float
     gen: int = 0
+    part: int = 0
 
     def to_message(self) -> dict[str, Any]:
-        return {"api": self.api, "at": round(self.at, 3), "gen": self.gen}
+        return {"api": self.api, "at": round(self.at, 3), "gen": self.gen, "part": self.part}
+
+    @classmethod
+    def from_message(cls, data: Mapping[str, Any]) -> Slot:
+        return cls(data["api"], float(data["at"]), int(data["gen"]), int(data.get("part", 0)))
 
 
 _CARRIED: ContextVar[list[Slot] | None] = ContextVar("itwin_carried_slot", default=None)
@@ -247,47 +260,74 @@ def _api(state: State, limits: Limits, api: str, now: float) -> ApiState:
     return current
 
 
-def horizon(state: State, limits: Limits, api: str) -> float:
-    """How far ahead a slot for ``api`` may be reserved now: far at the API's ceiling, briefly below it (a rate
-    found after a cut is a guess, and the backlog must not be scheduled at it)."""
+def horizon(state: State, limits: Limits, api: str, parts: int = 1) -> float:
+    """How far ahead a slot for ``api`` may be reserved now in an entity of ``parts``: far at the API's ceiling,
+    briefly below it (a rate found after a cut is a guess, and the backlog must not be scheduled at it): `CUT_HORIZON`,
+    or two of the entity's own slots where those are further apart."""
     ceiling = limits.ceilings.get(api)
     current = state.apis.get(api)
     if ceiling is None or current is None or current.rate is None or current.rate >= ceiling:
         return HORIZON
-    return CUT_HORIZON
+    return max(CUT_HORIZON, 2 * parts / (current.rate * SAFETY))
 
 
 def _bucket(window: float) -> float:
     return window / TIER_BUCKETS
 
 
-def _cap(calls: int) -> int:
-    """Calls one bucket of a tier window may hold: a sliding window of any alignment overlaps at most
-    ``TIER_BUCKETS + 1`` buckets, so that many full buckets stay within the limit (with `SAFETY`)."""
-    return max(1, math.floor(calls * SAFETY / (TIER_BUCKETS + 1)))
+def _cap(calls: int, part: int = 0, parts: int = 1) -> int:
+    """Calls one bucket of a tier window may hold in entity ``part`` of ``parts``: a sliding window of any alignment
+    overlaps at most ``TIER_BUCKETS + 1`` buckets, so that many full buckets stay within the limit (with `SAFETY`);
+    the entities' shares add up to the whole."""
+    whole = max(1, math.floor(calls * SAFETY / (TIER_BUCKETS + 1)))
+    if parts <= 1:
+        return whole
+    return whole // parts + (1 if part < whole % parts else 0)
 
 
-def next_slot(state: State, limits: Limits, api: str, now: float) -> float:
-    """When the next slot for ``api`` would be, without reserving it: the API's next free slot, moved to the next
-    tier bucket that has room while its own is full."""
-    at = max(now, _api(state, limits, api, now).tat)
+def interval(state: State, limits: Limits, api: str) -> float | None:
+    """Seconds between two slots of ``api`` on the shared grid (None: the API has no rate, only the tier)."""
+    current = state.apis.get(api)
+    rate = current.rate if current is not None else limits.ceilings.get(api)
+    return 1.0 / (rate * SAFETY) if rate else None
+
+
+def _on_grid(at: float, step: float | None, part: int, parts: int) -> float:
+    """The first slot at or after ``at`` that entity ``part`` of ``parts`` owns: grid slots ``n x step`` with
+    ``n = part (mod parts)``. One entity owns every slot."""
+    if parts <= 1 or step is None:
+        return at
+    n = math.ceil(at / step - 1e-6)
+    n += (part - n) % parts
+    return n * step
+
+
+def next_slot(state: State, limits: Limits, api: str, now: float, part: int = 0, parts: int = 1) -> float:
+    """When the next slot for ``api`` in entity ``part`` of ``parts`` would be, without reserving it: the API's next
+    free slot of this entity, moved to the next tier bucket that has room while its own is full."""
+    current = _api(state, limits, api, now)
+    step = interval(state, limits, api)
+    at = _on_grid(max(now, current.tat), step, part, parts)
     for _ in range(10_000):
         full = None
         for window, calls in limits.tier:
             size = _bucket(window)
             index = math.floor(at / size)
-            if state.tier.get(_key(window), {}).get(str(index), 0) >= _cap(calls):
+            if state.tier.get(_key(window), {}).get(str(index), 0) >= _cap(calls, part, parts):
                 full = (index + 1) * size
                 break
         if full is None:
             return at
-        at = full
+        at = _on_grid(full, step, part, parts)
     return at
 
 
-def reserve(state: State, limits: Limits, asks: list[str], now: float) -> list[Slot | float]:
-    """Reserve a slot per ask (an API name), in order, changing ``state``: each a `Slot`, or, where the slot would
-    lie further ahead than the API's `horizon`, when to ask again (nothing reserved)."""
+def reserve(
+    state: State, limits: Limits, asks: list[str], now: float, part: int = 0, parts: int = 1
+) -> list[Slot | float]:
+    """Reserve a slot per ask (an API name), in order, in entity ``part`` of ``parts`` (its state ``state``, which
+    changes): each a `Slot`, or, where the slot would lie further ahead than the API's `horizon`, when to ask again
+    (nothing reserved)."""
     for window, _ in limits.tier:  # buckets no window that can still be reserved in reaches
         size = _bucket(window)
         oldest = math.floor(now / size) - TIER_BUCKETS - 1
@@ -296,20 +336,52 @@ def reserve(state: State, limits: Limits, asks: list[str], now: float) -> list[S
             del counts[index]
     answers: list[Slot | float] = []
     for api in asks:
-        at = next_slot(state, limits, api, now)
-        ahead = horizon(state, limits, api)
+        at = next_slot(state, limits, api, now, part, parts)
+        ahead = horizon(state, limits, api, parts)
         if at - now > ahead:
             answers.append(at - ahead / 2)
             continue
         current = state.apis[api]
         if current.rate:
-            current.tat = at + 1.0 / (current.rate * SAFETY)
+            current.tat = at + parts / (current.rate * SAFETY)
         for window, _ in limits.tier:
             counts = state.tier.setdefault(_key(window), {})
             index = str(math.floor(at / _bucket(window)))
             counts[index] = counts.get(index, 0) + 1
-        answers.append(Slot(api, at, current.gen))
+        answers.append(Slot(api, at, current.gen, part))
     return answers
+
+
+def choose(
+    views: Mapping[int, State],
+    limits: Limits,
+    api: str,
+    now: float,
+    parts: int,
+    rand: Callable[[], float],
+    skip: frozenset[int] = frozenset(),
+) -> int:
+    """The entity to reserve slots for ``api`` in (balanced choice), from this process's copies of the ``parts``
+    entities (``views``: part -> state; one it has no copy of is fresh, its row not written yet): a random one among
+    those whose next free slot lies at most `SLACK` rounds of the grid (a round: one slot of every entity) after the
+    earliest. ``skip``: entities left out (their copy met a 412). A copy is never ahead of its entity, so the entity
+    a write lands on was, at most `SLACK` rounds from the earliest: the entities' next free slots stay within
+    `SLACK` rounds and a batch of each other."""
+    candidates = [part for part in range(parts) if part not in skip] or list(range(parts))
+
+    def round_of(part: int) -> float:
+        state = views.get(part)
+        if state is None:
+            return -math.inf
+        probe = state.copy()
+        at = next_slot(probe, limits, api, now, part, parts)
+        step = interval(probe, limits, api)
+        return math.floor(at / (step * parts)) if step else math.floor(at * 10)
+
+    rounds = {part: round_of(part) for part in candidates}
+    earliest = min(rounds.values())
+    near = [part for part in candidates if rounds[part] <= earliest + SLACK]
+    return near[min(len(near) - 1, int(rand() * len(near)))]
 
 
 def throttled(state: State, limits: Limits, api: str, now: float, retry_after: float, gen: int | None) -> bool:
@@ -408,8 +480,10 @@ class SharedPacer:
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         rand: Callable[[], float] = random.random,
+        parts: int = PARTS,
     ) -> None:
         self.table = table
+        self.parts = max(1, parts)
         self._sleep = sleep
         self._rand = rand
         self.limits = Limits(dict(rates), tuple(tier))
@@ -420,8 +494,10 @@ class SharedPacer:
         self._table_lock = threading.Lock()  # one table request in flight per process
         self._pending: list[_Waiter] = []
         self._spare: list[Slot] = []  # slots reserved for callers that had stopped waiting (see `_spare_before`)
-        self._state: State | None = None
-        self._etag: str | None = None
+        self._views: dict[int, State] = {}  # each entity as this process last read or wrote it
+        self._etags: dict[int, str | None] = {}  # ... and its ETag (None: the row does not exist yet)
+        self._fresh = False  # whether the copies are worth writing on (False: read them all first)
+        self._stale: set[int] = set()  # entities whose copy met a 412 since the last read
         self._down_until = -math.inf
         self._down_for = 0.0
         self.counts: Counter[str] = Counter()  # table requests by kind, conflicts, fallbacks
@@ -472,7 +548,8 @@ class SharedPacer:
         that failed), or the API held after a 429 here."""
         wait = slot.at - self._wall()
         with self._lock:
-            known = self._state.apis.get(slot.api) if self._state is not None else None
+            view = self._views.get(slot.part)
+            known = view.apis.get(slot.api) if view is not None else None
         if self.late(slot) or (known is not None and known.void_below > slot.gen) or self.local.held(slot.api) > 0:
             self.counts["void slots"] += 1
             return None
@@ -508,10 +585,13 @@ class SharedPacer:
         if not self._table_lock.acquire(timeout=TABLE_WAIT):
             return
         try:
-            self._commit(lambda state, now: throttled(state, self.limits, api, now, seconds, gen))
+            for part in range(self.parts):  # every entity: each paces its share of the API's slots at the API's rate
+                try:
+                    self._commit(lambda state, now, _: throttled(state, self.limits, api, now, seconds, gen), part=part)
+                except Contended:
+                    continue
         except TableDown as error:
-            if not isinstance(error, Contended):
-                self._fail(error)
+            self._fail(error)
         finally:
             self._table_lock.release()
 
@@ -520,7 +600,8 @@ class SharedPacer:
         if self.down or api not in self.limits.ceilings:
             return self.local.rate(api)
         with self._lock:
-            known = self._state.apis.get(api) if self._state is not None else None
+            rates = [v.apis[api] for v in self._views.values() if api in v.apis]
+        known = min(rates, key=lambda a: a.rate or math.inf) if rates else None
         return known.rate if known is not None and known.rate else self.limits.ceilings[api]
 
     # -- group commit ----------------------------------------------------------------------------------------------
@@ -560,7 +641,9 @@ class SharedPacer:
         take()
         try:
             answers = self._commit(
-                lambda state, now: reserve(state, self.limits, [w.api for w in batch], now), retry=take
+                lambda state, now, part: reserve(state, self.limits, [w.api for w in batch], now, part, self.parts),
+                retry=take,
+                api=batch[0].api,
             )
         except Contended:
             answers = [_CONTENDED] * len(batch)
@@ -575,74 +658,85 @@ class SharedPacer:
                 waiter.answer = answer
                 waiter.done.set()
 
-    def _commit(self, change: Callable[[State, float], Any], retry: Callable[[], None] | None = None) -> Any:
-        """Apply ``change`` to the shared state by a conditional write on its ETag, reading again after a 412
-        (``retry`` is called first); the change's result. Raises `TableDown` when the table fails or stays
-        contended."""
+    def _commit(
+        self,
+        change: Callable[[State, float, int], Any],
+        retry: Callable[[], None] | None = None,
+        *,
+        part: int | None = None,
+        api: str | None = None,
+    ) -> Any:
+        """Apply ``change`` to entity ``part`` (None: the one `choose` picks for ``api`` from this process's copies)
+        by a conditional write on its ETag, reading every entity again after a 412 (``retry`` is called first); the
+        change's result. Raises `TableDown` when the table fails or stays contended."""
         from azure.core import MatchConditions
-        from azure.core.exceptions import AzureError, HttpResponseError
+        from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError
         from azure.data.tables import UpdateMode
 
         conflicts = 0
         try:
             for _ in range(MAX_TRIES):
-                if self._state is None or self._etag is None:
+                if not self._fresh:
                     self._load()
-                assert self._state is not None
-                state = self._state.copy()
-                result = change(state, self._wall())
+                now = self._wall()
+                with self._lock:
+                    views, skip = dict(self._views), frozenset(self._stale)
+                if part is None:
+                    chosen = choose(views, self.limits, api or "", now, self.parts, self._rand, skip)
+                else:
+                    chosen = part
+                etag = self._etags.get(chosen)
+                state = views[chosen].copy() if chosen in views else State()
+                result = change(state, now, chosen)
                 if isinstance(result, list) and not any(isinstance(a, Slot) for a in result):
                     return result  # nothing reserved (all past the horizon): nothing to write
-                entity = {"PartitionKey": PARTITION, "RowKey": ROW, "state": state.to_json()}
+                entity = {"PartitionKey": PARTITION, "RowKey": row(chosen), "state": state.to_json()}
                 self.counts["writes"] += 1
                 try:
-                    written = self.table.update_entity(
-                        entity, mode=UpdateMode.REPLACE, etag=self._etag, match_condition=MatchConditions.IfNotModified
-                    )
-                except HttpResponseError as failure:
-                    if failure.status_code not in (404, 412):
+                    if etag is None:
+                        written = self.table.create_entity(entity)
+                    else:
+                        written = self.table.update_entity(
+                            entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
+                        )
+                except (HttpResponseError, ResourceExistsError) as failure:
+                    if not isinstance(failure, ResourceExistsError) and failure.status_code not in (404, 412):
                         raise
                     self.counts["conflicts"] += 1
                     conflicts += 1
                     with self._lock:
-                        self._state = self._etag = None
+                        # Another copy may still be current: try it before reading every entity again.
+                        self._stale.add(chosen)
+                        if part is not None or len(self._stale) > min(SKIPS, self.parts - 1):
+                            self._fresh = False
                     self._sleep(conflict_pause(conflicts, self._rand))
                     if retry is not None:
                         retry()
                     continue
                 with self._lock:
-                    self._state, self._etag = state, written["etag"]
+                    self._views[chosen], self._etags[chosen] = state, written["etag"]
                 self._recovered()
                 return result
         except AzureError as error:
             with self._lock:
-                self._state = self._etag = None
+                self._fresh = False
             raise TableDown(f"{type(error).__name__}: {str(error)[:200]}") from error
         raise Contended(f"the schedule changed under {MAX_TRIES} writes in a row")
 
     def _load(self) -> None:
-        from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-
-        for _ in range(3):
-            self.counts["reads"] += 1
-            try:
-                entity = self.table.get_entity(PARTITION, ROW)
-            except ResourceNotFoundError:
-                pass
-            else:
-                with self._lock:
-                    self._state, self._etag = State.from_json(entity.get("state", "")), entity.metadata["etag"]
-                return
-            self.counts["inserts"] += 1
-            state = State()
-            try:
-                written = self.table.create_entity({"PartitionKey": PARTITION, "RowKey": ROW, "state": state.to_json()})
-            except ResourceExistsError:
-                continue
-            with self._lock:
-                self._state, self._etag = state, written["etag"]
-            return
-        raise TableDown("the schedule's row kept appearing and vanishing")
+        """Read every entity of the schedule, in one request (a query of its partition); a row not there yet is
+        created by the first write to it."""
+        self.counts["reads"] += 1
+        views: dict[int, State] = {}
+        etags: dict[int, str | None] = {}
+        for entity in self.table.query_entities("PartitionKey eq @pk", parameters={"pk": PARTITION}):
+            key = str(entity.get("RowKey", ""))
+            index = key[len(ROW) + 1 :] if key.startswith(ROW + "-") else ""
+            if index.isdigit() and int(index) < self.parts:
+                views[int(index)] = State.from_json(entity.get("state", ""))
+                etags[int(index)] = entity.metadata["etag"]
+        with self._lock:
+            self._views, self._etags, self._fresh, self._stale = views, etags, True, set()
 
     # -- fallback --------------------------------------------------------------------------------------------------
     def _fail(self, error: Exception) -> None:
