@@ -256,11 +256,11 @@ class Model:
         if not instance.busy:
             self._start(instance)
 
-    def _start(self, instance: Instance) -> None:
+    def _start(self, instance: Instance, retry: bool = False) -> None:
         batch, instance.pending = instance.pending[:MAX_BATCH], instance.pending[MAX_BATCH:]
         instance.busy = True
         requests = 0
-        if not instance.fresh:
+        if not instance.fresh or (instance.stale and not retry):
             requests += 1
             self._load(instance)
         part = choose(instance.views, self.limits, API, self.now, self.parts, instance.rand, frozenset(instance.stale))
@@ -284,7 +284,7 @@ class Model:
             instance.stale.add(part)
             instance.fresh = len(instance.stale) <= min(SKIPS, self.parts - 1)
             instance.pending = batch + instance.pending
-            self.at(self.now + conflict_pause(instance.conflicts, self.rng.random), lambda: self._start(instance))
+            self.at(self.now + conflict_pause(instance.conflicts, self.rng.random), lambda: self._start(instance, retry=True))
 
         self.at(self.now + requests * TABLE_LATENCY, land)
 

@@ -116,7 +116,7 @@ log = logging.getLogger(__name__)
 
 PARTITION = "pacing"
 ROW = "schedule"  # the rows are `row(part)`: schedule-0 .. schedule-{parts - 1}
-PARTS = 4  # entities the schedule is split across (`SharedPacer`'s ``parts``): see "Why four entities"
+PARTS = 3  # entities the schedule is split across (`SharedPacer`'s ``parts``): see "Why three entities"
 SLACK = 1  # rounds of the grid an entity chosen may lie past the earliest one (`choose`)
 SKIPS = 1  # entities whose copy met a 412 passed over, trying another copy, before reading every entity again
 CUT = 1 / 3  # a cut takes the shared rate to this share (a probe that fails goes back to the rate it left)
@@ -132,8 +132,8 @@ MAX_BATCH = 64  # reservations in one table request
 MAX_TRIES = 16  # conditional writes per request before giving up on contention (the command goes back)
 TABLE_TIMEOUT = 2.0  # seconds: the table client's connect and read timeouts (see `table_client_options`)
 TABLE_WAIT = 5.0  # seconds a caller waits for its turn at the table before its command goes back
-CONFLICT_PAUSE = 0.01  # seconds: the longest random pause after a first 412, doubling with each further one
-CONFLICT_MOST = 0.32  # ... up to this
+CONFLICT_PAUSE = 0.2  # seconds: the longest random pause after a first 412, doubling with each further one
+CONFLICT_MOST = 2.0  # ... up to this
 CONTENDED_BACK = 1.0  # seconds a command waits in the queue when the table was too contended to reserve
 DOWN_FIRST = 1.0
 DOWN_MOST = 30.0
@@ -674,10 +674,11 @@ class SharedPacer:
         from azure.data.tables import UpdateMode
 
         conflicts = 0
+        give_up = self._monotonic() + TABLE_WAIT
         try:
-            for _ in range(MAX_TRIES):
-                if not self._fresh:
-                    self._load()
+            for attempt in range(MAX_TRIES):
+                if not self._fresh or (attempt == 0 and self._stale):
+                    self._load()  # a copy passed over in an earlier request is read again with all the others
                 now = self._wall()
                 with self._lock:
                     views, skip = dict(self._views), frozenset(self._stale)
@@ -709,7 +710,10 @@ class SharedPacer:
                         self._stale.add(chosen)
                         if part is not None or len(self._stale) > min(SKIPS, self.parts - 1):
                             self._fresh = False
-                    self._sleep(conflict_pause(conflicts, self._rand))
+                    pause = conflict_pause(conflicts, self._rand)
+                    if self._monotonic() + pause > give_up:
+                        break  # its callers stop waiting about now: the command goes back (`Contended`)
+                    self._sleep(pause)
                     if retry is not None:
                         retry()
                     continue
@@ -721,7 +725,7 @@ class SharedPacer:
             with self._lock:
                 self._fresh = False
             raise TableDown(f"{type(error).__name__}: {str(error)[:200]}") from error
-        raise Contended(f"the schedule changed under {MAX_TRIES} writes in a row")
+        raise Contended(f"the schedule changed under {conflicts} writes in a row")
 
     def _load(self) -> None:
         """Read every entity of the schedule, in one request (a query of its partition); a row not there yet is

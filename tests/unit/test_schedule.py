@@ -6,6 +6,7 @@ same fake clock, as in `test_pacing`.
 """
 
 import itertools
+import random
 import threading
 
 import pytest
@@ -76,10 +77,16 @@ class BreakableTable(MemoryTable):
         return super().query_entities(*args, **kwargs)
 
 
+_SEEDS = itertools.count(1)
+
+
 def instance(table: MemoryTable, clock: ManualClock, tier=(), sleep=None, parts: int = PARTS) -> SharedPacer:
     """An instance's pacer; its pauses after a 412 pass on ``clock`` unless ``sleep`` says otherwise. ``parts=1``:
-    the schedule in one entity, for the rules each entity follows by itself."""
-    return SharedPacer(table, {API: 6.0}, tier, clock=clock, monotonic=clock, sleep=sleep or clock.advance, parts=parts)
+    the schedule in one entity, for the rules each entity follows by itself. Its random choices are seeded."""
+    rand = random.Random(next(_SEEDS)).random
+    return SharedPacer(
+        table, {API: 6.0}, tier, clock=clock, monotonic=clock, sleep=sleep or clock.advance, rand=rand, parts=parts
+    )
 
 
 def entity(table: MemoryTable, part: int) -> State:
@@ -228,9 +235,10 @@ def test_two_instances_on_the_split_schedule_never_get_the_same_slot_and_each_sl
         n = round(slot.at / INTERVAL)
         assert slot.at == pytest.approx(n * INTERVAL)  # on the shared grid
         assert n % PARTS == slot.part  # in its entity's own class
-    # Balanced: no entity's next free slot runs more than SLACK rounds and a batch past another's.
+    # Balanced: the entities' next free slots stay within SLACK rounds and a batch of each other (a round more
+    # where a 412 made an instance pass over its copy of the entity that was behind).
     rounds = [round(entity(table, part).apis[API].tat / (PARTS * INTERVAL)) for part in range(PARTS)]
-    assert max(rounds) - min(rounds) <= SLACK + 1
+    assert max(rounds) - min(rounds) <= SLACK + 2
 
 
 def test_one_entity_owns_every_kth_slot_of_the_grid_at_k_times_the_interval():
@@ -342,7 +350,7 @@ def test_a_table_too_contended_to_reserve_sends_the_command_back_and_the_process
     assert reservation.beyond
     assert reservation.slot is None
     assert reservation.wait == CONTENDED_BACK
-    assert pacer.counts["conflicts"] == MAX_TRIES
+    assert 1 <= pacer.counts["conflicts"] <= MAX_TRIES  # until the pauses would outlast TABLE_WAIT
     assert not pacer.down  # busy is not down: pacing locally beside the others would send on top of them
     assert pacer.counts["fallbacks"] == 0
 
