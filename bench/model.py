@@ -284,7 +284,8 @@ class Model:
             instance.stale.add(part)
             instance.fresh = len(instance.stale) <= min(SKIPS, self.parts - 1)
             instance.pending = batch + instance.pending
-            self.at(self.now + conflict_pause(instance.conflicts, self.rng.random), lambda: self._start(instance, retry=True))
+            pause = conflict_pause(instance.conflicts, self.rng.random)
+            self.at(self.now + pause, lambda: self._start(instance, retry=True))
 
         self.at(self.now + requests * TABLE_LATENCY, land)
 
