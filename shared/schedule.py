@@ -117,7 +117,7 @@ log = logging.getLogger(__name__)
 PARTITION = "pacing"
 ROW = "schedule"  # the rows are `row(part)`: schedule-0 .. schedule-{parts - 1}
 PARTS = 3  # entities the schedule is split across (`SharedPacer`'s ``parts``): see "Why three entities"
-SLACK = 1  # rounds of the grid an entity chosen may lie past the earliest one (`choose`)
+SLACK = 0  # rounds of the grid an entity chosen may lie past the earliest one (`choose`)
 SKIPS = 1  # entities whose copy met a 412 passed over, trying another copy, before reading every entity again
 CUT = 1 / 3  # a cut takes the shared rate to this share (a probe that fails goes back to the rate it left)
 GROW = 2.0  # ... and PROBE_AFTER seconds without one multiply it by this, up to the ceiling
@@ -132,8 +132,9 @@ MAX_BATCH = 64  # reservations in one table request
 MAX_TRIES = 16  # conditional writes per request before giving up on contention (the command goes back)
 TABLE_TIMEOUT = 2.0  # seconds: the table client's connect and read timeouts (see `table_client_options`)
 TABLE_WAIT = 5.0  # seconds a caller waits for its turn at the table before its command goes back
-CONFLICT_PAUSE = 0.2  # seconds: the longest random pause after a first 412, doubling with each further one
-CONFLICT_MOST = 2.0  # ... up to this
+CONFLICT_PAUSE = 0.3  # seconds: the longest random pause after a first 412, doubling with each further one
+CONFLICT_MOST = 3.0  # ... up to this
+LINGER = 0.03  # seconds a request waits before it starts, for more asks to join it
 CONTENDED_BACK = 1.0  # seconds a command waits in the queue when the table was too contended to reserve
 DOWN_FIRST = 1.0
 DOWN_MOST = 30.0
@@ -638,6 +639,8 @@ class SharedPacer:
                 self._pending = [w for w in self._pending if not w.abandoned and w not in more]
             batch.extend(more)
 
+        if LINGER > 0:
+            self._sleep(LINGER)  # the process's invocations that start about together ask in one request
         take()
         try:
             answers = self._commit(
