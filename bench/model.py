@@ -35,6 +35,7 @@ from sandbox.simulator.faults import RateLimiter
 from shared.pacing import SAFETY, Pacer
 from shared.schedule import (
     LATE,
+    LINGER,
     MAX_BATCH,
     PARTITION,
     PARTS,
@@ -253,8 +254,9 @@ class Model:
     # -- the shared schedule's table, one request in flight per instance -----------------------------------------
     def _ask(self, instance: Instance, answered: Callable[[Slot | float], None]) -> None:
         instance.pending.append(answered)
-        if not instance.busy:
-            self._start(instance)
+        if not instance.busy:  # the request lingers (`LINGER`) for the instance's other asks
+            instance.busy = True
+            self.at(self.now + LINGER, lambda: self._start(instance))
 
     def _start(self, instance: Instance, retry: bool = False) -> None:
         batch, instance.pending = instance.pending[:MAX_BATCH], instance.pending[MAX_BATCH:]
@@ -276,7 +278,7 @@ class Model:
                     callback(answer)
                 instance.busy = False
                 if instance.pending:
-                    self._start(instance)
+                    self._ask(instance, instance.pending.pop())
                 return
             # A 412: a random pause (`conflict_pause`), then another entity's copy, or every entity read again,
             # with who asked meanwhile.
@@ -333,7 +335,7 @@ def run_model(
     return Model(mode, instances, runs, spread=spread, seed=seed, parts=parts).run().row()
 
 
-MODEL_RUNS = ((40, 600), (64, 600), (256, 1200))
+MODEL_RUNS = ((16, 240), (40, 600), (64, 600), (256, 1200))
 MODEL_SMOKE = ((8, 60),)
 
 
