@@ -8,12 +8,16 @@ time; the real pacers decide:
 
 - **local**: each instance's own `shared.pacing.Pacer`, as `ITwinClient._pace` uses it: a slot within the budget is
   waited for; a later one gives the command back visible at once and keeps the invocation busy for its budget.
-- **shared**: the pure schedule of `shared.schedule` (``reserve``, ``throttled``) on one `MemoryTable` that honours
-  ETags, as `SharedPacer` and `ITwinClient._pace_shared` use it: one table request in flight per instance (each
-  `TABLE_LATENCY` long), the asks made meanwhile batched into the next; a 412 costs a read and another write; a slot
-  past the budget goes back with the command, shown up to a second early, and is sent at without a table request.
+- **shared**: the pure schedule of `shared.schedule` (``choose``, ``reserve``, ``throttled``) split across its
+  `PARTS` entities in one `MemoryTable` that honours ETags, as `SharedPacer` and `ITwinClient._pace_shared` use it:
+  each instance keeps a copy of every entity and writes to the one `choose` picks, taking `room` of its asks; one
+  table request in flight per instance (each `TABLE_LATENCY` long), lingering `LINGER` for the asks made meanwhile;
+  a 412 costs the write and a random pause (`conflict_pause`), then another entity's copy is tried, and a second 412
+  reads every entity in one query; a 429 is written to every entity; a slot past the budget goes back with the
+  command, shown up to a second early, and is sent at without a table request.
 
-What is not modelled: processing time other than `HANDLE` per delivery, network jitter, clock skew, the fallback.
+What is not modelled: processing time other than `HANDLE` per delivery, network jitter, clock skew, the fallback,
+`TABLE_WAIT` (a caller here waits for its reservation however long the 412s last).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from shared.schedule import (
     choose,
     conflict_pause,
     reserve,
+    room,
     row,
     throttled,
 )
@@ -259,7 +264,6 @@ class Model:
             self.at(self.now + LINGER, lambda: self._start(instance))
 
     def _start(self, instance: Instance, retry: bool = False) -> None:
-        batch, instance.pending = instance.pending[:MAX_BATCH], instance.pending[MAX_BATCH:]
         instance.busy = True
         requests = 0
         if not instance.fresh or (instance.stale and not retry):
@@ -267,6 +271,8 @@ class Model:
             self._load(instance)
         part = choose(instance.views, self.limits, API, self.now, self.parts, instance.rand, frozenset(instance.stale))
         state = instance.views[part].copy() if part in instance.views else State()
+        size = room(state, self.limits, API, self.now, part, self.parts, min(MAX_BATCH, len(instance.pending)))
+        batch, instance.pending = instance.pending[:size], instance.pending[size:]
         answers = reserve(state, self.limits, [API] * len(batch), self.now, part, self.parts)
         requests += 1
         self.figures.table += requests

@@ -2,26 +2,55 @@
 
 `shared.pacing` paces each process by itself, and its own analysis shows what that cannot do: an instance learns
 that a limit is shared only from a 429 of its own, so every instance that joins a busy limit pays one. Here the
-instances share one schedule instead: a single entity in the ledger's table (PartitionKey `PARTITION`, RowKey
-`ROW`, one JSON property) holds, per API, the GCRA "theoretical arrival time" (``tat``: the next free slot), the
-rate the schedule issues slots at, the rate known to go through, and a generation; and one count per bucket of each
+instances share one schedule instead, kept in `PARTS` (3) entities of the ledger's table (PartitionKey
+`PARTITION`, RowKeys ``schedule-0`` to ``schedule-2``, one JSON property each). Every API's slots lie on one grid,
+``n x interval`` (``interval = 1 / (rate x SAFETY)``), and entity ``j`` owns the slots with ``n = j (mod 3)``: it
+holds, per API, the GCRA "theoretical arrival time" of its own slots (``tat``: its next free one), the rate the
+schedule issues slots at, the rate known to go through, and a generation; and its third of each bucket of each
 window of the subscription's tier limits (``ITWIN_TIER_LIMITS``), which every API's calls count against.
 ``ITWIN_SHARED_PACING=on`` turns it on.
 
-**Reserving.** A slot for an API is its ``tat`` (or now, when that has passed); reserving it moves ``tat`` one
-interval (``1 / (rate x SAFETY)``) past it, so the slots of one API are evenly spaced and a one-second window of the
-platform never holds more than the limit. The tier's limits count every API together: each window's calls are
-counted by slot time in buckets of a tenth of the window, and a bucket holds at most ``calls x SAFETY / 11`` (a
-sliding window of any alignment overlaps at most 11 buckets), so no window, sliding or fixed, exceeds its limit; a
-slot whose bucket is full moves to the next bucket with room (about 86% of a tier's limit is usable). The change is
-written by a conditional update on the entity's ETag (If-Match): of two instances that read the same state, one
-writes and the other gets 412, reads again and recomputes. That is the only thing deciding who gets which slot: no
-decision compares two machines' clocks. **Group commit:** an instance has one table request in flight at a time;
-the reservations its invocations ask for meanwhile (any API) go together in the next one. **After a 412** it pauses
-a random moment before reading again, the longest pause doubling with each 412 in a row (`conflict_pause`:
-exponential backoff with full jitter), so that instances that met spread out instead of meeting again, and more
-asks join the next write. A slot is reserved only for a caller that asked, so nothing is reserved ahead for work
-that may not come (a block reserved ahead would leave gaps wherever its instance stopped getting work).
+**Reserving.** A slot for an API in an entity is the first slot of its class at or after its ``tat`` (or now, when
+that has passed); reserving it moves ``tat`` one round (three intervals) past it. The three classes together fill
+the grid, so the slots of one API are evenly spaced however they are spread over the entities, and a one-second
+window of the platform never holds more than the limit. The tier's limits count every API together: each window's
+calls are counted by slot time in buckets of a tenth of the window, and a bucket holds at most ``calls x SAFETY /
+11`` (a sliding window of any alignment overlaps at most 11 buckets), shared out between the entities so that the
+shares add up to it (`_cap`); no window, sliding or fixed, exceeds its limit; a slot whose bucket is full moves to
+the next bucket with room (about 86% of a tier's limit is usable). The change is written by a conditional update on
+the entity's ETag (If-Match): of two instances that read the same state, one writes and the other gets 412. That is
+the only thing deciding who gets which slot: no decision compares two machines' clocks.
+
+**Which entity (balanced choice).** Every process keeps a copy of each entity (its state and ETag, from its last
+read or write of it). A request goes to the entity whose next free slot is earliest by those copies (`choose`):
+where that slot lies within `NEAR` (2 s), the earliest slot itself, and the write takes one ask only (`room`; the
+others go in the next request, to the next entity), so that slots about to come are taken in grid order and none
+passes unused (one process alone gets every slot, as from one entity); further ahead (a backlog), any entity in the
+earliest round of the grid, at random, and the write takes every ask, so that instances spread over the entities. A
+copy is never ahead of its entity, so a write that lands (its copy was current) lands on an entity at least as far
+behind as every other: the entities' next free slots stay within a batch of each other, and the wall time of a
+backlog does not depend on which entity an instance picked. **After a 412** the request pauses a random moment, the
+longest pause doubling with each 412 in a row (`conflict_pause`: exponential backoff with full jitter, 0.3 s
+doubling to 3 s, given up when the next pause would outlast `TABLE_WAIT`), so that instances that met spread out
+instead of meeting again and more asks join the next write; then it tries the next-best entity by the copies it has,
+passing over the one that met the 412, and a second 412 reads every entity again in one request (a query of the
+partition; `_load`). The next request reads them all first when a copy was passed over. A row not there yet is
+created by the first write to it (an insert; a 409 counts as a 412). **Group commit:** an instance has one table
+request in flight at a time; a request lingers `LINGER` (30 ms) before it starts, and the reservations its
+invocations ask for meanwhile (any API) go together in it. A slot is reserved only for a caller that asked, so
+nothing is reserved ahead for work that may not come (a block reserved ahead would leave gaps wherever its instance
+stopped getting work).
+
+**Why three entities.** In one entity every instance's write contends with every other's: when a fleet meets a
+backlog, each request carries only its own instance's few asks and most writes met a 412 (2.86 table requests per
+API call at 16 processes started together; 4 to 10 at 64 and 256 instances in the model). More entities contend
+less, but an entity's slots are a round apart, so an entity that a batch of ``b`` put ahead of the others ends its
+share of a backlog ``b`` rounds, ``b x K`` intervals, later: the wall time grows with ``K``. In the model at 16
+instances, 4 entities cost 1.07-1.11 times the floor and 8 cost 1.09-1.19, where one entity costs 1.05 and three
+1.06-1.10. The pauses after a 412 were the larger lever: 0.01 s doubling to 0.32 s
+kept the instances meeting; 0.3 s doubling to 3 s took 256 instances started together from 9.7 to about 2.7
+table requests per call in one entity, and three entities take it to about 2.2 (BENCHMARKS.md has the run's
+figures). A far slot costs nothing for a longer wait: the backlog's slots lie seconds to minutes ahead.
 
 **A slot beyond the invocation's budget** is not given back: the command goes back to the queue with its visibility
 delay set to the slot (rounded down to the queue's whole seconds, so it shows early) and carries the reservation
@@ -36,18 +65,21 @@ sleep overran, a message shown late) is void: sent, the call would crowd the nex
 reserves again (`late`).
 
 **A 429 moves the shared schedule** (traffic the app does not see, a lowered limit): the API's ``tat`` goes past the
-``Retry-After`` for every instance. A lone 429 at a rate known to go through changes nothing else (a call sent late,
-a burst). A second within `STRIKE_WINDOW` cuts the rate to `CUT` (a third) of it, and starts a generation. The
-slots reserved before the cut stand for now, and new ones come after them at the new rate: two late calls on a busy
-host look like a lower limit, and voiding a backlog's slots would send every command back to the queue again. A
-429 answering one of those older slots confirms the cut: they are void from then on (``void_below``), the schedule
-starts again after the ``Retry-After`` at the new rate, and a carried slot that an instance knows to be void is not
-used; it reserves again. An instance whose copy of the state is older still sends its carried slots: a 429 each,
-at worst, which tells it. Every `PROBE_AFTER` seconds without a 429 the rate becomes known to go through and
-doubles (a probe), up to the ceiling (``ITWIN_RATE_LIMITS``), one step per reservation; a 429 answering a probe
-goes straight back to the rate it left and voids the probe's slots (a few seconds' worth: see `horizon`). A limit
-that came back is reached within two probes (6/s from 2/s: about 2 s); a limit that stays low costs a 429 or two
-per probe.
+``Retry-After`` for every instance, in every entity (one conditional write each: every entity paces its class of
+slots at the API's rate, so each takes the 429 and follows the rules below by itself; they decide alike as long as
+each write lands, and a 429 is rare). A lone 429 at a rate known to go through changes nothing else (a call sent
+late, a burst). A second within `STRIKE_WINDOW` of the schedule starting again after the first (one process at a
+limit that dropped meets its next 429 about two seconds after the first) cuts the rate to `CUT` (a third) of it, and
+starts a generation. The slots reserved before the cut stand for now, and new ones come after them at the new rate:
+two late calls on a busy host look like a lower limit, and voiding a backlog's slots would send every command back
+to the queue again. A 429 answering one of those older slots confirms the cut: they are void from then on
+(``void_below``), the schedule starts again after the ``Retry-After`` at the new rate, and a carried slot that an
+instance knows to be void (by its copy of the slot's entity, which the slot names) is not used; it reserves again.
+An instance whose copy of the state is older still sends its carried slots: a 429 each, at worst, which tells it.
+Every `PROBE_AFTER` seconds without a 429 the rate becomes known to go through and doubles (a probe), up to the
+ceiling (``ITWIN_RATE_LIMITS``), one step per reservation; a 429 answering a probe goes straight back to the rate it
+left and voids the probe's slots (a few seconds' worth: see `horizon`). A limit that came back is reached within two
+probes (6/s from 2/s: about 2 s); a limit that stays low costs a 429 or two per probe.
 
 **Falls back, comes back.** A table request that fails (unreachable, 5xx, a timeout: the table client is built with
 `TABLE_TIMEOUT` timeouts and no retries) sends this process to its own adaptive `Pacer` (`shared.pacing`) for
@@ -70,17 +102,24 @@ order it was picked up, whichever instances picked it up; the table is paid per 
 
 **Failure modes, and what they cost** (measured in BENCHMARKS.md):
 
-- *Contention.* Every reservation of an instance that was not the entity's last writer costs a 412, a read and a
-  write; group commit and the backoff amortise it over the asks of one instance (at most its concurrent
-  invocations), not over instances. When many instances take fresh commands at once (a backlog meeting a fleet,
-  every instance asking until the whole backlog has slots) a call's reservation costs several table requests: 2 to
-  3 at 16 instances started together, about 5 at 64 and 9 at 256 in the model (BENCHMARKS.md); fresh commands that
-  trickle in cost one or two. While that lasts the invocations wait on the table (up to `TABLE_WAIT`), and a
-  carried command that shows meanwhile may find no free invocation before its slot has passed. The entity takes
-  some hundreds of writes a second (Table Storage: about 1,000 a second per partition), which bounds the fresh
-  commands a second the fleet can schedule, far above any API's limit.
-- *Cut by mistake.* Two 429s of calls sent late within `STRIKE_WINDOW` cut the rate: new slots come at a third of
-  it for about two seconds of probing, and commands past `CUT_HORIZON` go back unreserved meanwhile.
+- *Contention.* A write on a copy that is no longer current costs a 412 and another write, and every second one a
+  query; group commit, the linger and the backoff amortise it over the asks of one instance (at most its
+  concurrent invocations), not over instances. When many instances take fresh commands at once (a backlog meeting
+  a fleet, every instance asking until the whole backlog has slots), a call's reservation costs about one table
+  request at 16 processes (started together or spread over 4 s) and 1.5 to 2.2 at 64 to 256 instances in the
+  model (BENCHMARKS.md); fresh commands that trickle in cost one. While that lasts the invocations wait on the
+  table, longer with the pauses (up to `TABLE_WAIT`, then the command goes back for `CONTENDED_BACK`). The three
+  entities take some hundreds of writes a second each (Table Storage: about 1,000 a second per partition, which
+  holds all three), which bounds the fresh commands a second the fleet can schedule, far above any API's limit.
+- *Entities apart.* Two entities' next free slots differ by up to a batch of rounds (a batch is at most an
+  instance's concurrent invocations), so the end of a backlog comes up to that many rounds later than on one
+  entity: at 16 processes the wall time is 1.08 times the floor where one entity gave 1.05 spread over 4 s (and
+  1.13 started together, when the invocations waited on the one entity's table).
+- *A 429 that reaches some entities only.* A write of a 429's change that stays contended leaves that entity
+  uncut until its next 429 (its slots, a third of the API's, keep the old spacing meanwhile: a 429 or two).
+- *Cut by mistake.* Two 429s of calls sent late within `STRIKE_WINDOW` (of the schedule starting again) cut the
+  rate: new slots come at a third of it for about two seconds of probing, and commands past `CUT_HORIZON` go back
+  unreserved meanwhile.
 - *Clock skew.* Wall time places the slots (as the local pacer's grid does): an instance whose clock is ``d`` behind
   sends its slots ``d`` late, one ahead reserves from a later "now". Skew costs pacing accuracy (calls closer than
   the interval, at worst a 429, which is a wait), never correctness.
@@ -134,6 +173,7 @@ TABLE_TIMEOUT = 2.0  # seconds: the table client's connect and read timeouts (se
 TABLE_WAIT = 5.0  # seconds a caller waits for its turn at the table before its command goes back
 CONFLICT_PAUSE = 0.3  # seconds: the longest random pause after a first 412, doubling with each further one
 CONFLICT_MOST = 3.0  # ... up to this
+NEAR = 2.0  # seconds: slots closer than this are taken one per write (`room`)
 LINGER = 0.03  # seconds a request waits before it starts, for more asks to join it
 CONTENDED_BACK = 1.0  # seconds a command waits in the queue when the table was too contended to reserve
 DOWN_FIRST = 1.0
@@ -204,7 +244,7 @@ class ApiState:
     rate: float | None = None  # calls/s issued now (None: the API has no configured rate, only the tier)
     gen: int = 0  # cuts so far
     changed: float = 0.0  # when the rate last changed
-    strike: float = 0.0  # when a lone 429 of this generation came (0: none lately)
+    strike: float = 0.0  # when the schedule started again after a lone 429 of this generation (0: none lately)
     safe: float | None = None  # the highest rate known to go through since the last cut (a probe goes above it)
     void_below: int = 0  # slots of an older generation are void (a cut's older slots stand until a 429 confirms it)
 
@@ -353,6 +393,15 @@ def reserve(
     return answers
 
 
+def room(state: State, limits: Limits, api: str, now: float, part: int, parts: int, asks: int) -> int:
+    """How many of ``asks`` asks for ``api`` one write to entity ``part`` takes: all of them where its next free slot
+    lies more than `NEAR` ahead (a backlog: the other entities' slots in between go to other asks), else one, so
+    that slots about to come are taken in grid order across the entities, not every third one."""
+    if parts <= 1 or next_slot(state.copy(), limits, api, now, part, parts) - now > NEAR:
+        return asks
+    return min(asks, 1)
+
+
 def choose(
     views: Mapping[int, State],
     limits: Limits,
@@ -370,18 +419,22 @@ def choose(
     `SLACK` rounds and a batch of each other."""
     candidates = [part for part in range(parts) if part not in skip] or list(range(parts))
 
-    def round_of(part: int) -> float:
+    def slot_of(part: int) -> tuple[float, float]:
         state = views.get(part)
         if state is None:
-            return -math.inf
+            return (-math.inf, -math.inf)
         probe = state.copy()
         at = next_slot(probe, limits, api, now, part, parts)
         step = interval(probe, limits, api)
-        return math.floor(at / (step * parts)) if step else math.floor(at * 10)
+        return (at, math.floor(at / (step * parts)) if step else math.floor(at * 10))
 
-    rounds = {part: round_of(part) for part in candidates}
-    earliest = min(rounds.values())
-    near = [part for part in candidates if rounds[part] <= earliest + SLACK]
+    slots = {part: slot_of(part) for part in candidates}
+    first = min(at for at, _ in slots.values())
+    if first - now <= NEAR:  # slots about to come: the earliest, so that none passes unused
+        near = [part for part in candidates if slots[part][0] <= first]
+    else:  # a backlog's: any entity in the earliest round, so that instances spread over them
+        earliest = min(r for _, r in slots.values())
+        near = [part for part in candidates if slots[part][1] <= earliest + SLACK]
     return near[min(len(near) - 1, int(rand() * len(near)))]
 
 
@@ -410,7 +463,7 @@ def throttled(state: State, limits: Limits, api: str, now: float, retry_after: f
     elif current.strike <= 0 or now - current.strike > STRIKE_WINDOW:
         # A lone 429 (a call sent late, a burst of traffic the app does not see): the schedule pauses for the
         # Retry-After, and the slots already reserved stand.
-        current.strike = now
+        current.strike = now + retry_after  # the window counts from when the schedule starts again
         current.tat = max(current.tat, now + retry_after)
         return False
     else:
@@ -441,6 +494,7 @@ class Reservation:
 
 
 _CONTENDED = "contended"  # the answer to an ask the table was too contended to serve
+_AGAIN = "again"  # an ask left for the next request (`room`)
 
 
 class _Waiter:
@@ -643,11 +697,13 @@ class SharedPacer:
             self._sleep(LINGER)  # the process's invocations that start about together ask in one request
         take()
         try:
-            answers = self._commit(
-                lambda state, now, part: reserve(state, self.limits, [w.api for w in batch], now, part, self.parts),
-                retry=take,
-                api=batch[0].api,
-            )
+
+            def change(state: State, now: float, part: int) -> list[Slot | float | str]:
+                asks = [w.api for w in batch]
+                k = room(state, self.limits, asks[0], now, part, self.parts, len(asks))
+                return [*reserve(state, self.limits, asks[:k], now, part, self.parts), *[_AGAIN] * (len(asks) - k)]
+
+            answers = self._commit(change, retry=take, api=batch[0].api)
         except Contended:
             answers = [_CONTENDED] * len(batch)
         except TableDown as error:
@@ -655,7 +711,11 @@ class SharedPacer:
             answers = [None] * len(batch)
         self.counts["reservations"] += sum(isinstance(a, Slot) for a in answers)
         with self._lock:
+            again = [waiter for waiter, answer in zip(batch, answers, strict=True) if answer == _AGAIN]
+            self._pending[:0] = again  # served by the next request, first
             for waiter, answer in zip(batch, answers, strict=True):
+                if answer == _AGAIN:
+                    continue
                 if waiter.abandoned and isinstance(answer, Slot):
                     self._spare.append(answer)
                 waiter.answer = answer

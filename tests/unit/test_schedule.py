@@ -25,7 +25,9 @@ from shared.schedule import (
     DOWN_FIRST,
     HORIZON,
     LATE,
+    LINGER,
     MAX_TRIES,
+    NEAR,
     PARTITION,
     PARTS,
     PROBE_AFTER,
@@ -39,6 +41,7 @@ from shared.schedule import (
     choose,
     conflict_pause,
     reserve,
+    room,
     row,
     taken,
     throttled,
@@ -223,7 +226,7 @@ def test_two_instances_on_one_entity_never_get_the_same_slot_and_share_one_spaci
     slots = [p.reserve(API).slot for p in (a, b, a, b, b, a)]
     times = [s.at for s in slots]
     assert len(set(times)) == 6
-    assert sorted(times) == pytest.approx([1000.0 + i * INTERVAL for i in range(6)])
+    assert sorted(times) == pytest.approx([1000.0 + LINGER + i * INTERVAL for i in range(6)])
 
 
 def test_two_instances_on_the_split_schedule_never_get_the_same_slot_and_each_slot_is_its_entitys():
@@ -247,6 +250,22 @@ def test_one_entity_owns_every_kth_slot_of_the_grid_at_k_times_the_interval():
     assert all(round(s.at / INTERVAL) % 4 == 2 for s in slots)
     assert [b.at - a.at for a, b in itertools.pairwise(slots)] == pytest.approx([4 * INTERVAL] * 4)
     assert {s.part for s in slots} == {2}
+
+
+def test_slots_about_to_come_are_taken_one_per_write_and_a_backlogs_far_slots_all_in_one():
+    state = State()
+    assert room(state, LIMITS, API, 100.0, 0, 3, 4) == 1  # the other entities' slots in between would pass unused
+    reserve(state, LIMITS, [API] * 20, 100.0, part=0, parts=3)  # entity 0's next free slot is 10 s ahead
+    assert room(state, LIMITS, API, 100.0, 0, 3, 4) == 4
+    assert room(State(), LIMITS, API, 100.0, 0, 1, 4) == 4  # one entity: every slot is the next one
+    assert NEAR < 20 * 3 * INTERVAL
+
+
+def test_one_process_alone_gets_the_grids_slots_in_order_across_the_entities():
+    table, clock = MemoryTable(), ManualClock(1000.0)
+    pacer = instance(table, clock)
+    times = sorted(pacer.reserve(API).slot.at for _ in range(9))
+    assert [b - a for a, b in itertools.pairwise(times)] == pytest.approx([INTERVAL] * 8)  # none passed over
 
 
 def test_the_entities_shares_of_a_tier_bucket_add_up_to_the_whole():
@@ -308,7 +327,7 @@ class SlowTable(MemoryTable):
 
 def test_asks_made_while_a_request_is_in_flight_go_together_in_the_next_one():
     table, clock = SlowTable(), ManualClock(1000.0)
-    pacer = instance(table, clock)
+    pacer = instance(table, clock, parts=1)
     results = []
     first = threading.Thread(target=lambda: results.append(pacer.reserve(API)))
     first.start()
