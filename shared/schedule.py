@@ -68,8 +68,9 @@ reserves again (`late`).
 ``Retry-After`` for every instance, in every entity (one conditional write each: every entity paces its class of
 slots at the API's rate, so each takes the 429 and follows the rules below by itself; they decide alike as long as
 each write lands, and a 429 is rare). A lone 429 at a rate known to go through changes nothing else (a call sent
-late, a burst). A second within `STRIKE_WINDOW` of the schedule starting again after the first (one process at a
-limit that dropped meets its next 429 about two seconds after the first) cuts the rate to `CUT` (a third) of it, and
+late, a burst). A second within `STRIKE_WINDOW` of the schedule starting again after the first (the schedule pauses
+for the Retry-After, or for the process's own growing backoff where the platform gave none: one process at a limit
+that dropped meets its next 429 about two seconds after the first) cuts the rate to `CUT` (a third) of it, and
 starts a generation. The slots reserved before the cut stand for now, and new ones come after them at the new rate:
 two late calls on a busy host look like a lower limit, and voiding a backlog's slots would send every command back
 to the queue again. A 429 answering one of those older slots confirms the cut: they are void from then on
@@ -77,9 +78,10 @@ to the queue again. A 429 answering one of those older slots confirms the cut: t
 instance knows to be void (by its copy of the slot's entity, which the slot names) is not used; it reserves again.
 An instance whose copy of the state is older still sends its carried slots: a 429 each, at worst, which tells it.
 Every `PROBE_AFTER` seconds without a 429 the rate becomes known to go through and doubles (a probe), up to the
-ceiling (``ITWIN_RATE_LIMITS``), one step per reservation; a 429 answering a probe goes straight back to the rate it
-left and voids the probe's slots (a few seconds' worth: see `horizon`). A limit that came back is reached within two
-probes (6/s from 2/s: about 2 s); a limit that stays low costs a 429 or two per probe.
+ceiling (``ITWIN_RATE_LIMITS``), the steps counted from when the rate last changed (so that every entity runs at the
+same rate, on the same grid, whenever it was last written); a 429 answering a probe goes straight back to the rate
+it left and voids the probe's slots (a few seconds' worth: see `horizon`). A limit that came back is reached within
+two probes (6/s from 2/s: about 2 s); a limit that stays low costs a 429 or two per probe.
 
 **Falls back, comes back.** A table request that fails (unreachable, 5xx, a timeout: the table client is built with
 `TABLE_TIMEOUT` timeouts and no retries) sends this process to its own adaptive `Pacer` (`shared.pacing`) for
@@ -295,9 +297,16 @@ def _api(state: State, limits: Limits, api: str, now: float) -> ApiState:
     elif current.rate is None or current.rate > ceiling:
         current.rate = current.safe = ceiling
     elif current.rate < ceiling and now - current.changed >= PROBE_AFTER:
-        # PROBE_AFTER seconds at this rate without a 429: it goes through; probe the next step up.
-        current.safe = current.rate
-        current.rate, current.changed = min(ceiling, current.rate * GROW), now
+        # PROBE_AFTER seconds at this rate without a 429: it goes through; probe the next step up. The steps are
+        # counted from when the rate last changed, not from when this entity was last written, so that every
+        # entity (the same 429s wrote the same rate and time into each) runs at the same rate, on the same grid.
+        steps = math.floor((now - current.changed) / PROBE_AFTER)
+        for _ in range(steps):
+            if current.rate >= ceiling:
+                break
+            current.safe = current.rate
+            current.rate = min(ceiling, current.rate * GROW)
+        current.changed += steps * PROBE_AFTER
     return current
 
 
@@ -632,10 +641,13 @@ class SharedPacer:
         self.local.accepted(api)
 
     def throttled(self, api: str, seconds: float, slot: Slot | None = None) -> None:
-        """A 429: hold and cut locally, and move the shared schedule (when the table answers)."""
+        """A 429: hold and cut locally, and move the shared schedule (when the table answers) past this process's
+        hold: the ``Retry-After``, or the local pacer's growing backoff where the platform gave none (under a
+        second), so that the strike window counts from when calls start again."""
         self.local.throttled(api, seconds)
         if not self.limits.paced(api) or self.down:
             return
+        seconds = max(seconds, self.local.held(api))
         gen = slot.gen if slot is not None and slot.api == api else None
         if not self._table_lock.acquire(timeout=TABLE_WAIT):
             return

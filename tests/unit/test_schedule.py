@@ -200,6 +200,18 @@ def test_after_a_cut_the_rate_doubles_back_to_the_ceiling_one_step_per_probe_per
     assert rates == pytest.approx([2.0, 4.0, 4.0, 6.0])
 
 
+def test_entities_cut_alike_probe_alike_whenever_each_is_written_so_they_share_one_grid():
+    entities = [State() for _ in range(3)]
+    for state in entities:
+        reserve(state, LIMITS, [API], 0.0, part=0, parts=3)
+        throttled(state, LIMITS, API, 0.01, 0.99, 0)
+        throttled(state, LIMITS, API, 0.02, 0.99, 0)  # cut to 2/s, the schedule starting again at 1.01
+    reserve(entities[0], LIMITS, [API], 1.01 + PROBE_AFTER, part=0, parts=3)  # entity 0 written at the first probe
+    reserve(entities[1], LIMITS, [API], 1.01 + 2.5 * PROBE_AFTER, part=1, parts=3)  # entity 1 only later
+    reserve(entities[0], LIMITS, [API], 1.01 + 2.5 * PROBE_AFTER, part=0, parts=3)
+    assert entities[0].apis[API].rate == entities[1].apis[API].rate == pytest.approx(6.0)
+
+
 def test_a_probe_that_meets_a_429_goes_straight_back_to_the_rate_known_to_go_through():
     state = State()
     reserve(state, LIMITS, [API], 0.0)
