@@ -57,8 +57,13 @@ delay set to the slot (rounded down to the queue's whole seconds, so it shows ea
 (``slot`` in the message: API, time, generation). Whoever receives it waits the rest and sends, with no table
 request (`redeem`). A backlog is thus reserved once, in order, and each command goes back at most once for pacing.
 At the API's ceiling a slot may lie up to `HORIZON` ahead (an hour: any backlog a queue of commands holds); below
-it (after a cut, while probing back up) no more than `CUT_HORIZON`, so that a backlog is not scheduled at a rate
-that was a guess (a command past it goes back unreserved, to ask again when the schedule has come closer).
+it (after a cut, while probing back up), and while a lone 429 may still turn out to be a lower limit (within its
+strike window, below), no more than `CUT_HORIZON`, so that a backlog is not scheduled at a rate that is a guess or
+in doubt (a command past it goes back unreserved, to ask again when the schedule has come closer). Where the
+process's copies show every entity's next free slot past its horizon, it answers so without a table request or a
+linger: a process goes through the part of a backlog it cannot book at the queue's speed, so that the commands
+carrying the slots it did book, which the queue shows behind that backlog, are not shown late (in the limit-drop run
+they were, and no call went for two seconds after the first 429, so the second came too late to cut).
 
 **Sent late is not sent.** A slot more than `LATE` of an interval past when its caller is ready (a busy host whose
 sleep overran, a message shown late) is void: sent, the call would crowd the next slot's and draw a 429. The caller
@@ -310,13 +315,17 @@ def _api(state: State, limits: Limits, api: str, now: float) -> ApiState:
     return current
 
 
-def horizon(state: State, limits: Limits, api: str, parts: int = 1) -> float:
-    """How far ahead a slot for ``api`` may be reserved now in an entity of ``parts``: far at the API's ceiling,
-    briefly below it (a rate found after a cut is a guess, and the backlog must not be scheduled at it): `CUT_HORIZON`,
-    or two of the entity's own slots where those are further apart."""
+def horizon(state: State, limits: Limits, api: str, now: float, parts: int = 1) -> float:
+    """How far ahead a slot for ``api`` may be reserved at ``now`` in an entity of ``parts``: far at the API's
+    ceiling; briefly below it, or while a lone 429 is within its strike window (the rate is a guess, or in doubt,
+    and a backlog must not be scheduled at it): `CUT_HORIZON`, or two of the entity's own slots where those are
+    further apart."""
     ceiling = limits.ceilings.get(api)
     current = state.apis.get(api)
-    if ceiling is None or current is None or current.rate is None or current.rate >= ceiling:
+    if ceiling is None or current is None or current.rate is None:
+        return HORIZON
+    doubt = current.strike > 0 and now <= current.strike + STRIKE_WINDOW
+    if current.rate >= ceiling and not doubt:
         return HORIZON
     return max(CUT_HORIZON, 2 * parts / (current.rate * SAFETY))
 
@@ -387,7 +396,7 @@ def reserve(
     answers: list[Slot | float] = []
     for api in asks:
         at = next_slot(state, limits, api, now, part, parts)
-        ahead = horizon(state, limits, api, parts)
+        ahead = horizon(state, limits, api, now, parts)
         if at - now > ahead:
             answers.append(at - ahead / 2)
             continue
@@ -579,6 +588,10 @@ class SharedPacer:
         caller sends at it, or gives the command back carrying it."""
         if not self.limits.paced(api) or self.down:
             return Reservation(self.local.reserve(api, limit))
+        again = self._beyond_by_copies(api)
+        if again is not None:
+            self.counts["beyond by copies"] += 1
+            return Reservation(max(0.0, again - self._wall()), beyond=True)
         answer = self._ask(api)
         if answer is None:
             return Reservation(self.local.reserve(api, limit))
@@ -589,6 +602,26 @@ class SharedPacer:
             answer = self._spare_before(answer)
             return Reservation(answer.at - self._wall(), answer)
         return Reservation(max(0.0, float(answer) - self._wall()), beyond=True)
+
+    def _beyond_by_copies(self, api: str) -> float | None:
+        """When to ask again, where this process's copies show every entity's next free slot for ``api`` past its
+        horizon (None: ask the table). A copy is never behind on what has been reserved, so the table would give
+        the same answer; answering without a request lets a process go through a backlog it cannot book yet (after
+        a 429, or at a rate that is a guess) at the queue's speed, not the table's, so that the commands that do
+        carry slots, shown behind that backlog, are not shown late."""
+        with self._lock:
+            if not self._fresh or self._stale or len(self._views) < self.parts:
+                return None
+            views = [(part, view.copy()) for part, view in self._views.items()]
+        now = self._wall()
+        answers = []
+        for part, view in views:
+            at = next_slot(view, self.limits, api, now, part, self.parts)
+            ahead = horizon(view, self.limits, api, now, self.parts)
+            if at - now <= ahead:
+                return None
+            answers.append(at - ahead / 2)
+        return min(answers)
 
     def _spare_before(self, slot: Slot) -> Slot:
         """``slot``, or an earlier one of its API that a caller of this process gave up waiting for (it stopped

@@ -32,6 +32,7 @@ from shared.schedule import (
     PARTS,
     PROBE_AFTER,
     SLACK,
+    STRIKE_WINDOW,
     Limits,
     SharedPacer,
     Slot,
@@ -152,6 +153,18 @@ def test_a_backlog_is_scheduled_far_ahead_at_the_ceiling_but_only_briefly_after_
     reserved = [a.at for a in answers if isinstance(a, Slot)]
     assert max(reserved) - 0.3 <= CUT_HORIZON
     assert len(reserved) < 60
+
+
+def test_a_backlog_is_scheduled_only_briefly_while_a_lone_429_may_still_mean_a_lower_limit():
+    state = State()
+    reserve(state, LIMITS, [API], 0.0)
+    throttled(state, LIMITS, API, 0.1, 1.0, 0)  # lone: no cut, but the rate is in doubt until its strike window ends
+    assert state.apis[API].rate == 6.0
+    reserved = [a.at for a in reserve(state, LIMITS, [API] * 60, 0.2) if isinstance(a, Slot)]
+    assert max(reserved) - 0.2 <= CUT_HORIZON
+    assert len(reserved) < 60
+    after = 1.1 + STRIKE_WINDOW + 0.1  # no second 429 came: the backlog is booked far ahead again
+    assert all(isinstance(a, Slot) for a in reserve(state, LIMITS, [API] * 60, after))
 
 
 def test_a_429_moves_the_schedule_past_retry_after_and_a_second_one_cuts_the_rate_once():
@@ -316,6 +329,25 @@ def test_an_uncontended_reservation_is_one_table_request_and_a_conflict_tries_an
     assert b.counts["conflicts"] == 2
     assert table.ops["query"] == 1
     assert sum(table.ops.values()) == 4
+
+
+def test_a_process_whose_copies_show_every_entity_past_its_horizon_answers_at_once_without_a_table_request():
+    table, clock = MemoryTable(), ManualClock(1000.0)
+    pacer = instance(table, clock)
+    pacer.throttled(API, 1.0)  # a lone 429: only CUT_HORIZON seconds of slots may be booked for now
+    booked = []
+    while (reservation := pacer.reserve(API)).slot is not None:
+        booked.append(reservation.slot)
+    assert reservation.beyond and reservation.wait > 0
+    table.ops.clear()
+    asked = clock()
+    again = pacer.reserve(API)
+    assert again.beyond and again.wait == pytest.approx(reservation.wait)
+    assert table.ops == {} and clock() == asked  # no request, and no linger for other asks to join
+    assert pacer.counts["beyond by copies"] == 2
+    clock.advance(1.0 + STRIKE_WINDOW + 0.1)  # the doubt is over: the table is asked and books far ahead
+    assert pacer.reserve(API).slot.at > booked[-1].at
+    assert sum(table.ops.values()) == 1
 
 
 class SlowTable(MemoryTable):
