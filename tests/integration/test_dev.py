@@ -42,6 +42,8 @@ def read_until(process, text, lines, timeout=30.0):
 
 
 def test_make_dev_registers_the_webhook_with_the_tool_and_a_deleted_imodels_connections_go(tmp_path):
+    """Started as a shell without job control starts a background command (SIGINT ignored), and stopped by
+    Ctrl-C's signal all the same."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ITWIN_", "AzureWebJobs"))}
     port = free_port()
     command = [
@@ -56,7 +58,13 @@ def test_make_dev_registers_the_webhook_with_the_tool_and_a_deleted_imodels_conn
     ]
     command += ["--simulator-port", str(free_port()), *azurite_on_free_ports()]
     process = subprocess.Popen(  # noqa: S603
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     lines: list[str] = []
     try:
@@ -78,7 +86,7 @@ def test_make_dev_registers_the_webhook_with_the_tool_and_a_deleted_imodels_conn
         assert f"http://127.0.0.1:{port}/api/webhooks/itwin" in listed.stdout.splitlines()[1]
         assert listed.stdout.splitlines()[1].startswith("* ")
     finally:
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGINT)
         process.wait(timeout=20)
     assert process.returncode == 0
     assert not any("curl" in line for line in lines)
