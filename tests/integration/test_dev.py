@@ -29,6 +29,18 @@ def azurite_on_free_ports() -> list[str]:
     return [f"--azurite{option}-port={free_port()}" for option in ("-blob", "", "-table")]
 
 
+def stop(process: subprocess.Popen, signum: int) -> None:
+    """Stop ``process`` (started in a session of its own) with ``signum``; one that has not ended 20 s later is
+    killed with everything it started, and the test fails."""
+    process.send_signal(signum)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise AssertionError(f"make dev did not stop on {signal.Signals(signum).name}") from None
+
+
 def read_until(process, text, lines, timeout=30.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -64,6 +76,7 @@ def test_make_dev_registers_the_webhook_with_the_tool_and_a_deleted_imodels_conn
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     lines: list[str] = []
@@ -86,8 +99,7 @@ def test_make_dev_registers_the_webhook_with_the_tool_and_a_deleted_imodels_conn
         assert f"http://127.0.0.1:{port}/api/webhooks/itwin" in listed.stdout.splitlines()[1]
         assert listed.stdout.splitlines()[1].startswith("* ")
     finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=20)
+        stop(process, signal.SIGINT)
     assert process.returncode == 0
     assert not any("curl" in line for line in lines)
 
@@ -127,15 +139,20 @@ def test_make_dev_with_an_azurite_port_taken_uses_a_free_one_and_says_how_storag
         command.append(f"--azurite-blob-port={blob_port}")
         # WHEN make dev starts
         process = subprocess.Popen(  # noqa: S603
-            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
         )
         lines: list[str] = []
         try:
             started = read_until(process, "Azurite: blob", lines)
             explorer = read_until(process, "Storage Explorer:", lines)
         finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=20)
+            stop(process, signal.SIGTERM)
     # THEN it says which port was taken, runs Azurite's blob service on another, and prints the connection string
     assert f"port {blob_port} (Azurite's blob service) is taken" in "".join(lines)
     assert f"blob {blob_port}," not in started
