@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -27,6 +28,24 @@ def free_port() -> int:
 def azurite_on_free_ports() -> list[str]:
     """make dev's options for Azurite on free ports: tests leave the default ports to a developer's make dev."""
     return [f"--azurite{option}-port={free_port()}" for option in ("-blob", "", "-table")]
+
+
+def start_dev(tmp_path: Path, port: int, *extra: str, **popen: Any) -> subprocess.Popen:
+    """``python -m sandbox.dev`` on free ports (the functions on ``port``) with no ITWIN_ or storage settings from
+    this environment, in a session of its own (see `stop`), its output on stdout."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ITWIN_", "AzureWebJobs"))}
+    command = [sys.executable, "-u", "-m", "sandbox.dev", "--settings", str(tmp_path / "none.json")]
+    command += ["--port", str(port), "--simulator-port", str(free_port()), *azurite_on_free_ports(), *extra]
+    return subprocess.Popen(  # noqa: S603
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        **popen,
+    )
 
 
 def stop(process: subprocess.Popen, signum: int) -> None:
@@ -58,27 +77,7 @@ def test_make_dev_registers_the_webhook_with_the_tool_and_a_deleted_imodels_conn
     Ctrl-C's signal all the same."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ITWIN_", "AzureWebJobs"))}
     port = free_port()
-    command = [
-        sys.executable,
-        "-u",
-        "-m",
-        "sandbox.dev",
-        "--settings",
-        str(tmp_path / "none.json"),
-        "--port",
-        str(port),
-    ]
-    command += ["--simulator-port", str(free_port()), *azurite_on_free_ports()]
-    process = subprocess.Popen(  # noqa: S603
-        command,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
-    )
+    process = start_dev(tmp_path, port, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     lines: list[str] = []
     try:
         read_until(process, "activated webhook", lines)
@@ -133,20 +132,8 @@ def test_make_dev_with_an_azurite_port_taken_uses_a_free_one_and_says_how_storag
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         blob_port = holder.getsockname()[1]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("ITWIN_", "AzureWebJobs"))}
-        command = [sys.executable, "-u", "-m", "sandbox.dev", "--settings", str(tmp_path / "none.json")]
-        command += ["--port", str(free_port()), "--simulator-port", str(free_port()), *azurite_on_free_ports()]
-        command.append(f"--azurite-blob-port={blob_port}")
         # WHEN make dev starts
-        process = subprocess.Popen(  # noqa: S603
-            command,
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
+        process = start_dev(tmp_path, free_port(), f"--azurite-blob-port={blob_port}")
         lines: list[str] = []
         try:
             started = read_until(process, "Azurite: blob", lines)
