@@ -306,8 +306,24 @@ def poison_replay(context: Context) -> int:
     return EXIT_ATTENTION if report.needs_attention else 0
 
 
-def poison_purge(context: Context) -> int:
+def _deletion_confirmed(context: Context, count: int, noun: str, why: str, question: str) -> bool:
+    """Whether deleting ``count`` ``noun``(s) may go ahead: False after saying what a dry run would delete; True
+    with --yes, or at a terminal once the count is typed in answer to ``question``. Raises `UsageError` otherwise,
+    saying ``why`` confirmation is needed."""
     args, output = context.args, context.output
+    if args.dry_run:
+        output.line(f"dry run: would delete {count} {noun}(s)")
+        return False
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"{why}: confirm with --yes when not at a terminal")
+        if not output.confirm(question, str(count)):
+            raise UsageError(f"nothing deleted: the count typed was not {count}")
+    return True
+
+
+def poison_purge(context: Context) -> int:
+    output = context.output
     chosen, _ = _choose(context, "purge")
     if not chosen:
         output.line("no dead letters match: nothing to purge")
@@ -316,14 +332,9 @@ def poison_purge(context: Context) -> int:
         output.line(f"{letter.id[:8]}  {when(letter.when)}  {letter.command_kind}  {letter.code}")
     if len(chosen) > 10:
         output.line(f"... and {len(chosen) - 10} more")
-    if args.dry_run:
-        output.line(f"dry run: would delete {len(chosen)} dead letter(s)")
+    question = f"Delete these {len(chosen)} dead letter(s) for good?"
+    if not _deletion_confirmed(context, len(chosen), "dead letter", "purge deletes dead letters for good", question):
         return 0
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise UsageError("purge deletes dead letters for good: confirm with --yes when not at a terminal")
-        if not output.confirm(f"Delete these {len(chosen)} dead letter(s) for good?", str(len(chosen))):
-            raise UsageError(f"nothing deleted: the count typed was not {len(chosen)}")
     progress = output.progress(len(chosen), "purge")
     try:
         deleted = context.queues().purge({letter.id for letter in chosen}, progress)
@@ -482,14 +493,10 @@ def webhook_delete(context: Context) -> int:
             return 0
     for webhook in webhooks:
         output.line(f"{describe(webhook)} sends to {webhook.callback_url}")
-    if args.dry_run:
-        output.line(f"dry run: would delete {len(webhooks)} webhook(s)")
+    question = f"Delete {len(webhooks)} webhook(s)? Deliveries stop at once."
+    why = "deleting a webhook stops its deliveries"
+    if not _deletion_confirmed(context, len(webhooks), "webhook", why, question):
         return 0
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise UsageError("deleting a webhook stops its deliveries: confirm with --yes when not at a terminal")
-        if not output.confirm(f"Delete {len(webhooks)} webhook(s)? Deliveries stop at once.", str(len(webhooks))):
-            raise UsageError(f"nothing deleted: the count typed was not {len(webhooks)}")
     for webhook in webhooks:
         try:
             api.delete_webhook(webhook.id)

@@ -28,7 +28,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Mapping
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack
 from pathlib import Path
 
 from ops.cli import main as ops_main
@@ -214,7 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"make dev: {note}", file=sys.stderr)
 
     stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    # Handlers of our own for both: a process started in the background by a shell without job control inherits
+    # SIGINT ignored, and Python then never raises KeyboardInterrupt.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
     with ExitStack() as stack:
         simulator = _start_simulator(stack, args.simulator_port) if _unset("ITWIN_CLIENT_ID") else None
         if needs_azurite:
@@ -250,8 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             _demo(simulator, DEMO_IMODEL, 2)
             if sys.stdin.isatty():
                 threading.Thread(target=_demo_on_enter, args=(simulator,), daemon=True).start()
-        with suppress(KeyboardInterrupt):
-            stopping.wait()
+        stopping.wait()
         print("stopping...")
     return 0
 

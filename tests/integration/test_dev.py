@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -29,6 +30,36 @@ def azurite_on_free_ports() -> list[str]:
     return [f"--azurite{option}-port={free_port()}" for option in ("-blob", "", "-table")]
 
 
+def start_dev(tmp_path: Path, port: int, *extra: str, **popen: Any) -> subprocess.Popen:
+    """``python -m sandbox.dev`` on free ports (the functions on ``port``) with no ITWIN_ or storage settings from
+    this environment, in a session of its own (see `stop`), its output on stdout."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ITWIN_", "AzureWebJobs"))}
+    command = [sys.executable, "-u", "-m", "sandbox.dev", "--settings", str(tmp_path / "none.json")]
+    command += ["--port", str(port), "--simulator-port", str(free_port()), *azurite_on_free_ports(), *extra]
+    return subprocess.Popen(  # noqa: S603
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        **popen,
+    )
+
+
+def stop(process: subprocess.Popen, signum: int) -> None:
+    """Stop ``process`` (started in a session of its own) with ``signum``; one that has not ended 20 s later is
+    killed with everything it started, and the test fails."""
+    process.send_signal(signum)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise AssertionError(f"make dev did not stop on {signal.Signals(signum).name}") from None
+
+
 def read_until(process, text, lines, timeout=30.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -42,22 +73,11 @@ def read_until(process, text, lines, timeout=30.0):
 
 
 def test_make_dev_registers_the_webhook_with_the_tool_and_a_deleted_imodels_connections_go(tmp_path):
+    """Started as a shell without job control starts a background command (SIGINT ignored), and stopped by
+    Ctrl-C's signal all the same."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ITWIN_", "AzureWebJobs"))}
     port = free_port()
-    command = [
-        sys.executable,
-        "-u",
-        "-m",
-        "sandbox.dev",
-        "--settings",
-        str(tmp_path / "none.json"),
-        "--port",
-        str(port),
-    ]
-    command += ["--simulator-port", str(free_port()), *azurite_on_free_ports()]
-    process = subprocess.Popen(  # noqa: S603
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    process = start_dev(tmp_path, port, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     lines: list[str] = []
     try:
         read_until(process, "activated webhook", lines)
@@ -78,8 +98,7 @@ def test_make_dev_registers_the_webhook_with_the_tool_and_a_deleted_imodels_conn
         assert f"http://127.0.0.1:{port}/api/webhooks/itwin" in listed.stdout.splitlines()[1]
         assert listed.stdout.splitlines()[1].startswith("* ")
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=20)
+        stop(process, signal.SIGINT)
     assert process.returncode == 0
     assert not any("curl" in line for line in lines)
 
@@ -113,21 +132,14 @@ def test_make_dev_with_an_azurite_port_taken_uses_a_free_one_and_says_how_storag
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         blob_port = holder.getsockname()[1]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("ITWIN_", "AzureWebJobs"))}
-        command = [sys.executable, "-u", "-m", "sandbox.dev", "--settings", str(tmp_path / "none.json")]
-        command += ["--port", str(free_port()), "--simulator-port", str(free_port()), *azurite_on_free_ports()]
-        command.append(f"--azurite-blob-port={blob_port}")
         # WHEN make dev starts
-        process = subprocess.Popen(  # noqa: S603
-            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
+        process = start_dev(tmp_path, free_port(), f"--azurite-blob-port={blob_port}")
         lines: list[str] = []
         try:
             started = read_until(process, "Azurite: blob", lines)
             explorer = read_until(process, "Storage Explorer:", lines)
         finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=20)
+            stop(process, signal.SIGTERM)
     # THEN it says which port was taken, runs Azurite's blob service on another, and prints the connection string
     assert f"port {blob_port} (Azurite's blob service) is taken" in "".join(lines)
     assert f"blob {blob_port}," not in started
