@@ -338,12 +338,15 @@ def test_a_process_whose_copies_show_every_entity_past_its_horizon_answers_at_on
     booked = []
     while (reservation := pacer.reserve(API)).slot is not None:
         booked.append(reservation.slot)
-    assert reservation.beyond and reservation.wait > 0
+    assert reservation.beyond
+    assert reservation.wait > 0
     table.ops.clear()
     asked = clock()
     again = pacer.reserve(API)
-    assert again.beyond and again.wait == pytest.approx(reservation.wait)
-    assert table.ops == {} and clock() == asked  # no request, and no linger for other asks to join
+    assert again.beyond
+    assert again.wait == pytest.approx(reservation.wait)
+    assert table.ops == {}  # no request, and no linger for other asks to join
+    assert clock() == asked
     assert pacer.counts["beyond by copies"] == 2
     clock.advance(1.0 + STRIKE_WINDOW + 0.1)  # the doubt is over: the table is asked and books far ahead
     assert pacer.reserve(API).slot.at > booked[-1].at
