@@ -8,12 +8,16 @@ time; the real pacers decide:
 
 - **local**: each instance's own `shared.pacing.Pacer`, as `ITwinClient._pace` uses it: a slot within the budget is
   waited for; a later one gives the command back visible at once and keeps the invocation busy for its budget.
-- **shared**: the pure schedule of `shared.schedule` (``reserve``, ``throttled``) on one `MemoryTable` that honours
-  ETags, as `SharedPacer` and `ITwinClient._pace_shared` use it: one table request in flight per instance (each
-  `TABLE_LATENCY` long), the asks made meanwhile batched into the next; a 412 costs a read and another write; a slot
-  past the budget goes back with the command, shown up to a second early, and is sent at without a table request.
+- **shared**: the pure schedule of `shared.schedule` (``choose``, ``reserve``, ``throttled``) split across its
+  `PARTS` entities in one `MemoryTable` that honours ETags, as `SharedPacer` and `ITwinClient._pace_shared` use it:
+  each instance keeps a copy of every entity and writes to the one `choose` picks, taking `room` of its asks; one
+  table request in flight per instance (each `TABLE_LATENCY` long), lingering `LINGER` for the asks made meanwhile;
+  a 412 costs the write and a random pause (`conflict_pause`), then another entity's copy is tried, and a second 412
+  reads every entity in one query; a 429 is written to every entity; a slot past the budget goes back with the
+  command, shown up to a second early, and is sent at without a table request.
 
-What is not modelled: processing time other than `HANDLE` per delivery, network jitter, clock skew, the fallback.
+What is not modelled: processing time other than `HANDLE` per delivery, network jitter, clock skew, the fallback,
+`TABLE_WAIT` (a caller here waits for its reservation however long the 412s last).
 """
 
 from __future__ import annotations
@@ -35,14 +39,19 @@ from sandbox.simulator.faults import RateLimiter
 from shared.pacing import SAFETY, Pacer
 from shared.schedule import (
     LATE,
+    LINGER,
     MAX_BATCH,
     PARTITION,
-    ROW,
+    PARTS,
+    SKIPS,
     Limits,
     Slot,
     State,
+    choose,
     conflict_pause,
     reserve,
+    room,
+    row,
     throttled,
 )
 
@@ -95,16 +104,22 @@ class Figures:
 class Instance:
     index: int
     pacer: Pacer | None = None
-    state: State | None = None  # the shared schedule as this instance last wrote or read it
-    etag: str | None = None
+    views: dict[int, State] = field(default_factory=dict)  # each entity as this instance last wrote or read it
+    etags: dict[int, str | None] = field(default_factory=dict)
+    fresh: bool = False  # False: read every entity (one query) before the next write
+    stale: set[int] = field(default_factory=set)  # entities whose copy met a 412 since the last query
+    rand: Callable[[], float] = random.random  # the instance's own random choices (`choose`)
     busy: bool = False  # a table request in flight
     conflicts: int = 0  # 412s in a row
     pending: list[Callable[[Slot | float], None]] = field(default_factory=list)
 
 
 class Model:
-    def __init__(self, mode: str, instances: int, runs: int, *, spread: float = 0.0, seed: int = 1) -> None:
+    def __init__(
+        self, mode: str, instances: int, runs: int, *, spread: float = 0.0, seed: int = 1, parts: int = PARTS
+    ) -> None:
         self.mode = mode
+        self.parts = parts
         self.now = 0.0
         self.rng = random.Random(seed)
         self._events: list[tuple[float, int, Callable[[], None]]] = []
@@ -118,6 +133,7 @@ class Model:
         self.free: list[tuple[Instance, int]] = []
         self.instances = [Instance(i) for i in range(instances)]
         for instance in self.instances:
+            instance.rand = random.Random(seed * 7919 + instance.index).random
             if mode == "local":
                 rand = random.Random(seed * 1000 + instance.index).random
                 instance.pacer = Pacer({API: LIMIT}, clock=self.clock, monotonic=self.clock, rand=rand)
@@ -196,7 +212,8 @@ class Model:
     def _shared(self, instance: Instance, thread: int, message: Message, deadline: float) -> None:
         slot, message.slot = message.slot, None
         if slot is not None:
-            known = instance.state.apis.get(API) if instance.state is not None else None
+            view = instance.views.get(slot.part)
+            known = view.apis.get(API) if view is not None else None
             late = LATE / (LIMIT * SAFETY)
             if slot.at - self.now >= -late and (known is None or known.void_below <= slot.gen):
                 self._at_slot(instance, thread, message, slot, deadline)
@@ -242,80 +259,89 @@ class Model:
     # -- the shared schedule's table, one request in flight per instance -----------------------------------------
     def _ask(self, instance: Instance, answered: Callable[[Slot | float], None]) -> None:
         instance.pending.append(answered)
-        if not instance.busy:
-            self._start(instance)
+        if not instance.busy:  # the request lingers (`LINGER`) for the instance's other asks
+            instance.busy = True
+            self.at(self.now + LINGER, lambda: self._start(instance))
 
-    def _start(self, instance: Instance) -> None:
-        batch, instance.pending = instance.pending[:MAX_BATCH], instance.pending[MAX_BATCH:]
+    def _start(self, instance: Instance, retry: bool = False) -> None:
         instance.busy = True
         requests = 0
-        if instance.state is None:
+        if not instance.fresh or (instance.stale and not retry):
             requests += 1
             self._load(instance)
-        assert instance.state is not None
-        state = instance.state.copy()
-        answers = reserve(state, self.limits, [API] * len(batch), self.now)
+        part = choose(instance.views, self.limits, API, self.now, self.parts, instance.rand, frozenset(instance.stale))
+        state = instance.views[part].copy() if part in instance.views else State()
+        size = room(state, self.limits, API, self.now, part, self.parts, min(MAX_BATCH, len(instance.pending)))
+        batch, instance.pending = instance.pending[:size], instance.pending[size:]
+        answers = reserve(state, self.limits, [API] * len(batch), self.now, part, self.parts)
         requests += 1
         self.figures.table += requests
 
         def land() -> None:
-            if self._write(instance, state):
+            if self._write(instance, part, state):
                 instance.conflicts = 0
                 for answer, callback in zip(answers, batch, strict=True):
                     callback(answer)
                 instance.busy = False
                 if instance.pending:
-                    self._start(instance)
+                    self._ask(instance, instance.pending.pop())
                 return
-            # A 412: a random pause (`conflict_pause`), then read again, with who asked meanwhile.
-            instance.state = None
+            # A 412: a random pause (`conflict_pause`), then another entity's copy, or every entity read again,
+            # with who asked meanwhile.
             instance.conflicts += 1
+            instance.stale.add(part)
+            instance.fresh = len(instance.stale) <= min(SKIPS, self.parts - 1)
             instance.pending = batch + instance.pending
-            self.at(self.now + conflict_pause(instance.conflicts, self.rng.random), lambda: self._start(instance))
+            pause = conflict_pause(instance.conflicts, self.rng.random)
+            self.at(self.now + pause, lambda: self._start(instance, retry=True))
 
         self.at(self.now + requests * TABLE_LATENCY, land)
 
     def _commit(self, instance: Instance, change: Callable[[State, float], Any]) -> None:
-        """A 429's change, written at once (rare: its latency is not modelled)."""
-        for _ in range(8):
-            if instance.state is None:
+        """A 429's change, written to every entity at once (rare: its latency is not modelled)."""
+        for part in range(self.parts):
+            for _ in range(8):
+                if not instance.fresh:
+                    self.figures.table += 1
+                    self._load(instance)
+                state = instance.views[part].copy() if part in instance.views else State()
+                change(state, self.now)
                 self.figures.table += 1
-                self._load(instance)
-            assert instance.state is not None
-            state = instance.state.copy()
-            change(state, self.now)
-            self.figures.table += 1
-            if self._write(instance, state):
-                return
-            instance.state = None
+                if self._write(instance, part, state):
+                    break
 
     def _load(self, instance: Instance) -> None:
-        try:
-            entity = self.table.get_entity(PARTITION, ROW)
-            instance.state, instance.etag = State.from_json(entity["state"]), entity.metadata["etag"]
-        except Exception:
-            written = self.table.create_entity({"PartitionKey": PARTITION, "RowKey": ROW, "state": State().to_json()})
-            instance.state, instance.etag = State(), written["etag"]
+        instance.views, instance.etags = {}, {}
+        for entity in self.table.query_entities("PartitionKey eq @pk", parameters={"pk": PARTITION}):
+            part = int(entity["RowKey"].rsplit("-", 1)[1])
+            instance.views[part], instance.etags[part] = State.from_json(entity["state"]), entity.metadata["etag"]
+        instance.fresh, instance.stale = True, set()
 
-    def _write(self, instance: Instance, state: State) -> bool:
-        entity = {"PartitionKey": PARTITION, "RowKey": ROW, "state": state.to_json()}
+    def _write(self, instance: Instance, part: int, state: State) -> bool:
+        entity = {"PartitionKey": PARTITION, "RowKey": row(part), "state": state.to_json()}
+        etag = instance.etags.get(part)
         try:
-            written = self.table.update_entity(
-                entity, mode=UpdateMode.REPLACE, etag=instance.etag, match_condition=MatchConditions.IfNotModified
-            )
+            if etag is None:
+                written = self.table.create_entity(entity)
+            else:
+                written = self.table.update_entity(
+                    entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
+                )
         except HttpResponseError:
-            instance.state = None
+            instance.fresh = False
             return False
-        instance.state, instance.etag = state, written["etag"]
+        instance.views[part], instance.etags[part] = state, written["etag"]
         return True
 
 
-def run_model(mode: str, instances: int, runs: int, *, spread: float = 0.0, seed: int = 1) -> dict[str, Any]:
+def run_model(
+    mode: str, instances: int, runs: int, *, spread: float = 0.0, seed: int = 1, parts: int = PARTS
+) -> dict[str, Any]:
     """One model run's figures (see `Figures.row`)."""
-    return Model(mode, instances, runs, spread=spread, seed=seed).run().row()
+    return Model(mode, instances, runs, spread=spread, seed=seed, parts=parts).run().row()
 
 
-MODEL_RUNS = ((40, 600), (64, 600), (256, 1200))
+MODEL_RUNS = ((16, 240), (40, 600), (64, 600), (256, 1200))
 MODEL_SMOKE = ((8, 60),)
 
 

@@ -178,11 +178,12 @@ def _fresh_schedule(storage: str) -> None:
     from azure.data.tables import TableServiceClient
 
     from shared.ledger import LEDGER_TABLE
-    from shared.schedule import PARTITION, ROW
+    from shared.schedule import PARTITION
 
     table = TableServiceClient.from_connection_string(storage).create_table_if_not_exists(LEDGER_TABLE)
-    with contextlib.suppress(ResourceNotFoundError):
-        table.delete_entity(PARTITION, ROW)
+    for entity in list(table.query_entities("PartitionKey eq @pk", parameters={"pk": PARTITION})):
+        with contextlib.suppress(ResourceNotFoundError):
+            table.delete_entity(PARTITION, entity["RowKey"])
 
 
 def _change_limits(sim: Platform, started: float, schedule: tuple[tuple[float, float], ...], log: list) -> None:

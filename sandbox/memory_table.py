@@ -81,6 +81,18 @@ class MemoryTable:
             raise ResourceNotFoundError(message="ResourceNotFound")
         return self._entity(key)
 
+    def query_entities(self, query_filter: str, *, parameters: dict[str, Any] | None = None, **_: Any) -> list:
+        """The rows of one partition: only ``PartitionKey eq @name`` (with ``parameters``) or ``PartitionKey eq
+        'value'`` is understood. One request, as one page of Table Storage's query is."""
+        self.ops["query"] += 1
+        self._step("table query")
+        left, _, right = query_filter.partition(" eq ")
+        if left.strip() != "PartitionKey" or not right.strip():
+            raise NotImplementedError(query_filter)
+        value = right.strip()
+        partition = (parameters or {})[value[1:]] if value.startswith("@") else value.strip("'")
+        return [self._entity(key) for key in sorted(self.rows) if key[0] == partition]
+
     def create_entity(self, entity: dict[str, Any], **_: Any) -> dict[str, Any]:
         self.ops["insert"] += 1
         self._step("table insert")

@@ -296,10 +296,12 @@ def _check_inputs(value: Any) -> bool:
 
 
 def _slot(value: Any) -> bool:
-    """``{"api", "at", "gen"}``: an API name, a Unix time between 2000 and 2100, a whole generation."""
+    """``{"api", "at", "gen", "part"}``: an API name, a Unix time between 2000 and 2100, a whole generation, the
+    schedule's entity it was reserved in (absent in messages of the unsplit schedule: entity 0)."""
     return (
         isinstance(value, dict)
-        and set(value) == {"api", "at", "gen"}
+        and set(value) in ({"api", "at", "gen"}, {"api", "at", "gen", "part"})
+        and _whole(0, 1023)(value.get("part", 0))
         and isinstance(value["api"], str)
         and bool(_API.match(value["api"]))
         and len(value["api"]) <= 64
@@ -420,7 +422,7 @@ def validate(data: Any, prefix: str = "") -> Command:
     c.optional(
         data, "leaseWaited", "leaseWaited", _whole(0, MAX_LEASE_WAITED), f"whole seconds from 0 to {MAX_LEASE_WAITED}"
     )
-    c.optional(data, "slot", "slot", _slot, "a reserved slot {api, at (Unix seconds), gen}")
+    c.optional(data, "slot", "slot", _slot, "a reserved slot {api, at (Unix seconds), gen, part}")
     if "projectId" in data and (action, resource) != ("create", "run"):
         c.add("UnknownProperty", "projectId", "projectId belongs only to a create run command.")
     else:
@@ -478,7 +480,7 @@ def validate(data: Any, prefix: str = "") -> Command:
         look_up=data.get("lookUp", False),
         lease_seen=data.get("leaseSeen"),
         lease_waited=data.get("leaseWaited", 0),
-        slot=Slot(data["slot"]["api"], float(data["slot"]["at"]), data["slot"]["gen"]) if "slot" in data else None,
+        slot=Slot.from_message(data["slot"]) if "slot" in data else None,
     )
 
 

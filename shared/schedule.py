@@ -2,52 +2,91 @@
 
 `shared.pacing` paces each process by itself, and its own analysis shows what that cannot do: an instance learns
 that a limit is shared only from a 429 of its own, so every instance that joins a busy limit pays one. Here the
-instances share one schedule instead: a single entity in the ledger's table (PartitionKey `PARTITION`, RowKey
-`ROW`, one JSON property) holds, per API, the GCRA "theoretical arrival time" (``tat``: the next free slot), the
-rate the schedule issues slots at, the rate known to go through, and a generation; and one count per bucket of each
+instances share one schedule instead, kept in `PARTS` (3) entities of the ledger's table (PartitionKey
+`PARTITION`, RowKeys ``schedule-0`` to ``schedule-2``, one JSON property each). Every API's slots lie on one grid,
+``n x interval`` (``interval = 1 / (rate x SAFETY)``), and entity ``j`` owns the slots with ``n = j (mod 3)``: it
+holds, per API, the GCRA "theoretical arrival time" of its own slots (``tat``: its next free one), the rate the
+schedule issues slots at, the rate known to go through, and a generation; and its third of each bucket of each
 window of the subscription's tier limits (``ITWIN_TIER_LIMITS``), which every API's calls count against.
 ``ITWIN_SHARED_PACING=on`` turns it on.
 
-**Reserving.** A slot for an API is its ``tat`` (or now, when that has passed); reserving it moves ``tat`` one
-interval (``1 / (rate x SAFETY)``) past it, so the slots of one API are evenly spaced and a one-second window of the
-platform never holds more than the limit. The tier's limits count every API together: each window's calls are
-counted by slot time in buckets of a tenth of the window, and a bucket holds at most ``calls x SAFETY / 11`` (a
-sliding window of any alignment overlaps at most 11 buckets), so no window, sliding or fixed, exceeds its limit; a
-slot whose bucket is full moves to the next bucket with room (about 86% of a tier's limit is usable). The change is
-written by a conditional update on the entity's ETag (If-Match): of two instances that read the same state, one
-writes and the other gets 412, reads again and recomputes. That is the only thing deciding who gets which slot: no
-decision compares two machines' clocks. **Group commit:** an instance has one table request in flight at a time;
-the reservations its invocations ask for meanwhile (any API) go together in the next one. **After a 412** it pauses
-a random moment before reading again, the longest pause doubling with each 412 in a row (`conflict_pause`:
-exponential backoff with full jitter), so that instances that met spread out instead of meeting again, and more
-asks join the next write. A slot is reserved only for a caller that asked, so nothing is reserved ahead for work
-that may not come (a block reserved ahead would leave gaps wherever its instance stopped getting work).
+**Reserving.** A slot for an API in an entity is the first slot of its class at or after its ``tat`` (or now, when
+that has passed); reserving it moves ``tat`` one round (three intervals) past it. The three classes together fill
+the grid, so the slots of one API are evenly spaced however they are spread over the entities, and a one-second
+window of the platform never holds more than the limit. The tier's limits count every API together: each window's
+calls are counted by slot time in buckets of a tenth of the window, and a bucket holds at most ``calls x SAFETY /
+11`` (a sliding window of any alignment overlaps at most 11 buckets), shared out between the entities so that the
+shares add up to it (`_cap`); no window, sliding or fixed, exceeds its limit; a slot whose bucket is full moves to
+the next bucket with room (about 86% of a tier's limit is usable). The change is written by a conditional update on
+the entity's ETag (If-Match): of two instances that read the same state, one writes and the other gets 412. That is
+the only thing deciding who gets which slot: no decision compares two machines' clocks.
+
+**Which entity (balanced choice).** Every process keeps a copy of each entity (its state and ETag, from its last
+read or write of it). A request goes to the entity whose next free slot is earliest by those copies (`choose`):
+where that slot lies within `NEAR` (2 s), the earliest slot itself, and the write takes one ask only (`room`; the
+others go in the next request, to the next entity), so that slots about to come are taken in grid order and none
+passes unused (one process alone gets every slot, as from one entity); further ahead (a backlog), any entity in the
+earliest round of the grid, at random, and the write takes every ask, so that instances spread over the entities. A
+copy is never ahead of its entity, so a write that lands (its copy was current) lands on an entity at least as far
+behind as every other: the entities' next free slots stay within a batch of each other, and the wall time of a
+backlog does not depend on which entity an instance picked. **After a 412** the request pauses a random moment, the
+longest pause doubling with each 412 in a row (`conflict_pause`: exponential backoff with full jitter, 0.3 s
+doubling to 3 s, given up when the next pause would outlast `TABLE_WAIT`), so that instances that met spread out
+instead of meeting again and more asks join the next write; then it tries the next-best entity by the copies it has,
+passing over the one that met the 412, and a second 412 reads every entity again in one request (a query of the
+partition; `_load`). The next request reads them all first when a copy was passed over. A row not there yet is
+created by the first write to it (an insert; a 409 counts as a 412). **Group commit:** an instance has one table
+request in flight at a time; a request lingers `LINGER` (30 ms) before it starts, and the reservations its
+invocations ask for meanwhile (any API) go together in it. A slot is reserved only for a caller that asked, so
+nothing is reserved ahead for work that may not come (a block reserved ahead would leave gaps wherever its instance
+stopped getting work).
+
+**Why three entities.** In one entity every instance's write contends with every other's: when a fleet meets a
+backlog, each request carries only its own instance's few asks and most writes met a 412 (2.86 table requests per
+API call at 16 processes started together; 4 to 10 at 64 and 256 instances in the model). More entities contend
+less, but an entity's slots are a round apart, so an entity that a batch of ``b`` put ahead of the others ends its
+share of a backlog ``b`` rounds, ``b x K`` intervals, later: the wall time grows with ``K``. In the model at 16
+instances, 4 entities cost 1.07-1.11 times the floor and 8 cost 1.09-1.19, where one entity costs 1.05 and three
+1.06-1.10. The pauses after a 412 were the larger lever: 0.01 s doubling to 0.32 s
+kept the instances meeting; 0.3 s doubling to 3 s took 256 instances started together from 9.7 to about 2.7
+table requests per call in one entity, and three entities take it to about 2.2 (BENCHMARKS.md has the run's
+figures). A far slot costs nothing for a longer wait: the backlog's slots lie seconds to minutes ahead.
 
 **A slot beyond the invocation's budget** is not given back: the command goes back to the queue with its visibility
 delay set to the slot (rounded down to the queue's whole seconds, so it shows early) and carries the reservation
 (``slot`` in the message: API, time, generation). Whoever receives it waits the rest and sends, with no table
 request (`redeem`). A backlog is thus reserved once, in order, and each command goes back at most once for pacing.
 At the API's ceiling a slot may lie up to `HORIZON` ahead (an hour: any backlog a queue of commands holds); below
-it (after a cut, while probing back up) no more than `CUT_HORIZON`, so that a backlog is not scheduled at a rate
-that was a guess (a command past it goes back unreserved, to ask again when the schedule has come closer).
+it (after a cut, while probing back up), and while a lone 429 may still turn out to be a lower limit (within its
+strike window, below), no more than `CUT_HORIZON`, so that a backlog is not scheduled at a rate that is a guess or
+in doubt (a command past it goes back unreserved, to ask again when the schedule has come closer). Where the
+process's copies show every entity's next free slot past its horizon, it answers so without a table request or a
+linger: a process goes through the part of a backlog it cannot book at the queue's speed, so that the commands
+carrying the slots it did book, which the queue shows behind that backlog, are not shown late (in the limit-drop run
+they were, and no call went for two seconds after the first 429, so the second came too late to cut).
 
 **Sent late is not sent.** A slot more than `LATE` of an interval past when its caller is ready (a busy host whose
 sleep overran, a message shown late) is void: sent, the call would crowd the next slot's and draw a 429. The caller
 reserves again (`late`).
 
 **A 429 moves the shared schedule** (traffic the app does not see, a lowered limit): the API's ``tat`` goes past the
-``Retry-After`` for every instance. A lone 429 at a rate known to go through changes nothing else (a call sent late,
-a burst). A second within `STRIKE_WINDOW` cuts the rate to `CUT` (a third) of it, and starts a generation. The
-slots reserved before the cut stand for now, and new ones come after them at the new rate: two late calls on a busy
-host look like a lower limit, and voiding a backlog's slots would send every command back to the queue again. A
-429 answering one of those older slots confirms the cut: they are void from then on (``void_below``), the schedule
-starts again after the ``Retry-After`` at the new rate, and a carried slot that an instance knows to be void is not
-used; it reserves again. An instance whose copy of the state is older still sends its carried slots: a 429 each,
-at worst, which tells it. Every `PROBE_AFTER` seconds without a 429 the rate becomes known to go through and
-doubles (a probe), up to the ceiling (``ITWIN_RATE_LIMITS``), one step per reservation; a 429 answering a probe
-goes straight back to the rate it left and voids the probe's slots (a few seconds' worth: see `horizon`). A limit
-that came back is reached within two probes (6/s from 2/s: about 2 s); a limit that stays low costs a 429 or two
-per probe.
+``Retry-After`` for every instance, in every entity (one conditional write each: every entity paces its class of
+slots at the API's rate, so each takes the 429 and follows the rules below by itself; they decide alike as long as
+each write lands, and a 429 is rare). A lone 429 at a rate known to go through changes nothing else (a call sent
+late, a burst). A second within `STRIKE_WINDOW` of the schedule starting again after the first (the schedule pauses
+for the Retry-After, or for the process's own growing backoff where the platform gave none: one process at a limit
+that dropped meets its next 429 about two seconds after the first) cuts the rate to `CUT` (a third) of it, and
+starts a generation. The slots reserved before the cut stand for now, and new ones come after them at the new rate:
+two late calls on a busy host look like a lower limit, and voiding a backlog's slots would send every command back
+to the queue again. A 429 answering one of those older slots confirms the cut: they are void from then on
+(``void_below``), the schedule starts again after the ``Retry-After`` at the new rate, and a carried slot that an
+instance knows to be void (by its copy of the slot's entity, which the slot names) is not used; it reserves again.
+An instance whose copy of the state is older still sends its carried slots: a 429 each, at worst, which tells it.
+Every `PROBE_AFTER` seconds without a 429 the rate becomes known to go through and doubles (a probe), up to the
+ceiling (``ITWIN_RATE_LIMITS``), the steps counted from when the rate last changed (so that every entity runs at the
+same rate, on the same grid, whenever it was last written); a 429 answering a probe goes straight back to the rate
+it left and voids the probe's slots (a few seconds' worth: see `horizon`). A limit that came back is reached within
+two probes (6/s from 2/s: about 2 s); a limit that stays low costs a 429 or two per probe.
 
 **Falls back, comes back.** A table request that fails (unreachable, 5xx, a timeout: the table client is built with
 `TABLE_TIMEOUT` timeouts and no retries) sends this process to its own adaptive `Pacer` (`shared.pacing`) for
@@ -70,17 +109,24 @@ order it was picked up, whichever instances picked it up; the table is paid per 
 
 **Failure modes, and what they cost** (measured in BENCHMARKS.md):
 
-- *Contention.* Every reservation of an instance that was not the entity's last writer costs a 412, a read and a
-  write; group commit and the backoff amortise it over the asks of one instance (at most its concurrent
-  invocations), not over instances. When many instances take fresh commands at once (a backlog meeting a fleet,
-  every instance asking until the whole backlog has slots) a call's reservation costs several table requests: 2 to
-  3 at 16 instances started together, about 5 at 64 and 9 at 256 in the model (BENCHMARKS.md); fresh commands that
-  trickle in cost one or two. While that lasts the invocations wait on the table (up to `TABLE_WAIT`), and a
-  carried command that shows meanwhile may find no free invocation before its slot has passed. The entity takes
-  some hundreds of writes a second (Table Storage: about 1,000 a second per partition), which bounds the fresh
-  commands a second the fleet can schedule, far above any API's limit.
-- *Cut by mistake.* Two 429s of calls sent late within `STRIKE_WINDOW` cut the rate: new slots come at a third of
-  it for about two seconds of probing, and commands past `CUT_HORIZON` go back unreserved meanwhile.
+- *Contention.* A write on a copy that is no longer current costs a 412 and another write, and every second one a
+  query; group commit, the linger and the backoff amortise it over the asks of one instance (at most its
+  concurrent invocations), not over instances. When many instances take fresh commands at once (a backlog meeting
+  a fleet, every instance asking until the whole backlog has slots), a call's reservation costs about one table
+  request at 16 processes (started together or spread over 4 s) and 1.5 to 2.2 at 64 to 256 instances in the
+  model (BENCHMARKS.md); fresh commands that trickle in cost one. While that lasts the invocations wait on the
+  table, longer with the pauses (up to `TABLE_WAIT`, then the command goes back for `CONTENDED_BACK`). The three
+  entities take some hundreds of writes a second each (Table Storage: about 1,000 a second per partition, which
+  holds all three), which bounds the fresh commands a second the fleet can schedule, far above any API's limit.
+- *Entities apart.* Two entities' next free slots differ by up to a batch of rounds (a batch is at most an
+  instance's concurrent invocations), so the end of a backlog comes up to that many rounds later than on one
+  entity: at 16 processes the wall time is 1.08 times the floor where one entity gave 1.05 spread over 4 s (and
+  1.13 started together, when the invocations waited on the one entity's table).
+- *A 429 that reaches some entities only.* A write of a 429's change that stays contended leaves that entity
+  uncut until its next 429 (its slots, a third of the API's, keep the old spacing meanwhile: a 429 or two).
+- *Cut by mistake.* Two 429s of calls sent late within `STRIKE_WINDOW` (of the schedule starting again) cut the
+  rate: new slots come at a third of it for about two seconds of probing, and commands past `CUT_HORIZON` go back
+  unreserved meanwhile.
 - *Clock skew.* Wall time places the slots (as the local pacer's grid does): an instance whose clock is ``d`` behind
   sends its slots ``d`` late, one ahead reserves from a later "now". Skew costs pacing accuracy (calls closer than
   the interval, at worst a 429, which is a wait), never correctness.
@@ -115,7 +161,10 @@ from shared.pacing import SAFETY, Pacer
 log = logging.getLogger(__name__)
 
 PARTITION = "pacing"
-ROW = "schedule"
+ROW = "schedule"  # the rows are `row(part)`: schedule-0 .. schedule-{parts - 1}
+PARTS = 3  # entities the schedule is split across (`SharedPacer`'s ``parts``): see "Why three entities"
+SLACK = 0  # rounds of the grid an entity chosen may lie past the earliest one (`choose`)
+SKIPS = 1  # entities whose copy met a 412 passed over, trying another copy, before reading every entity again
 CUT = 1 / 3  # a cut takes the shared rate to this share (a probe that fails goes back to the rate it left)
 GROW = 2.0  # ... and PROBE_AFTER seconds without one multiply it by this, up to the ceiling
 PROBE_AFTER = 1.0
@@ -129,11 +178,18 @@ MAX_BATCH = 64  # reservations in one table request
 MAX_TRIES = 16  # conditional writes per request before giving up on contention (the command goes back)
 TABLE_TIMEOUT = 2.0  # seconds: the table client's connect and read timeouts (see `table_client_options`)
 TABLE_WAIT = 5.0  # seconds a caller waits for its turn at the table before its command goes back
-CONFLICT_PAUSE = 0.01  # seconds: the longest random pause after a first 412, doubling with each further one
-CONFLICT_MOST = 0.32  # ... up to this
+CONFLICT_PAUSE = 0.3  # seconds: the longest random pause after a first 412, doubling with each further one
+CONFLICT_MOST = 3.0  # ... up to this
+NEAR = 2.0  # seconds: slots closer than this are taken one per write (`room`)
+LINGER = 0.03  # seconds a request waits before it starts, for more asks to join it
 CONTENDED_BACK = 1.0  # seconds a command waits in the queue when the table was too contended to reserve
 DOWN_FIRST = 1.0
 DOWN_MOST = 30.0
+
+
+def row(part: int) -> str:
+    """The RowKey of the schedule's entity ``part``."""
+    return f"{ROW}-{part}"
 
 
 def conflict_pause(conflicts: int, rand: Callable[[], float]) -> float:
@@ -151,15 +207,20 @@ def table_client_options() -> dict[str, Any]:
 # -- the slot a command carries ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Slot:
-    """A reserved slot: when (wall clock, Unix seconds) a call to ``api`` may go, and the schedule's generation for
-    that API when it was reserved."""
+    """A reserved slot: when (wall clock, Unix seconds) a call to ``api`` may go, the schedule's generation for that
+    API when it was reserved, and the entity (``part``) it was reserved in."""
 
     api: str
     at: float
     gen: int = 0
+    part: int = 0
 
     def to_message(self) -> dict[str, Any]:
-        return {"api": self.api, "at": round(self.at, 3), "gen": self.gen}
+        return {"api": self.api, "at": round(self.at, 3), "gen": self.gen, "part": self.part}
+
+    @classmethod
+    def from_message(cls, data: Mapping[str, Any]) -> Slot:
+        return cls(data["api"], float(data["at"]), int(data["gen"]), int(data.get("part", 0)))
 
 
 _CARRIED: ContextVar[list[Slot] | None] = ContextVar("itwin_carried_slot", default=None)
@@ -190,7 +251,7 @@ class ApiState:
     rate: float | None = None  # calls/s issued now (None: the API has no configured rate, only the tier)
     gen: int = 0  # cuts so far
     changed: float = 0.0  # when the rate last changed
-    strike: float = 0.0  # when a lone 429 of this generation came (0: none lately)
+    strike: float = 0.0  # when the schedule started again after a lone 429 of this generation (0: none lately)
     safe: float | None = None  # the highest rate known to go through since the last cut (a probe goes above it)
     void_below: int = 0  # slots of an older generation are void (a cut's older slots stand until a 429 confirms it)
 
@@ -241,53 +302,91 @@ def _api(state: State, limits: Limits, api: str, now: float) -> ApiState:
     elif current.rate is None or current.rate > ceiling:
         current.rate = current.safe = ceiling
     elif current.rate < ceiling and now - current.changed >= PROBE_AFTER:
-        # PROBE_AFTER seconds at this rate without a 429: it goes through; probe the next step up.
-        current.safe = current.rate
-        current.rate, current.changed = min(ceiling, current.rate * GROW), now
+        # PROBE_AFTER seconds at this rate without a 429: it goes through; probe the next step up. The steps are
+        # counted from when the rate last changed, not from when this entity was last written, so that every
+        # entity (the same 429s wrote the same rate and time into each) runs at the same rate, on the same grid.
+        steps = math.floor((now - current.changed) / PROBE_AFTER)
+        for _ in range(steps):
+            if current.rate >= ceiling:
+                break
+            current.safe = current.rate
+            current.rate = min(ceiling, current.rate * GROW)
+        current.changed += steps * PROBE_AFTER
     return current
 
 
-def horizon(state: State, limits: Limits, api: str) -> float:
-    """How far ahead a slot for ``api`` may be reserved now: far at the API's ceiling, briefly below it (a rate
-    found after a cut is a guess, and the backlog must not be scheduled at it)."""
+def horizon(state: State, limits: Limits, api: str, now: float, parts: int = 1) -> float:
+    """How far ahead a slot for ``api`` may be reserved at ``now`` in an entity of ``parts``: far at the API's
+    ceiling; briefly below it, or while a lone 429 is within its strike window (the rate is a guess, or in doubt,
+    and a backlog must not be scheduled at it): `CUT_HORIZON`, or two of the entity's own slots where those are
+    further apart."""
     ceiling = limits.ceilings.get(api)
     current = state.apis.get(api)
-    if ceiling is None or current is None or current.rate is None or current.rate >= ceiling:
+    if ceiling is None or current is None or current.rate is None:
         return HORIZON
-    return CUT_HORIZON
+    doubt = current.strike > 0 and now <= current.strike + STRIKE_WINDOW
+    if current.rate >= ceiling and not doubt:
+        return HORIZON
+    return max(CUT_HORIZON, 2 * parts / (current.rate * SAFETY))
 
 
 def _bucket(window: float) -> float:
     return window / TIER_BUCKETS
 
 
-def _cap(calls: int) -> int:
-    """Calls one bucket of a tier window may hold: a sliding window of any alignment overlaps at most
-    ``TIER_BUCKETS + 1`` buckets, so that many full buckets stay within the limit (with `SAFETY`)."""
-    return max(1, math.floor(calls * SAFETY / (TIER_BUCKETS + 1)))
+def _cap(calls: int, part: int = 0, parts: int = 1) -> int:
+    """Calls one bucket of a tier window may hold in entity ``part`` of ``parts``: a sliding window of any alignment
+    overlaps at most ``TIER_BUCKETS + 1`` buckets, so that many full buckets stay within the limit (with `SAFETY`);
+    the entities' shares add up to the whole."""
+    whole = max(1, math.floor(calls * SAFETY / (TIER_BUCKETS + 1)))
+    if parts <= 1:
+        return whole
+    return whole // parts + (1 if part < whole % parts else 0)
 
 
-def next_slot(state: State, limits: Limits, api: str, now: float) -> float:
-    """When the next slot for ``api`` would be, without reserving it: the API's next free slot, moved to the next
-    tier bucket that has room while its own is full."""
-    at = max(now, _api(state, limits, api, now).tat)
+def interval(state: State, limits: Limits, api: str) -> float | None:
+    """Seconds between two slots of ``api`` on the shared grid (None: the API has no rate, only the tier)."""
+    current = state.apis.get(api)
+    rate = current.rate if current is not None else limits.ceilings.get(api)
+    return 1.0 / (rate * SAFETY) if rate else None
+
+
+def _on_grid(at: float, step: float | None, part: int, parts: int) -> float:
+    """The first slot at or after ``at`` that entity ``part`` of ``parts`` owns: grid slots ``n x step`` with
+    ``n = part (mod parts)``. One entity owns every slot."""
+    if parts <= 1 or step is None:
+        return at
+    n = math.ceil(at / step - 1e-6)
+    n += (part - n) % parts
+    return n * step
+
+
+def next_slot(state: State, limits: Limits, api: str, now: float, part: int = 0, parts: int = 1) -> float:
+    """When the next slot for ``api`` in entity ``part`` of ``parts`` would be, without reserving it: the API's next
+    free slot of this entity, moved to the next tier bucket that has room while its own is full."""
+    current = _api(state, limits, api, now)
+    step = interval(state, limits, api)
+    at = _on_grid(max(now, current.tat), step, part, parts)
     for _ in range(10_000):
         full = None
         for window, calls in limits.tier:
             size = _bucket(window)
             index = math.floor(at / size)
-            if state.tier.get(_key(window), {}).get(str(index), 0) >= _cap(calls):
+            if state.tier.get(_key(window), {}).get(str(index), 0) >= _cap(calls, part, parts):
                 full = (index + 1) * size
                 break
         if full is None:
             return at
-        at = full
+        at = _on_grid(full, step, part, parts)
     return at
 
 
-def reserve(state: State, limits: Limits, asks: list[str], now: float) -> list[Slot | float]:
-    """Reserve a slot per ask (an API name), in order, changing ``state``: each a `Slot`, or, where the slot would
-    lie further ahead than the API's `horizon`, when to ask again (nothing reserved)."""
+def reserve(
+    state: State, limits: Limits, asks: list[str], now: float, part: int = 0, parts: int = 1
+) -> list[Slot | float]:
+    """Reserve a slot per ask (an API name), in order, in entity ``part`` of ``parts`` (its state ``state``, which
+    changes): each a `Slot`, or, where the slot would lie further ahead than the API's `horizon`, when to ask again
+    (nothing reserved)."""
     for window, _ in limits.tier:  # buckets no window that can still be reserved in reaches
         size = _bucket(window)
         oldest = math.floor(now / size) - TIER_BUCKETS - 1
@@ -296,20 +395,65 @@ def reserve(state: State, limits: Limits, asks: list[str], now: float) -> list[S
             del counts[index]
     answers: list[Slot | float] = []
     for api in asks:
-        at = next_slot(state, limits, api, now)
-        ahead = horizon(state, limits, api)
+        at = next_slot(state, limits, api, now, part, parts)
+        ahead = horizon(state, limits, api, now, parts)
         if at - now > ahead:
             answers.append(at - ahead / 2)
             continue
         current = state.apis[api]
         if current.rate:
-            current.tat = at + 1.0 / (current.rate * SAFETY)
+            current.tat = at + parts / (current.rate * SAFETY)
         for window, _ in limits.tier:
             counts = state.tier.setdefault(_key(window), {})
             index = str(math.floor(at / _bucket(window)))
             counts[index] = counts.get(index, 0) + 1
-        answers.append(Slot(api, at, current.gen))
+        answers.append(Slot(api, at, current.gen, part))
     return answers
+
+
+def room(state: State, limits: Limits, api: str, now: float, part: int, parts: int, asks: int) -> int:
+    """How many of ``asks`` asks for ``api`` one write to entity ``part`` takes: all of them where its next free slot
+    lies more than `NEAR` ahead (a backlog: the other entities' slots in between go to other asks), else one, so
+    that slots about to come are taken in grid order across the entities, not every third one."""
+    if parts <= 1 or next_slot(state.copy(), limits, api, now, part, parts) - now > NEAR:
+        return asks
+    return min(asks, 1)
+
+
+def choose(
+    views: Mapping[int, State],
+    limits: Limits,
+    api: str,
+    now: float,
+    parts: int,
+    rand: Callable[[], float],
+    skip: frozenset[int] = frozenset(),
+) -> int:
+    """The entity to reserve slots for ``api`` in (balanced choice), from this process's copies of the ``parts``
+    entities (``views``: part -> state; one it has no copy of is fresh, its row not written yet): a random one among
+    those whose next free slot lies at most `SLACK` rounds of the grid (a round: one slot of every entity) after the
+    earliest. ``skip``: entities left out (their copy met a 412). A copy is never ahead of its entity, so the entity
+    a write lands on was, at most `SLACK` rounds from the earliest: the entities' next free slots stay within
+    `SLACK` rounds and a batch of each other."""
+    candidates = [part for part in range(parts) if part not in skip] or list(range(parts))
+
+    def slot_of(part: int) -> tuple[float, float]:
+        state = views.get(part)
+        if state is None:
+            return (-math.inf, -math.inf)
+        probe = state.copy()
+        at = next_slot(probe, limits, api, now, part, parts)
+        step = interval(probe, limits, api)
+        return (at, math.floor(at / (step * parts)) if step else math.floor(at * 10))
+
+    slots = {part: slot_of(part) for part in candidates}
+    first = min(at for at, _ in slots.values())
+    if first - now <= NEAR:  # slots about to come: the earliest, so that none passes unused
+        near = [part for part in candidates if slots[part][0] <= first]
+    else:  # a backlog's: any entity in the earliest round, so that instances spread over them
+        earliest = min(r for _, r in slots.values())
+        near = [part for part in candidates if slots[part][1] <= earliest + SLACK]
+    return near[min(len(near) - 1, int(rand() * len(near)))]
 
 
 def throttled(state: State, limits: Limits, api: str, now: float, retry_after: float, gen: int | None) -> bool:
@@ -337,7 +481,7 @@ def throttled(state: State, limits: Limits, api: str, now: float, retry_after: f
     elif current.strike <= 0 or now - current.strike > STRIKE_WINDOW:
         # A lone 429 (a call sent late, a burst of traffic the app does not see): the schedule pauses for the
         # Retry-After, and the slots already reserved stand.
-        current.strike = now
+        current.strike = now + retry_after  # the window counts from when the schedule starts again
         current.tat = max(current.tat, now + retry_after)
         return False
     else:
@@ -368,6 +512,7 @@ class Reservation:
 
 
 _CONTENDED = "contended"  # the answer to an ask the table was too contended to serve
+_AGAIN = "again"  # an ask left for the next request (`room`)
 
 
 class _Waiter:
@@ -408,8 +553,10 @@ class SharedPacer:
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         rand: Callable[[], float] = random.random,
+        parts: int = PARTS,
     ) -> None:
         self.table = table
+        self.parts = max(1, parts)
         self._sleep = sleep
         self._rand = rand
         self.limits = Limits(dict(rates), tuple(tier))
@@ -420,8 +567,10 @@ class SharedPacer:
         self._table_lock = threading.Lock()  # one table request in flight per process
         self._pending: list[_Waiter] = []
         self._spare: list[Slot] = []  # slots reserved for callers that had stopped waiting (see `_spare_before`)
-        self._state: State | None = None
-        self._etag: str | None = None
+        self._views: dict[int, State] = {}  # each entity as this process last read or wrote it
+        self._etags: dict[int, str | None] = {}  # ... and its ETag (None: the row does not exist yet)
+        self._fresh = False  # whether the copies are worth writing on (False: read them all first)
+        self._stale: set[int] = set()  # entities whose copy met a 412 since the last read
         self._down_until = -math.inf
         self._down_for = 0.0
         self.counts: Counter[str] = Counter()  # table requests by kind, conflicts, fallbacks
@@ -439,6 +588,10 @@ class SharedPacer:
         caller sends at it, or gives the command back carrying it."""
         if not self.limits.paced(api) or self.down:
             return Reservation(self.local.reserve(api, limit))
+        again = self._beyond_by_copies(api)
+        if again is not None:
+            self.counts["beyond by copies"] += 1
+            return Reservation(max(0.0, again - self._wall()), beyond=True)
         answer = self._ask(api)
         if answer is None:
             return Reservation(self.local.reserve(api, limit))
@@ -449,6 +602,26 @@ class SharedPacer:
             answer = self._spare_before(answer)
             return Reservation(answer.at - self._wall(), answer)
         return Reservation(max(0.0, float(answer) - self._wall()), beyond=True)
+
+    def _beyond_by_copies(self, api: str) -> float | None:
+        """When to ask again, where this process's copies show every entity's next free slot for ``api`` past its
+        horizon (None: ask the table). A copy is never behind on what has been reserved, so the table would give
+        the same answer; answering without a request lets a process go through a backlog it cannot book yet (after
+        a 429, or at a rate that is a guess) at the queue's speed, not the table's, so that the commands that do
+        carry slots, shown behind that backlog, are not shown late."""
+        with self._lock:
+            if not self._fresh or self._stale or len(self._views) < self.parts:
+                return None
+            views = [(part, view.copy()) for part, view in self._views.items()]
+        now = self._wall()
+        answers = []
+        for part, view in views:
+            at = next_slot(view, self.limits, api, now, part, self.parts)
+            ahead = horizon(view, self.limits, api, now, self.parts)
+            if at - now <= ahead:
+                return None
+            answers.append(at - ahead / 2)
+        return min(answers)
 
     def _spare_before(self, slot: Slot) -> Slot:
         """``slot``, or an earlier one of its API that a caller of this process gave up waiting for (it stopped
@@ -472,7 +645,8 @@ class SharedPacer:
         that failed), or the API held after a 429 here."""
         wait = slot.at - self._wall()
         with self._lock:
-            known = self._state.apis.get(slot.api) if self._state is not None else None
+            view = self._views.get(slot.part)
+            known = view.apis.get(slot.api) if view is not None else None
         if self.late(slot) or (known is not None and known.void_below > slot.gen) or self.local.held(slot.api) > 0:
             self.counts["void slots"] += 1
             return None
@@ -500,18 +674,24 @@ class SharedPacer:
         self.local.accepted(api)
 
     def throttled(self, api: str, seconds: float, slot: Slot | None = None) -> None:
-        """A 429: hold and cut locally, and move the shared schedule (when the table answers)."""
+        """A 429: hold and cut locally, and move the shared schedule (when the table answers) past this process's
+        hold: the ``Retry-After``, or the local pacer's growing backoff where the platform gave none (under a
+        second), so that the strike window counts from when calls start again."""
         self.local.throttled(api, seconds)
         if not self.limits.paced(api) or self.down:
             return
+        seconds = max(seconds, self.local.held(api))
         gen = slot.gen if slot is not None and slot.api == api else None
         if not self._table_lock.acquire(timeout=TABLE_WAIT):
             return
         try:
-            self._commit(lambda state, now: throttled(state, self.limits, api, now, seconds, gen))
+            for part in range(self.parts):  # every entity: each paces its share of the API's slots at the API's rate
+                try:
+                    self._commit(lambda state, now, _: throttled(state, self.limits, api, now, seconds, gen), part=part)
+                except Contended:
+                    continue
         except TableDown as error:
-            if not isinstance(error, Contended):
-                self._fail(error)
+            self._fail(error)
         finally:
             self._table_lock.release()
 
@@ -520,7 +700,8 @@ class SharedPacer:
         if self.down or api not in self.limits.ceilings:
             return self.local.rate(api)
         with self._lock:
-            known = self._state.apis.get(api) if self._state is not None else None
+            rates = [v.apis[api] for v in self._views.values() if api in v.apis]
+        known = min(rates, key=lambda a: a.rate or math.inf) if rates else None
         return known.rate if known is not None and known.rate else self.limits.ceilings[api]
 
     # -- group commit ----------------------------------------------------------------------------------------------
@@ -557,11 +738,17 @@ class SharedPacer:
                 self._pending = [w for w in self._pending if not w.abandoned and w not in more]
             batch.extend(more)
 
+        if LINGER > 0:
+            self._sleep(LINGER)  # the process's invocations that start about together ask in one request
         take()
         try:
-            answers = self._commit(
-                lambda state, now: reserve(state, self.limits, [w.api for w in batch], now), retry=take
-            )
+
+            def change(state: State, now: float, part: int) -> list[Slot | float | str]:
+                asks = [w.api for w in batch]
+                k = room(state, self.limits, asks[0], now, part, self.parts, len(asks))
+                return [*reserve(state, self.limits, asks[:k], now, part, self.parts), *[_AGAIN] * (len(asks) - k)]
+
+            answers = self._commit(change, retry=take, api=batch[0].api)
         except Contended:
             answers = [_CONTENDED] * len(batch)
         except TableDown as error:
@@ -569,80 +756,99 @@ class SharedPacer:
             answers = [None] * len(batch)
         self.counts["reservations"] += sum(isinstance(a, Slot) for a in answers)
         with self._lock:
+            again = [waiter for waiter, answer in zip(batch, answers, strict=True) if answer == _AGAIN]
+            self._pending[:0] = again  # served by the next request, first
             for waiter, answer in zip(batch, answers, strict=True):
+                if answer == _AGAIN:
+                    continue
                 if waiter.abandoned and isinstance(answer, Slot):
                     self._spare.append(answer)
                 waiter.answer = answer
                 waiter.done.set()
 
-    def _commit(self, change: Callable[[State, float], Any], retry: Callable[[], None] | None = None) -> Any:
-        """Apply ``change`` to the shared state by a conditional write on its ETag, reading again after a 412
-        (``retry`` is called first); the change's result. Raises `TableDown` when the table fails or stays
-        contended."""
+    def _commit(
+        self,
+        change: Callable[[State, float, int], Any],
+        retry: Callable[[], None] | None = None,
+        *,
+        part: int | None = None,
+        api: str | None = None,
+    ) -> Any:
+        """Apply ``change`` to entity ``part`` (None: the one `choose` picks for ``api`` from this process's copies)
+        by a conditional write on its ETag, reading every entity again after a 412 (``retry`` is called first); the
+        change's result. Raises `TableDown` when the table fails or stays contended."""
         from azure.core import MatchConditions
-        from azure.core.exceptions import AzureError, HttpResponseError
+        from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError
         from azure.data.tables import UpdateMode
 
         conflicts = 0
+        give_up = self._monotonic() + TABLE_WAIT
         try:
-            for _ in range(MAX_TRIES):
-                if self._state is None or self._etag is None:
-                    self._load()
-                assert self._state is not None
-                state = self._state.copy()
-                result = change(state, self._wall())
+            for attempt in range(MAX_TRIES):
+                if not self._fresh or (attempt == 0 and self._stale):
+                    self._load()  # a copy passed over in an earlier request is read again with all the others
+                now = self._wall()
+                with self._lock:
+                    views, skip = dict(self._views), frozenset(self._stale)
+                if part is None:
+                    chosen = choose(views, self.limits, api or "", now, self.parts, self._rand, skip)
+                else:
+                    chosen = part
+                etag = self._etags.get(chosen)
+                state = views[chosen].copy() if chosen in views else State()
+                result = change(state, now, chosen)
                 if isinstance(result, list) and not any(isinstance(a, Slot) for a in result):
                     return result  # nothing reserved (all past the horizon): nothing to write
-                entity = {"PartitionKey": PARTITION, "RowKey": ROW, "state": state.to_json()}
+                entity = {"PartitionKey": PARTITION, "RowKey": row(chosen), "state": state.to_json()}
                 self.counts["writes"] += 1
                 try:
-                    written = self.table.update_entity(
-                        entity, mode=UpdateMode.REPLACE, etag=self._etag, match_condition=MatchConditions.IfNotModified
-                    )
-                except HttpResponseError as failure:
-                    if failure.status_code not in (404, 412):
+                    if etag is None:
+                        written = self.table.create_entity(entity)
+                    else:
+                        written = self.table.update_entity(
+                            entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
+                        )
+                except (HttpResponseError, ResourceExistsError) as failure:
+                    if not isinstance(failure, ResourceExistsError) and failure.status_code not in (404, 412):
                         raise
                     self.counts["conflicts"] += 1
                     conflicts += 1
                     with self._lock:
-                        self._state = self._etag = None
-                    self._sleep(conflict_pause(conflicts, self._rand))
+                        # Another copy may still be current: try it before reading every entity again.
+                        self._stale.add(chosen)
+                        if part is not None or len(self._stale) > min(SKIPS, self.parts - 1):
+                            self._fresh = False
+                    pause = conflict_pause(conflicts, self._rand)
+                    if self._monotonic() + pause > give_up:
+                        break  # its callers stop waiting about now: the command goes back (`Contended`)
+                    self._sleep(pause)
                     if retry is not None:
                         retry()
                     continue
                 with self._lock:
-                    self._state, self._etag = state, written["etag"]
+                    self._views[chosen], self._etags[chosen] = state, written["etag"]
                 self._recovered()
                 return result
         except AzureError as error:
             with self._lock:
-                self._state = self._etag = None
+                self._fresh = False
             raise TableDown(f"{type(error).__name__}: {str(error)[:200]}") from error
-        raise Contended(f"the schedule changed under {MAX_TRIES} writes in a row")
+        raise Contended(f"the schedule changed under {conflicts} writes in a row")
 
     def _load(self) -> None:
-        from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-
-        for _ in range(3):
-            self.counts["reads"] += 1
-            try:
-                entity = self.table.get_entity(PARTITION, ROW)
-            except ResourceNotFoundError:
-                pass
-            else:
-                with self._lock:
-                    self._state, self._etag = State.from_json(entity.get("state", "")), entity.metadata["etag"]
-                return
-            self.counts["inserts"] += 1
-            state = State()
-            try:
-                written = self.table.create_entity({"PartitionKey": PARTITION, "RowKey": ROW, "state": state.to_json()})
-            except ResourceExistsError:
-                continue
-            with self._lock:
-                self._state, self._etag = state, written["etag"]
-            return
-        raise TableDown("the schedule's row kept appearing and vanishing")
+        """Read every entity of the schedule, in one request (a query of its partition); a row not there yet is
+        created by the first write to it."""
+        self.counts["reads"] += 1
+        views: dict[int, State] = {}
+        etags: dict[int, str | None] = {}
+        for entity in self.table.query_entities("PartitionKey eq @pk", parameters={"pk": PARTITION}):
+            key = str(entity.get("RowKey", ""))
+            index = key[len(ROW) + 1 :] if key.startswith(ROW + "-") else ""
+            if index.isdigit() and int(index) < self.parts:
+                views[int(index)] = State.from_json(entity.get("state", ""))
+                etags[int(index)] = entity.metadata["etag"]
+        with self._lock:
+            self._views, self._etags, self._fresh, self._stale = views, etags, True, set()
 
     # -- fallback --------------------------------------------------------------------------------------------------
     def _fail(self, error: Exception) -> None:
