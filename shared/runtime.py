@@ -117,9 +117,10 @@ def pacer() -> Pacer | SharedPacer:
         return Pacer(settings().rate_limits)
     from shared.ledger import Ledger
     from shared.schedule import SharedPacer, table_client_options
+    from shared.telemetry import default_telemetry
 
     table = Ledger.from_environment(os.environ, **table_client_options()).table
-    return SharedPacer(table, settings().rate_limits, settings().tier_limits)
+    return SharedPacer(table, settings().rate_limits, settings().tier_limits, telemetry=default_telemetry())
 
 
 def reset() -> None:

@@ -157,6 +157,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.pacing import SAFETY, Pacer
+from shared.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -554,8 +555,10 @@ class SharedPacer:
         sleep: Callable[[float], None] = time.sleep,
         rand: Callable[[], float] = random.random,
         parts: int = PARTS,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.table = table
+        self._telemetry = telemetry
         self.parts = max(1, parts)
         self._sleep = sleep
         self._rand = rand
@@ -857,6 +860,9 @@ class SharedPacer:
             self._down_until = self._monotonic() + self._down_for
             down_for = self._down_for
         self.counts["fallbacks"] += 1
+        if self._telemetry is not None:
+            cause = error.__cause__ or error
+            self._telemetry.pacing_fallbacks.add(1, {"error.type": type(cause).__name__})
         log.warning("the shared pacing schedule failed (%s): pacing locally for %.0f s", error, down_for)
 
     def _recovered(self) -> None:

@@ -51,6 +51,11 @@ class Telemetry:
             unit="{request}",
             description="Service token requests that failed, by the TokenError code.",
         )
+        self.pacing_fallbacks = meter.create_counter(
+            "itwin.pacing.fallbacks",
+            unit="{fallback}",
+            description="Times an instance's shared pacing schedule failed and the instance paced its calls by itself.",
+        )
 
 
 _default: Telemetry | None = None

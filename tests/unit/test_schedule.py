@@ -12,6 +12,7 @@ import threading
 import pytest
 from azure.core.exceptions import ServiceRequestError
 from manual_clock import ManualClock
+from otel_capture import Captured
 
 from sandbox.memory_table import MemoryTable
 from sandbox.simulator.faults import RateLimiter
@@ -490,8 +491,10 @@ def test_the_carried_slot_is_taken_once_by_the_first_call_to_its_api():
 
 # -- falling back and coming back ------------------------------------------------------------------------------------
 def test_an_unreachable_table_sends_the_process_to_its_local_pacer_and_it_comes_back_by_itself():
-    table, clock = BreakableTable(), ManualClock(1000.0)
-    pacer = instance(table, clock)
+    table, clock, captured = BreakableTable(), ManualClock(1000.0), Captured()
+    pacer = SharedPacer(
+        table, {API: 6.0}, clock=clock, monotonic=clock, sleep=clock.advance, telemetry=captured.telemetry
+    )
     assert pacer.reserve(API).slot is not None
     table.broken = True
     reservation = pacer.reserve(API)
@@ -503,6 +506,7 @@ def test_an_unreachable_table_sends_the_process_to_its_local_pacer_and_it_comes_
     assert not pacer.down
     assert pacer.reserve(API).slot is not None
     assert pacer.counts["fallbacks"] == 1
+    assert captured.counts("itwin.pacing.fallbacks") == {(("error.type", "ServiceRequestError"),): 1}
 
 
 def test_a_table_that_keeps_failing_is_tried_less_and_less_often():
