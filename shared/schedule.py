@@ -49,8 +49,8 @@ share of a backlog ``b`` rounds, ``b x K`` intervals, later: the wall time grows
 instances, 4 entities cost 1.07-1.11 times the floor and 8 cost 1.09-1.19, where one entity costs 1.05 and three
 1.06-1.10. The pauses after a 412 were the larger lever: 0.01 s doubling to 0.32 s
 kept the instances meeting; 0.3 s doubling to 3 s took 256 instances started together from 9.7 to about 2.7
-table requests per call in one entity, and three entities take it to about 2.2 (BENCHMARKS.md has the run's
-figures). A far slot costs nothing for a longer wait: the backlog's slots lie seconds to minutes ahead.
+table requests per call in one entity, and three entities take it to 2.4 (1.7 spread over 4 s; BENCHMARKS.md
+has the run's figures). A far slot costs nothing for a longer wait: the backlog's slots lie seconds to minutes ahead.
 
 **A slot beyond the invocation's budget** is not given back: the command goes back to the queue with its visibility
 delay set to the slot (rounded down to the queue's whole seconds, so it shows early) and carries the reservation
@@ -113,8 +113,8 @@ order it was picked up, whichever instances picked it up; the table is paid per 
   query; group commit, the linger and the backoff amortise it over the asks of one instance (at most its
   concurrent invocations), not over instances. When many instances take fresh commands at once (a backlog meeting
   a fleet, every instance asking until the whole backlog has slots), a call's reservation costs about one table
-  request at 16 processes (started together or spread over 4 s) and 1.5 to 2.2 at 64 to 256 instances in the
-  model (BENCHMARKS.md); fresh commands that trickle in cost one. While that lasts the invocations wait on the
+  request at 16 processes (1.03 started together, 0.71 spread over 4 s) and 1.1 to 2.4 at 64 to 256 instances
+  in the model (BENCHMARKS.md); fresh commands that trickle in cost one. While that lasts the invocations wait on the
   table, longer with the pauses (up to `TABLE_WAIT`, then the command goes back for `CONTENDED_BACK`). The three
   entities take some hundreds of writes a second each (Table Storage: about 1,000 a second per partition, which
   holds all three), which bounds the fresh commands a second the fleet can schedule, far above any API's limit.
