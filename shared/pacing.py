@@ -13,7 +13,10 @@ the allowed one. Here the cut is relative to the measured *accepted* rate: the c
 but 429 (or 401) over the last second, or over the time three calls take at the current rate when that is longer.
 When N processes start together at the ceiling the platform accepts L calls a second in all, so after one 429 each
 the sum of their rates is about L; cutting the allowed rate by a factor would need about log(N) rounds, each costing
-a 429 per process. The first cut goes to the accepted rate itself (``FIRST_CUT``); later cuts take ``CUT`` (0.85)
+a 429 per process. When the 429 is the only answer in that window (the first call of a burst after a quiet spell),
+the window tells nothing, and a cut to it would go to the floor for one platform hiccup: the rate at which the
+process's last few calls before went through is measured instead (a process that never got a call through still
+goes to the floor). The first cut goes to the accepted rate itself (``FIRST_CUT``); later cuts take ``CUT`` (0.85)
 of it, but never more than ``CUT``² of the allowed rate in one step, so one unlucky second does not send a process
 to the floor. One cut per ``Retry-After``: further 429s while it lasts answer calls sent before the cut. Two more
 rules keep isolated 429s (a shared slot, a platform hiccup) from wearing the rate down: once a process has been cut,
@@ -110,6 +113,7 @@ class Lane:
         self.cut_hold_until = -math.inf  # 429s before this belong to the last cut
         self.accepted_at: deque[float] = deque(maxlen=most)
         self.asked_at: deque[float] = deque(maxlen=most)  # when callers asked for a slot, sent or held back
+        self.refused_at: deque[float] = deque(maxlen=most)  # when 429s came
         self.answers: deque[bool] = deque(maxlen=RECENT_ANSWERS)  # True: refused (429)
         self.offset = 0  # this process's slots are those ≡ offset (mod k)
         self.last_slot: int | None = None  # the last slot taken
@@ -150,6 +154,7 @@ class Lane:
         """The wall clock stepped by ``seconds``: move every remembered time with it."""
         self.accepted_at = deque((at + seconds for at in self.accepted_at), maxlen=self.accepted_at.maxlen)
         self.asked_at = deque((at + seconds for at in self.asked_at), maxlen=self.asked_at.maxlen)
+        self.refused_at = deque((at + seconds for at in self.refused_at), maxlen=self.refused_at.maxlen)
         self.cut_hold_until += seconds
         if self.cut_at is not None:
             self.cut_at += seconds
@@ -182,6 +187,7 @@ class Lane:
         """A 429: back to the known rate when it answers a probe; otherwise cut, unless it answers a call sent
         before the last cut, or it is a lone one, or this process sends less than its share anyway."""
         self.answers.append(True)
+        self.refused_at.append(now)
         if now < self.cut_hold_until:
             return
         if self.cut_at is not None and self.every(now) < self.safe:
@@ -198,7 +204,7 @@ class Lane:
         window = max(ACCEPTED_WINDOW, ACCEPTED_CALLS / rate)
         if not self._busy(now, window, rate):
             return
-        measured = sum(1 for at in self.accepted_at if at > now - window) / window
+        measured = self._accepted_rate(now, window)
         if self.cut_at is None:
             new = FIRST_CUT * min(rate, measured)
         else:
@@ -210,6 +216,18 @@ class Lane:
         self.cut_hold_until = hold_until
         self.safe = self.every(now)
         self.offset = self._draw(self.safe)
+
+    def _accepted_rate(self, now: float, window: float) -> float:
+        """The calls a second the API took from this process over the last ``window`` seconds. When the 429
+        being answered is the only answer in it (the first call after a quiet spell), the window says nothing of
+        what gets through, and a cut to it would go to the floor: the rate at which the API took this process's
+        last ``ACCEPTED_CALLS`` calls before decides instead."""
+        recent = sum(1 for at in self.accepted_at if at > now - window)
+        refused = sum(1 for at in self.refused_at if at > now - window)
+        if recent or refused > 1 or len(self.accepted_at) < 2:
+            return recent / window
+        last = list(self.accepted_at)[-ACCEPTED_CALLS:]
+        return (len(last) - 1) / max(last[-1] - last[0], self.slot)
 
     def _busy(self, now: float, window: float, rate: float) -> bool:
         """Whether callers asked for at least ``BUSY_SHARE`` of this process's allowance over the window (or since

@@ -170,7 +170,22 @@ class Operator:
             done = all(finals[key] >= n for key, n in self._expected.items())
             return done and queue_length(self.queues[COMMAND_QUEUE]) == 0
 
-        wait_until(settled, DEADLINE, f"the {phase.name} phase to settle", interval=0.25)
+        def pending() -> str:
+            outcomes: dict[str, list[str]] = {}
+            for key, outcome in self.host.outcomes():
+                outcomes.setdefault(key, []).append(outcome)
+            short = {
+                key: outcomes.get(key, [])
+                for key, n in self._expected.items()
+                if sum(o in FINAL for o in outcomes.get(key, [])) < n
+            }
+            recent = [line for line in list(self.host.lines)[-4000:] if any(key in line for key in short)][-20:]
+            return (
+                f"queue length {queue_length(self.queues[COMMAND_QUEUE])}; short of their final outcomes: {short}\n"
+                + "\n".join(recent)
+            )
+
+        wait_until(settled, DEADLINE, f"the {phase.name} phase to settle", interval=0.25, describe=pending)
         phase.ended = datetime.now()
 
 

@@ -130,11 +130,25 @@ def test_later_cuts_take_a_share_of_what_got_through_but_never_more_than_two_cut
     # About 2/s got through: 0.85 of it at most, rounded down to a whole share of the slots.
     cut = pacer.rate("clashdetection")
     assert 6.0 / math.ceil(6.0 / (CUT * CUT * 2.0)) <= cut <= 6.0 / math.ceil(6.0 / (CUT * 2.0))
-    for _ in range(15):  # callers keep asking, but nothing gets through: the measured rate is 0
-        clock.now += 0.2
+    send(pacer, clock, 1, refused=True)  # the next call is refused too, and the one after it: nothing gets through
+    again = pacer.rate("clashdetection")
+    send(pacer, clock, 1, refused=True)
+    assert pacer.rate("clashdetection") == 6.0 / math.ceil(6.0 / (CUT * CUT * again))
+
+
+def test_the_first_call_after_a_quiet_spell_meeting_a_429_is_cut_by_what_got_through_before_not_to_the_floor():
+    clock = ManualClock(100.0)
+    pacer = clash_pacer(clock)
+    accept(pacer, clock, 2)
+    send(pacer, clock, 1, refused=True)  # cut to the 2/s that got through
+    clock.now += 1.0
+    accept(pacer, clock, 10)  # about 2/s go through
+    clock.now += 30.0  # a quiet spell: no commands for this API
+    for _ in range(4):  # then a burst: callers ask together, and the first call meets a 429 (a platform hiccup)
         pacer.reserve("clashdetection", limit=0.0)
     send(pacer, clock, 1, refused=True)
-    assert pacer.rate("clashdetection") == 6.0 / math.ceil(6.0 / (CUT * CUT * cut))
+    # Nothing went through in the last second because nothing was sent: the last burst's 2/s decides, cut once.
+    assert pacer.rate("clashdetection") == 6.0 / math.ceil(6.0 / (CUT * 2.0))
 
 
 def test_once_cut_a_lone_429_among_accepted_calls_moves_the_process_to_another_slot_without_cutting():
