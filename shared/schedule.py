@@ -113,7 +113,7 @@ order it was picked up, whichever instances picked it up; the table is paid per 
   query; group commit, the linger and the backoff amortise it over the asks of one instance (at most its
   concurrent invocations), not over instances. When many instances take fresh commands at once (a backlog meeting
   a fleet, every instance asking until the whole backlog has slots), a call's reservation costs about one table
-  request at 16 processes (1.03 started together, 0.71 spread over 4 s) and 1.1 to 2.4 at 64 to 256 instances
+  request at 16 processes (1.03-1.07 started together, 0.70-0.71 spread over 4 s) and 1.1 to 2.4 at 64 to 256 instances
   in the model (BENCHMARKS.md); fresh commands that trickle in cost one. While that lasts the invocations wait on the
   table, longer with the pauses (up to `TABLE_WAIT`, then the command goes back for `CONTENDED_BACK`). The three
   entities take some hundreds of writes a second each (Table Storage: about 1,000 a second per partition, which
