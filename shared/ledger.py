@@ -19,7 +19,9 @@ A resource whose end an event reports by its id alone (a Reality Modeling v2 job
 state it ended in into that command's row (``resourceState``). Retention deletes it with the command's day.
 
 The protocol. Every write is conditional: an insert only where nothing is (409 otherwise), an update only on the
-ETag read (412 otherwise). No decision compares two machines' clocks; times in rows are for people.
+ETag read (412 otherwise). No decision compares two machines' clocks; times in rows are for people. One write is
+not, and decides nothing: `Ledger.record_state` merges a finished resource's last known state into its command's
+row (two columns no transition reads), so that the newest event's state is the one kept whatever was read before.
 
 - **Accepted**: the front end inserts the row unsent (``sent`` false), enqueues the message, then marks it sent.
   A repeat of the command (same key or messageId) that finds the row unsent and not final enqueues it again: a
@@ -575,7 +577,8 @@ class Ledger:
             return None
 
     def record_state(self, command_id: str, state: str, now: datetime) -> bool:
-        """Write the state the command's resource ended in; False when the row is gone (past retention)."""
+        """Write the state the command's resource ended in; False when the row is gone (past retention). The one
+        unconditional write of the ledger (a merge of two columns no transition reads: see the module docstring)."""
         from azure.core.exceptions import ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
