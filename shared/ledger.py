@@ -21,7 +21,7 @@ state it ended in into that command's row (``resourceState``). Retention deletes
 The protocol. Every write is conditional: an insert only where nothing is (409 otherwise), an update only on the
 ETag read (412 otherwise). No decision compares two machines' clocks; times in rows are for people. One write is
 not, and decides nothing: `Ledger.record_state` merges a finished resource's last known state into its command's
-row (two columns no transition reads), so that the newest event's state is the one kept whatever was read before.
+row (two columns no transition reads); the last record written is the one kept.
 
 - **Accepted**: the front end inserts the row unsent (``sent`` false), enqueues the message, then marks it sent.
   A repeat of the command (same key or messageId) that finds the row unsent and not final enqueues it again: a
