@@ -94,8 +94,9 @@ class Command:
     """A validated command.
 
     ``attempt`` counts the deliveries that failed or may fail again (5xx, no answer); ``waits`` counts those that
-    only had to wait (429, a busy connection), which `ITWIN_MAX_COMMAND_AGE` bounds instead, measured from
-    ``first_enqueued`` (UTC). All three are kept across reschedules.
+    only had to wait (429, a busy connection; not a give-back of this process's own pacing), which
+    `ITWIN_MAX_COMMAND_AGE` bounds instead, measured from ``first_enqueued`` (UTC). All three are kept across
+    reschedules.
     """
 
     action: str

@@ -35,8 +35,9 @@ class RetryPolicy:
 class RedeliveryBackoff:
     """How long a rescheduled command stays invisible on the queue when the API gave no ``Retry-After``.
 
-    The delay grows with every delivery (a connection stays busy for as long as its export runs), with "equal
-    jitter": at least half the exponential step, so it grows for certain while instances still spread out.
+    The delay grows with every delivery counted (the worker counts a failure's failures, a wait's deliveries: a
+    connection stays busy for as long as its export runs), with "equal jitter": at least half the exponential
+    step, so it grows for certain while instances still spread out.
     """
 
     base: float = 5.0

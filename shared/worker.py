@@ -466,9 +466,19 @@ class Worker:
         if lookable:
             outcome = Outcome.RESCHEDULED if command.attempt < self.max_attempts else Outcome.DEAD_LETTERED
         if outcome is Outcome.RESCHEDULED:
-            again = command.after_wait(now) if is_wait(error) else command.next_attempt(now)
+            if isinstance(error, Throttled):
+                # Held back by this process's own pacing: the platform refused nothing, so the give-back counts as
+                # neither an attempt nor a wait (counted, a command paced ten times would back off for half an hour
+                # after its first real failure).
+                again = replace(command, slot=None).enqueued(now)
+            elif is_wait(error):
+                again = command.after_wait(now)
+            else:
+                again = command.next_attempt(now)
             again = replace(again, look_up=uncertain)
-            delay = error.retry_after if error.retry_after is not None else self.backoff.delay(command.deliveries)
+            # Without a Retry-After, a failure backs off by the failures so far, a wait by the deliveries so far.
+            tries = command.deliveries if is_wait(error) else command.attempt
+            delay = error.retry_after if error.retry_after is not None else self.backoff.delay(tries)
             slot = error.slot if isinstance(error, Throttled) else None
             if slot is not None:
                 # A slot of the shared schedule goes with the command; the queue's delays are whole seconds, so the

@@ -17,6 +17,7 @@ from shared.outcomes import Outcome
 from shared.pacing import FLOOR_SLOTS, SAFETY, Pacer
 from shared.queues import CommandQueue
 from shared.resources import ITwinApi
+from shared.retry import RedeliveryBackoff
 from shared.runtime import WORKER_POLICY
 from shared.settings import COMMAND_QUEUE, POISON_QUEUE, Settings
 from shared.worker import Worker
@@ -375,6 +376,20 @@ def test_a_command_this_instance_cannot_send_soon_goes_back_visible_at_once_and_
     assert len(lingered) == 1
     assert 0.5 < lingered[0] <= WORKER_POLICY.budget
     assert len(simulator.api_calls()) == 1
+    # The platform refused nothing: the give-back counts as neither an attempt nor a wait.
+    [copy] = [m for m in received(queues[COMMAND_QUEUE]) if m["id"] == "another-run"]
+    assert ("attempt" in copy, "waits" in copy) == (False, False)
+
+
+def test_a_command_that_waited_many_times_backs_off_after_its_first_failure_as_after_a_first_failure(
+    simulator, queues, captured
+):
+    worker, sender = recording_worker(simulator, queues, captured)
+    simulator.token_service_down = True
+    # Ten waits before (429s): counted in the backoff, its first failure would be its eleventh step, 15 to 30 min.
+    assert worker.handle(message(action="delete", resource="run", id=MISSING, waits=10)) is Outcome.RESCHEDULED
+    [delay] = sender.delays
+    assert delay <= RedeliveryBackoff().base
 
 
 def test_retry_after_inf_becomes_the_longest_honoured_delay(simulator, queues, captured):
