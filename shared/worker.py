@@ -148,6 +148,7 @@ class Worker:
                 with carrying(command.slot):
                     result = self._run(command)
             span.set_attribute("itwin.outcome", result.outcome.value)
+            span.set_attribute("itwin.paced", result.paced)
             if result.outcome is Outcome.DEAD_LETTERED:
                 span.set_status(Status(StatusCode.ERROR, result.detail))
             outcome = self._record(kind, result, command.correlation_id if command else None)
@@ -497,6 +498,7 @@ class Worker:
                 uncertain=uncertain,
                 linger=linger,
                 handed_over=pending,
+                paced=isinstance(error, Throttled),
             )
         if outcome is Outcome.DEAD_LETTERED:
             return self._dead_letter_error(command, error, age)
@@ -730,6 +732,7 @@ class Result:
     children: tuple[str, ...] = ()
     uncertain: bool = False
     linger: float = 0.0  # seconds the invocation stays busy after giving the command back (see `Throttled`)
+    paced: bool = False  # given back by this process's own pacing: the copy counts neither an attempt nor a wait
     handed_over: bool = False  # the lease stays held, for the message that went back to take over (see `_failed`)
 
 
