@@ -171,6 +171,12 @@ class Command:
         """The copy to reschedule after a wait (429, busy): the attempt count is left as it is."""
         return replace(self, waits=self.waits + 1, slot=None).enqueued(now)
 
+    def held_back(self, now: datetime) -> Command:
+        """The copy to reschedule after this process's own pacing held the call back: the platform refused
+        nothing, so neither count grows (counted, a command paced ten times would back off as if it had failed
+        ten times at its first real failure)."""
+        return replace(self, slot=None).enqueued(now)
+
     def age(self, now: datetime) -> float:
         """Seconds since the command was first enqueued (0 when nobody stamped it yet)."""
         return max(0.0, (now - self.first_enqueued).total_seconds()) if self.first_enqueued else 0.0

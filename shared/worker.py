@@ -468,10 +468,7 @@ class Worker:
             outcome = Outcome.RESCHEDULED if command.attempt < self.max_attempts else Outcome.DEAD_LETTERED
         if outcome is Outcome.RESCHEDULED:
             if isinstance(error, Throttled):
-                # Held back by this process's own pacing: the platform refused nothing, so the give-back counts as
-                # neither an attempt nor a wait (counted, a command paced ten times would back off for half an hour
-                # after its first real failure).
-                again = replace(command, slot=None).enqueued(now)
+                again = command.held_back(now)
             elif is_wait(error):
                 again = command.after_wait(now)
             else:
