@@ -17,7 +17,8 @@ time; the real pacers decide:
   command, shown up to a second early, and is sent at without a table request.
 
 What is not modelled: processing time other than `HANDLE` per delivery, network jitter, clock skew, the fallback,
-`TABLE_WAIT` (a caller here waits for its reservation however long the 412s last).
+`TABLE_WAIT` (a caller here waits for its reservation however long the 412s last), and `SharedPacer`'s answer from its
+copies when every entity's next slot lies past its horizon (no slot does at the ceiling, where these runs stay).
 """
 
 from __future__ import annotations
