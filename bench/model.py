@@ -39,20 +39,22 @@ from sandbox.memory_table import MemoryTable
 from sandbox.simulator.faults import RateLimiter
 from shared.pacing import SAFETY, Pacer
 from shared.schedule import (
+    ANSWERS,
+    ASK_PAUSE,
+    ASKS,
+    COMBINE_FOR,
     LATE,
     LINGER,
     MAX_BATCH,
     PARTITION,
-    PARTS,
-    SKIPS,
+    ROW,
+    TRANSACTION,
+    Book,
     Limits,
     Slot,
     State,
-    choose,
     conflict_pause,
     reserve,
-    room,
-    row,
     throttled,
 )
 
@@ -61,6 +63,7 @@ LIMIT = 6.0
 THREADS = 4
 BUDGET = 1.0  # the worker's budget per invocation (`WORKER_POLICY`)
 HANDLE = 0.005  # seconds a delivery takes besides waiting (receive, validate, the call's own time)
+IF = MatchConditions.IfNotModified
 TABLE_LATENCY = 0.008  # seconds per table request (Table Storage in one region: a few ms)
 RETRY_AFTER = 1.0
 
@@ -101,26 +104,29 @@ class Figures:
         }
 
 
+Callback = Callable[[Slot | float], None]
+
+
 @dataclass
 class Instance:
     index: int
     pacer: Pacer | None = None
-    views: dict[int, State] = field(default_factory=dict)  # each entity as this instance last wrote or read it
-    etags: dict[int, str | None] = field(default_factory=dict)
-    fresh: bool = False  # False: read every entity (one query) before the next write
-    stale: set[int] = field(default_factory=set)  # entities whose copy met a 412 since the last query
-    rand: Callable[[], float] = random.random  # the instance's own random choices (`choose`)
+    view: State | None = None  # the schedule as this instance last wrote or read it
+    etag: str | None = None
+    fresh: bool = False  # False: read the partition (one query) before the next write
+    asks: dict[str, tuple[list[str], str]] = field(default_factory=dict)  # ask rows the last read found
+    book: Book = field(default_factory=Book)
+    book_etag: str | None = None
+    combine_until: float = -math.inf
+    posted: tuple[str, list[Callback]] | None = None  # its ask row waiting to be served, and whose asks it holds
     busy: bool = False  # a table request in flight
     conflicts: int = 0  # 412s in a row
-    pending: list[Callable[[Slot | float], None]] = field(default_factory=list)
+    pending: list[Callback] = field(default_factory=list)
 
 
 class Model:
-    def __init__(
-        self, mode: str, instances: int, runs: int, *, spread: float = 0.0, seed: int = 1, parts: int = PARTS
-    ) -> None:
+    def __init__(self, mode: str, instances: int, runs: int, *, spread: float = 0.0, seed: int = 1) -> None:
         self.mode = mode
-        self.parts = parts
         self.now = 0.0
         self.rng = random.Random(seed)
         self._events: list[tuple[float, int, Callable[[], None]]] = []
@@ -133,8 +139,8 @@ class Model:
         self.queue: list[tuple[float, int, Message]] = []
         self.free: list[tuple[Instance, int]] = []
         self.instances = [Instance(i) for i in range(instances)]
+        self.keys = itertools.count()
         for instance in self.instances:
-            instance.rand = random.Random(seed * 7919 + instance.index).random
             if mode == "local":
                 rand = random.Random(seed * 1000 + instance.index).random
                 instance.pacer = Pacer({API: LIMIT}, clock=self.clock, monotonic=self.clock, rand=rand)
@@ -213,8 +219,7 @@ class Model:
     def _shared(self, instance: Instance, thread: int, message: Message, deadline: float) -> None:
         slot, message.slot = message.slot, None
         if slot is not None:
-            view = instance.views.get(slot.part)
-            known = view.apis.get(API) if view is not None else None
+            known = instance.view.apis.get(API) if instance.view is not None else None
             late = LATE / (LIMIT * SAFETY)
             if slot.at - self.now >= -late and (known is None or known.void_below <= slot.gen):
                 self._at_slot(instance, thread, message, slot, deadline)
@@ -258,88 +263,150 @@ class Model:
         self._done(instance, thread)
 
     # -- the shared schedule's table, one request in flight per instance -----------------------------------------
-    def _ask(self, instance: Instance, answered: Callable[[Slot | float], None]) -> None:
+    def _ask(self, instance: Instance, answered: Callback) -> None:
         instance.pending.append(answered)
         if not instance.busy:  # the request lingers (`LINGER`) for the instance's other asks
             instance.busy = True
             self.at(self.now + LINGER, lambda: self._start(instance))
 
-    def _start(self, instance: Instance, retry: bool = False) -> None:
-        instance.busy = True
-        requests = 0
-        if not instance.fresh or (instance.stale and not retry):
-            requests += 1
+    def _request(self, then: Callable[[], None]) -> None:
+        """One table request: its effect now, what follows when its answer arrives."""
+        self.figures.table += 1
+        self.at(self.now + TABLE_LATENCY, then)
+
+    def _start(self, instance: Instance) -> None:
+        batch, instance.pending = instance.pending[:MAX_BATCH], instance.pending[MAX_BATCH:]
+        if self.now < instance.combine_until or instance.view is None:
+            self._post(instance, batch)
+        elif not instance.fresh:
             self._load(instance)
-        part = choose(instance.views, self.limits, API, self.now, self.parts, instance.rand, frozenset(instance.stale))
-        state = instance.views[part].copy() if part in instance.views else State()
-        size = room(state, self.limits, API, self.now, part, self.parts, min(MAX_BATCH, len(instance.pending)))
-        batch, instance.pending = instance.pending[:size], instance.pending[size:]
-        answers = reserve(state, self.limits, [API] * len(batch), self.now, part, self.parts)
-        requests += 1
-        self.figures.table += requests
+            self._request(lambda: self._write(instance, batch))
+        else:
+            self._write(instance, batch)
 
-        def land() -> None:
-            if self._write(instance, part, state):
-                instance.conflicts = 0
-                for answer, callback in zip(answers, batch, strict=True):
-                    callback(answer)
-                instance.busy = False
-                if instance.pending:
-                    self._ask(instance, instance.pending.pop())
+    def _post(self, instance: Instance, batch: list[Callback]) -> None:
+        key = f"{ASKS}{next(self.keys):012d}"
+        asks = {"PartitionKey": PARTITION, "RowKey": key, "asks": f'["{API}"' + f',"{API}"' * (len(batch) - 1) + "]"}
+        self.table.create_entity(asks)
+        instance.posted = (key, batch)
+        self._request(lambda: self.at(self.now + self.rng.random() * ASK_PAUSE, lambda: self._poll(instance)))
+
+    def _poll(self, instance: Instance) -> None:
+        self._load(instance)
+
+        def read() -> None:
+            assert instance.posted is not None
+            key, batch = instance.posted
+            if key in instance.asks:
+                self._write(instance, batch)
                 return
-            # A 412: a random pause (`conflict_pause`), then another entity's copy, or every entity read again,
-            # with who asked meanwhile.
-            instance.conflicts += 1
-            instance.stale.add(part)
-            instance.fresh = len(instance.stale) <= min(SKIPS, self.parts - 1)
-            instance.pending = batch + instance.pending
-            pause = conflict_pause(instance.conflicts, self.rng.random)
-            self.at(self.now + pause, lambda: self._start(instance, retry=True))
+            instance.posted = None  # served by another instance's write
+            answers = instance.book.answer(key, [API] * len(batch))
+            assert answers is not None, "an answer dropped from the answers row before its asker read it"
+            self._answered(instance, batch, answers)
 
-        self.at(self.now + requests * TABLE_LATENCY, land)
+        self._request(read)
 
-    def _commit(self, instance: Instance, change: Callable[[State, float], Any]) -> None:
-        """A 429's change, written to every entity at once (rare: its latency is not modelled)."""
-        for part in range(self.parts):
-            for _ in range(8):
-                if not instance.fresh:
-                    self.figures.table += 1
-                    self._load(instance)
-                state = instance.views[part].copy() if part in instance.views else State()
-                change(state, self.now)
-                self.figures.table += 1
-                if self._write(instance, part, state):
-                    break
-
-    def _load(self, instance: Instance) -> None:
-        instance.views, instance.etags = {}, {}
-        for entity in self.table.query_entities("PartitionKey eq @pk", parameters={"pk": PARTITION}):
-            part = int(entity["RowKey"].rsplit("-", 1)[1])
-            instance.views[part], instance.etags[part] = State.from_json(entity["state"]), entity.metadata["etag"]
-        instance.fresh, instance.stale = True, set()
-
-    def _write(self, instance: Instance, part: int, state: State) -> bool:
-        entity = {"PartitionKey": PARTITION, "RowKey": row(part), "state": state.to_json()}
-        etag = instance.etags.get(part)
+    def _write(self, instance: Instance, batch: list[Callback]) -> None:
+        """The schedule written with this instance's asks (in its ask row, when posted) and every ask row its last
+        read found, as `SharedPacer._request` does."""
+        mine = instance.posted[0] if instance.posted is not None else ""
+        others = sorted(k for k in instance.asks if k != mine)[: TRANSACTION - 3]
+        served = [(mine, [API] * len(batch)), *((k, instance.asks[k][0]) for k in others)]
+        state = (instance.view or State()).copy()
+        flat = reserve(state, self.limits, [api for _, asks in served for api in asks], self.now)
+        answers = {}
+        for key, asks in served:
+            answers[key], flat = flat[: len(asks)], flat[len(asks) :]
+        deletes = [(k, instance.asks[k][1]) for k, _ in served if k in instance.asks]
+        book = Book.from_json(instance.book.to_json())
+        entity = {"PartitionKey": PARTITION, "RowKey": ROW, "state": state.to_json()}
         try:
-            if etag is None:
-                written = self.table.create_entity(entity)
+            if not deletes:
+                written = [self._put(entity, instance.etag)]
             else:
-                written = self.table.update_entity(
-                    entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
-                )
+                book.add({k: answers[k] for k, _ in deletes})
+                booked = {"PartitionKey": PARTITION, "RowKey": ANSWERS, "answers": book.to_json()}
+                ops = [self._op(entity, instance.etag), self._op(booked, instance.book_etag)]
+                ops += [
+                    ("delete", {"PartitionKey": PARTITION, "RowKey": k}, {"etag": e, "match_condition": IF})
+                    for k, e in deletes
+                ]
+                written = [w["etag"] for w in self.table.submit_transaction(ops)[:2]]
         except HttpResponseError:
             instance.fresh = False
-            return False
-        instance.views[part], instance.etags[part] = state, written["etag"]
-        return True
+            instance.conflicts += 1
+
+            def conflicted() -> None:
+                if instance.posted is None:  # ask in a row from now on
+                    instance.combine_until = self.now + COMBINE_FOR
+                    self._post(instance, batch)
+                    return
+                pause = conflict_pause(instance.conflicts, self.rng.random)
+                self.at(self.now + pause, lambda: self._poll(instance))
+
+            self._request(conflicted)
+            return
+        instance.view, instance.etag, instance.fresh = state, written[0], True
+        if deletes:
+            instance.book, instance.book_etag = book, written[1]
+        instance.asks = {k: v for k, v in instance.asks.items() if k not in answers}
+        instance.posted = None
+        instance.conflicts = 0
+        self._request(lambda: self._answered(instance, batch, answers[mine]))
+
+    def _answered(self, instance: Instance, batch: list[Callback], answers: list[Slot | float]) -> None:
+        for answer, callback in zip(answers, batch, strict=True):
+            callback(answer)
+        instance.busy = False
+        if instance.pending:
+            self._ask(instance, instance.pending.pop())
+
+    def _op(self, entity: dict[str, Any], etag: str | None) -> tuple[Any, ...]:
+        if etag is None:
+            return ("create", entity)
+        return ("update", entity, {"mode": UpdateMode.REPLACE, "etag": etag, "match_condition": IF})
+
+    def _put(self, entity: dict[str, Any], etag: str | None) -> str:
+        if etag is None:
+            return self.table.create_entity(entity)["etag"]
+        return self.table.update_entity(entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=IF)["etag"]
+
+    def _commit(self, instance: Instance, change: Callable[[State, float], Any]) -> None:
+        """A 429's change, written to the schedule at once (rare: its latency is not modelled)."""
+        for _ in range(8):
+            if not instance.fresh:
+                self.figures.table += 1
+                self._load(instance)
+            state = (instance.view or State()).copy()
+            change(state, self.now)
+            self.figures.table += 1
+            entity = {"PartitionKey": PARTITION, "RowKey": ROW, "state": state.to_json()}
+            try:
+                instance.etag = self._put(entity, instance.etag)
+            except HttpResponseError:
+                instance.fresh = False
+                continue
+            instance.view = state
+            return
+
+    def _load(self, instance: Instance) -> None:
+        instance.view, instance.etag, instance.asks = None, None, {}
+        instance.book, instance.book_etag = Book(), None
+        for entity in self.table.query_entities("PartitionKey eq @pk", parameters={"pk": PARTITION}):
+            key, etag = entity["RowKey"], entity.metadata["etag"]
+            if key == ROW:
+                instance.view, instance.etag = State.from_json(entity["state"]), etag
+            elif key == ANSWERS:
+                instance.book, instance.book_etag = Book.from_json(entity["answers"]), etag
+            else:
+                instance.asks[key] = ([API] * entity["asks"].count(API), etag)
+        instance.fresh = True
 
 
-def run_model(
-    mode: str, instances: int, runs: int, *, spread: float = 0.0, seed: int = 1, parts: int = PARTS
-) -> dict[str, Any]:
+def run_model(mode: str, instances: int, runs: int, *, spread: float = 0.0, seed: int = 1) -> dict[str, Any]:
     """One model run's figures (see `Figures.row`)."""
-    return Model(mode, instances, runs, spread=spread, seed=seed, parts=parts).run().row()
+    return Model(mode, instances, runs, spread=spread, seed=seed).run().row()
 
 
 MODEL_RUNS = ((16, 240), (40, 600), (64, 600), (256, 1200))

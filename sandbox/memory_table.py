@@ -2,10 +2,10 @@
 memory, with Table Storage's conditional writes, for tests and the benchmarks' discrete-event model.
 
 Inserts fail on an existing row (409), updates and deletes fail on a changed ETag (412) or a missing row (404), a
-transaction is all or nothing, and every write gives a new ETag. ``step`` is called before every operation (the
-create-protocol explorer's scheduler hook, `tests/integration/interleavings.py`), and with ``answer_points`` also
-after an update has landed, before its caller hears of it; ``observe`` is told what each caller saw. ``ops`` counts
-the operations by kind.
+transaction (creates, updates, deletes) is all or nothing, and every write gives a new ETag. ``step`` is called
+before every operation (the create-protocol explorer's scheduler hook, `tests/integration/interleavings.py`), and
+with ``answer_points`` also after an update has landed, before its caller hears of it; ``observe`` is told what
+each caller saw. ``ops`` counts the operations by kind.
 """
 
 from __future__ import annotations
@@ -67,7 +67,9 @@ class MemoryTable:
 
     def _check(self, key: tuple[str, str], etag: str | None, match: Any) -> None:
         if key not in self.rows:
-            raise ResourceNotFoundError(message="ResourceNotFound")
+            error = ResourceNotFoundError(message="ResourceNotFound")
+            error.status_code = 404
+            raise error
         if match == MatchConditions.IfNotModified and etag not in (None, "*", f'W/"{self.rows[key][1]}"'):
             raise _error(412, "UpdateConditionNotSatisfied")
 
@@ -136,12 +138,17 @@ class MemoryTable:
                 if kind == "create":
                     if key in self.rows:
                         error = TableTransactionError(message="EntityAlreadyExists")
-                        error.error_code = "EntityAlreadyExists"
+                        error.error_code, error.status_code = "EntityAlreadyExists", 409
                         raise error
                     answers.append(self._write(key, dict(entity)))
                 elif kind == "update":
                     self._check(key, options.get("etag"), options.get("match_condition"))
-                    answers.append(self._write(key, {**self.rows[key][0], **entity}))
+                    merged = options.get("mode", UpdateMode.MERGE) == UpdateMode.MERGE
+                    answers.append(self._write(key, {**self.rows[key][0], **entity} if merged else dict(entity)))
+                elif kind == "delete":
+                    self._check(key, options.get("etag"), options.get("match_condition"))
+                    del self.rows[key]
+                    answers.append({})
                 else:
                     raise NotImplementedError(kind)
         except Exception:

@@ -150,6 +150,7 @@ import math
 import random
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
@@ -162,10 +163,9 @@ from shared.telemetry import Telemetry
 log = logging.getLogger(__name__)
 
 PARTITION = "pacing"
-ROW = "schedule"  # the rows are `row(part)`: schedule-0 .. schedule-{parts - 1}
-PARTS = 3  # entities the schedule is split across (`SharedPacer`'s ``parts``): see "Why three entities"
-SLACK = 0  # rounds of the grid an entity chosen may lie past the earliest one (`choose`)
-SKIPS = 1  # entities whose copy met a 412 passed over, trying another copy, before reading every entity again
+ROW = "schedule"  # the schedule's entity
+ASKS = "ask-"  # ask rows: RowKey ``ask-<random>``, one per request that met another instance's write
+ANSWERS = "answers"  # the row that keeps the answers to the ask rows served lately (`Book`)
 CUT = 1 / 3  # a cut takes the shared rate to this share (a probe that fails goes back to the rate it left)
 GROW = 2.0  # ... and PROBE_AFTER seconds without one multiply it by this, up to the ceiling
 PROBE_AFTER = 1.0
@@ -175,27 +175,25 @@ TIER_BUCKETS = 10  # a tier window's calls are counted in buckets of a tenth of 
 HORIZON = 3600.0  # seconds: no slot is reserved further ahead while the API runs at its ceiling
 CUT_HORIZON = 5.0  # ... nor further than this while it runs below (after a cut: the rate is a guess)
 LATE = 0.3  # a slot this share of the API's interval past is void: sent, it would crowd the next one
-MAX_BATCH = 64  # reservations in one table request
-MAX_TRIES = 16  # conditional writes per request before giving up on contention (the command goes back)
+MAX_BATCH = 64  # reservations for this process's callers in one table request
+TRANSACTION = 100  # operations in one transaction (Table Storage's limit): the entity, the answers, the ask rows
+MAX_TRIES = 16  # conditional writes of one request before giving up on contention (the command goes back)
 TABLE_TIMEOUT = 2.0  # seconds: the table client's connect and read timeouts (see `table_client_options`)
 TABLE_WAIT = 5.0  # seconds a caller waits for its turn at the table before its command goes back
-CONFLICT_PAUSE = 0.3  # seconds: the longest random pause after a first 412, doubling with each further one
-CONFLICT_MOST = 3.0  # ... up to this
-NEAR = 2.0  # seconds: slots closer than this are taken one per write (`room`)
+CONFLICT_PAUSE = 0.1  # seconds: the longest random pause after a first 412, doubling with each further one
+CONFLICT_MOST = 1.0  # ... up to this
+ASK_PAUSE = 0.1  # seconds: the longest random pause between posting an ask row and reading whether it was served
+COMBINE_FOR = 2.0  # seconds a process posts its asks as rows after one of its writes met a 412
+ANSWERS_CHARS = 30_000  # the answers row keeps the newest answers that fit (a string property holds 32K characters)
 LINGER = 0.03  # seconds a request waits before it starts, for more asks to join it
 CONTENDED_BACK = 1.0  # seconds a command waits in the queue when the table was too contended to reserve
 DOWN_FIRST = 1.0
 DOWN_MOST = 30.0
 
 
-def row(part: int) -> str:
-    """The RowKey of the schedule's entity ``part``."""
-    return f"{ROW}-{part}"
-
-
 def conflict_pause(conflicts: int, rand: Callable[[], float]) -> float:
     """The random pause before reading again after the ``conflicts``-th 412 in a row: exponential backoff with full
-    jitter, so that many instances that met desynchronise instead of meeting again."""
+    jitter, so that instances that met desynchronise instead of meeting again."""
     return rand() * min(CONFLICT_MOST, CONFLICT_PAUSE * 2 ** max(0, conflicts - 1))
 
 
@@ -208,20 +206,20 @@ def table_client_options() -> dict[str, Any]:
 # -- the slot a command carries ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Slot:
-    """A reserved slot: when (wall clock, Unix seconds) a call to ``api`` may go, the schedule's generation for that
-    API when it was reserved, and the entity (``part``) it was reserved in."""
+    """A reserved slot: when (wall clock, Unix seconds) a call to ``api`` may go, and the schedule's generation for
+    that API when it was reserved."""
 
     api: str
     at: float
     gen: int = 0
-    part: int = 0
 
     def to_message(self) -> dict[str, Any]:
-        return {"api": self.api, "at": round(self.at, 3), "gen": self.gen, "part": self.part}
+        return {"api": self.api, "at": round(self.at, 3), "gen": self.gen}
 
     @classmethod
     def from_message(cls, data: Mapping[str, Any]) -> Slot:
-        return cls(data["api"], float(data["at"]), int(data["gen"]), int(data.get("part", 0)))
+        """The slot in a message; a ``part`` from before the schedule was one entity is ignored."""
+        return cls(data["api"], float(data["at"]), int(data["gen"]))
 
 
 _CARRIED: ContextVar[list[Slot] | None] = ContextVar("itwin_carried_slot", default=None)
@@ -316,11 +314,10 @@ def _api(state: State, limits: Limits, api: str, now: float) -> ApiState:
     return current
 
 
-def horizon(state: State, limits: Limits, api: str, now: float, parts: int = 1) -> float:
-    """How far ahead a slot for ``api`` may be reserved at ``now`` in an entity of ``parts``: far at the API's
-    ceiling; briefly below it, or while a lone 429 is within its strike window (the rate is a guess, or in doubt,
-    and a backlog must not be scheduled at it): `CUT_HORIZON`, or two of the entity's own slots where those are
-    further apart."""
+def horizon(state: State, limits: Limits, api: str, now: float) -> float:
+    """How far ahead a slot for ``api`` may be reserved at ``now``: far at the API's ceiling; briefly below it, or
+    while a lone 429 is within its strike window (the rate is a guess, or in doubt, and a backlog must not be
+    scheduled at it): `CUT_HORIZON`, or two slots where those are further apart."""
     ceiling = limits.ceilings.get(api)
     current = state.apis.get(api)
     if ceiling is None or current is None or current.rate is None:
@@ -328,21 +325,17 @@ def horizon(state: State, limits: Limits, api: str, now: float, parts: int = 1) 
     doubt = current.strike > 0 and now <= current.strike + STRIKE_WINDOW
     if current.rate >= ceiling and not doubt:
         return HORIZON
-    return max(CUT_HORIZON, 2 * parts / (current.rate * SAFETY))
+    return max(CUT_HORIZON, 2 / (current.rate * SAFETY))
 
 
 def _bucket(window: float) -> float:
     return window / TIER_BUCKETS
 
 
-def _cap(calls: int, part: int = 0, parts: int = 1) -> int:
-    """Calls one bucket of a tier window may hold in entity ``part`` of ``parts``: a sliding window of any alignment
-    overlaps at most ``TIER_BUCKETS + 1`` buckets, so that many full buckets stay within the limit (with `SAFETY`);
-    the entities' shares add up to the whole."""
-    whole = max(1, math.floor(calls * SAFETY / (TIER_BUCKETS + 1)))
-    if parts <= 1:
-        return whole
-    return whole // parts + (1 if part < whole % parts else 0)
+def _cap(calls: int) -> int:
+    """Calls one bucket of a tier window may hold: a sliding window of any alignment overlaps at most
+    ``TIER_BUCKETS + 1`` buckets, so that many full buckets stay within the limit (with `SAFETY`)."""
+    return max(1, math.floor(calls * SAFETY / (TIER_BUCKETS + 1)))
 
 
 def interval(state: State, limits: Limits, api: str) -> float | None:
@@ -352,42 +345,27 @@ def interval(state: State, limits: Limits, api: str) -> float | None:
     return 1.0 / (rate * SAFETY) if rate else None
 
 
-def _on_grid(at: float, step: float | None, part: int, parts: int) -> float:
-    """The first slot at or after ``at`` that entity ``part`` of ``parts`` owns: grid slots ``n x step`` with
-    ``n = part (mod parts)``. One entity owns every slot."""
-    if parts <= 1 or step is None:
-        return at
-    n = math.ceil(at / step - 1e-6)
-    n += (part - n) % parts
-    return n * step
-
-
-def next_slot(state: State, limits: Limits, api: str, now: float, part: int = 0, parts: int = 1) -> float:
-    """When the next slot for ``api`` in entity ``part`` of ``parts`` would be, without reserving it: the API's next
-    free slot of this entity, moved to the next tier bucket that has room while its own is full."""
-    current = _api(state, limits, api, now)
-    step = interval(state, limits, api)
-    at = _on_grid(max(now, current.tat), step, part, parts)
+def next_slot(state: State, limits: Limits, api: str, now: float) -> float:
+    """When the next slot for ``api`` would be, without reserving it: the API's next free slot, moved to the start
+    of the next tier bucket that has room while its own is full."""
+    at = max(now, _api(state, limits, api, now).tat)
     for _ in range(10_000):
         full = None
         for window, calls in limits.tier:
             size = _bucket(window)
             index = math.floor(at / size)
-            if state.tier.get(_key(window), {}).get(str(index), 0) >= _cap(calls, part, parts):
+            if state.tier.get(_key(window), {}).get(str(index), 0) >= _cap(calls):
                 full = (index + 1) * size
                 break
         if full is None:
             return at
-        at = _on_grid(full, step, part, parts)
+        at = full
     return at
 
 
-def reserve(
-    state: State, limits: Limits, asks: list[str], now: float, part: int = 0, parts: int = 1
-) -> list[Slot | float]:
-    """Reserve a slot per ask (an API name), in order, in entity ``part`` of ``parts`` (its state ``state``, which
-    changes): each a `Slot`, or, where the slot would lie further ahead than the API's `horizon`, when to ask again
-    (nothing reserved)."""
+def reserve(state: State, limits: Limits, asks: list[str], now: float) -> list[Slot | float]:
+    """Reserve a slot per ask (an API name), in order, in ``state`` (which changes): each a `Slot`, or, where the
+    slot would lie further ahead than the API's `horizon`, when to ask again (nothing reserved)."""
     for window, _ in limits.tier:  # buckets no window that can still be reserved in reaches
         size = _bucket(window)
         oldest = math.floor(now / size) - TIER_BUCKETS - 1
@@ -396,65 +374,20 @@ def reserve(
             del counts[index]
     answers: list[Slot | float] = []
     for api in asks:
-        at = next_slot(state, limits, api, now, part, parts)
-        ahead = horizon(state, limits, api, now, parts)
+        at = next_slot(state, limits, api, now)
+        ahead = horizon(state, limits, api, now)
         if at - now > ahead:
             answers.append(at - ahead / 2)
             continue
         current = state.apis[api]
         if current.rate:
-            current.tat = at + parts / (current.rate * SAFETY)
+            current.tat = at + 1 / (current.rate * SAFETY)
         for window, _ in limits.tier:
             counts = state.tier.setdefault(_key(window), {})
             index = str(math.floor(at / _bucket(window)))
             counts[index] = counts.get(index, 0) + 1
-        answers.append(Slot(api, at, current.gen, part))
+        answers.append(Slot(api, at, current.gen))
     return answers
-
-
-def room(state: State, limits: Limits, api: str, now: float, part: int, parts: int, asks: int) -> int:
-    """How many of ``asks`` asks for ``api`` one write to entity ``part`` takes: all of them where its next free slot
-    lies more than `NEAR` ahead (a backlog: the other entities' slots in between go to other asks), else one, so
-    that slots about to come are taken in grid order across the entities, not every third one."""
-    if parts <= 1 or next_slot(state.copy(), limits, api, now, part, parts) - now > NEAR:
-        return asks
-    return min(asks, 1)
-
-
-def choose(
-    views: Mapping[int, State],
-    limits: Limits,
-    api: str,
-    now: float,
-    parts: int,
-    rand: Callable[[], float],
-    skip: frozenset[int] = frozenset(),
-) -> int:
-    """The entity to reserve slots for ``api`` in (balanced choice), from this process's copies of the ``parts``
-    entities (``views``: part -> state; one it has no copy of is fresh, its row not written yet): a random one among
-    those whose next free slot lies at most `SLACK` rounds of the grid (a round: one slot of every entity) after the
-    earliest. ``skip``: entities left out (their copy met a 412). A copy is never ahead of its entity, so the entity
-    a write lands on was, at most `SLACK` rounds from the earliest: the entities' next free slots stay within
-    `SLACK` rounds and a batch of each other."""
-    candidates = [part for part in range(parts) if part not in skip] or list(range(parts))
-
-    def slot_of(part: int) -> tuple[float, float]:
-        state = views.get(part)
-        if state is None:
-            return (-math.inf, -math.inf)
-        probe = state.copy()
-        at = next_slot(probe, limits, api, now, part, parts)
-        step = interval(probe, limits, api)
-        return (at, math.floor(at / (step * parts)) if step else math.floor(at * 10))
-
-    slots = {part: slot_of(part) for part in candidates}
-    first = min(at for at, _ in slots.values())
-    if first - now <= NEAR:  # slots about to come: the earliest, so that none passes unused
-        near = [part for part in candidates if slots[part][0] <= first]
-    else:  # a backlog's: any entity in the earliest round, so that instances spread over them
-        earliest = min(r for _, r in slots.values())
-        near = [part for part in candidates if slots[part][1] <= earliest + SLACK]
-    return near[min(len(near) - 1, int(rand() * len(near)))]
 
 
 def throttled(state: State, limits: Limits, api: str, now: float, retry_after: float, gen: int | None) -> bool:
@@ -501,6 +434,50 @@ def _key(window: float) -> str:
     return f"{window:g}"
 
 
+@dataclass
+class Book:
+    """The answers row's content: for each ask row served lately, which write served it (a count of the writes that
+    served rows) and its answers, in the order of its asks. An instance whose ask row is gone finds its answers
+    here. It keeps the newest answers that fit in `ANSWERS_CHARS`: an instance reads within about `ASK_PAUSE` of
+    its row being served, while that many characters hold the rows of some writes of `TRANSACTION` each."""
+
+    written: int = 0
+    answers: dict[str, tuple[int, list[Any]]] = field(default_factory=dict)
+
+    def add(self, served: Mapping[str, list[Slot | float]]) -> None:
+        self.written += 1
+        for key, answers in served.items():
+            coded = [[round(a.at, 3), a.gen] if isinstance(a, Slot) else round(a, 3) for a in answers]
+            self.answers[key] = (self.written, coded)
+
+    def answer(self, key: str, apis: list[str]) -> list[Slot | float] | None:
+        """The answers to ask row ``key`` (its asks ``apis``), or None when they are not (or no longer) here."""
+        found = self.answers.get(key)
+        if found is None or len(found[1]) != len(apis):
+            return None
+        return [
+            Slot(api, float(a[0]), int(a[1])) if isinstance(a, list) else float(a)
+            for api, a in zip(apis, found[1], strict=True)
+        ]
+
+    def to_json(self) -> str:
+        kept: dict[str, tuple[int, list[Any]]] = {}
+        size = 0
+        for key, entry in sorted(self.answers.items(), key=lambda item: -item[1][0]):
+            size += len(key) + len(json.dumps(entry, separators=(",", ":"))) + 4
+            if size > ANSWERS_CHARS:
+                break
+            kept[key] = entry
+        self.answers = kept
+        return json.dumps({"written": self.written, "answers": kept}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Book:
+        data = json.loads(text or "{}")
+        answers = {str(k): (int(v[0]), list(v[1])) for k, v in (data.get("answers") or {}).items()}
+        return cls(int(data.get("written", 0)), answers)
+
+
 # -- the process's view: group commit over the table, and the fallback --------------------------------------------
 @dataclass
 class Reservation:
@@ -513,7 +490,6 @@ class Reservation:
 
 
 _CONTENDED = "contended"  # the answer to an ask the table was too contended to serve
-_AGAIN = "again"  # an ask left for the next request (`room`)
 
 
 class _Waiter:
@@ -554,12 +530,10 @@ class SharedPacer:
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         rand: Callable[[], float] = random.random,
-        parts: int = PARTS,
         telemetry: Telemetry | None = None,
     ) -> None:
         self.table = table
         self._telemetry = telemetry
-        self.parts = max(1, parts)
         self._sleep = sleep
         self._rand = rand
         self.limits = Limits(dict(rates), tuple(tier))
@@ -570,10 +544,13 @@ class SharedPacer:
         self._table_lock = threading.Lock()  # one table request in flight per process
         self._pending: list[_Waiter] = []
         self._spare: list[Slot] = []  # slots reserved for callers that had stopped waiting (see `_spare_before`)
-        self._views: dict[int, State] = {}  # each entity as this process last read or wrote it
-        self._etags: dict[int, str | None] = {}  # ... and its ETag (None: the row does not exist yet)
-        self._fresh = False  # whether the copies are worth writing on (False: read them all first)
-        self._stale: set[int] = set()  # entities whose copy met a 412 since the last read
+        self._view: State | None = None  # the schedule as this process last read or wrote it
+        self._etag: str | None = None  # ... and its ETag (None: the row does not exist yet)
+        self._fresh = False  # whether the copy is worth writing on (False: read the partition first)
+        self._asks: dict[str, tuple[list[str], str]] = {}  # ask rows the last read found: key -> (asks, ETag)
+        self._book = Book()  # the answers row as last read or written
+        self._book_etag: str | None = None
+        self._combine_until = -math.inf  # monotonic: post asks as rows until then (a write met a 412 lately)
         self._down_until = -math.inf
         self._down_for = 0.0
         self.counts: Counter[str] = Counter()  # table requests by kind, conflicts, fallbacks
@@ -591,9 +568,9 @@ class SharedPacer:
         caller sends at it, or gives the command back carrying it."""
         if not self.limits.paced(api) or self.down:
             return Reservation(self.local.reserve(api, limit))
-        again = self._beyond_by_copies(api)
+        again = self._beyond_by_copy(api)
         if again is not None:
-            self.counts["beyond by copies"] += 1
+            self.counts["beyond by copy"] += 1
             return Reservation(max(0.0, again - self._wall()), beyond=True)
         answer = self._ask(api)
         if answer is None:
@@ -606,25 +583,20 @@ class SharedPacer:
             return Reservation(answer.at - self._wall(), answer)
         return Reservation(max(0.0, float(answer) - self._wall()), beyond=True)
 
-    def _beyond_by_copies(self, api: str) -> float | None:
-        """When to ask again, where this process's copies show every entity's next free slot for ``api`` past its
-        horizon (None: ask the table). A copy is never behind on what has been reserved, so the table would give
-        the same answer; answering without a request lets a process go through a backlog it cannot book yet (after
-        a 429, or at a rate that is a guess) at the queue's speed, not the table's, so that the commands that do
-        carry slots, shown behind that backlog, are not shown late."""
+    def _beyond_by_copy(self, api: str) -> float | None:
+        """When to ask again, where this process's copy shows the next free slot for ``api`` past its horizon (None:
+        ask the table). A current copy is never behind on what has been reserved, so the table would give the same
+        answer; answering without a request lets a process go through a backlog it cannot book yet (after a 429, or
+        at a rate that is a guess) at the queue's speed, not the table's, so that the commands that do carry slots,
+        shown behind that backlog, are not shown late."""
         with self._lock:
-            if not self._fresh or self._stale or len(self._views) < self.parts:
+            if not self._fresh or self._view is None:
                 return None
-            views = [(part, view.copy()) for part, view in self._views.items()]
+            view = self._view.copy()
         now = self._wall()
-        answers = []
-        for part, view in views:
-            at = next_slot(view, self.limits, api, now, part, self.parts)
-            ahead = horizon(view, self.limits, api, now, self.parts)
-            if at - now <= ahead:
-                return None
-            answers.append(at - ahead / 2)
-        return min(answers)
+        at = next_slot(view, self.limits, api, now)
+        ahead = horizon(view, self.limits, api, now)
+        return at - ahead / 2 if at - now > ahead else None
 
     def _spare_before(self, slot: Slot) -> Slot:
         """``slot``, or an earlier one of its API that a caller of this process gave up waiting for (it stopped
@@ -648,8 +620,7 @@ class SharedPacer:
         that failed), or the API held after a 429 here."""
         wait = slot.at - self._wall()
         with self._lock:
-            view = self._views.get(slot.part)
-            known = view.apis.get(slot.api) if view is not None else None
+            known = self._view.apis.get(slot.api) if self._view is not None else None
         if self.late(slot) or (known is not None and known.void_below > slot.gen) or self.local.held(slot.api) > 0:
             self.counts["void slots"] += 1
             return None
@@ -688,11 +659,9 @@ class SharedPacer:
         if not self._table_lock.acquire(timeout=TABLE_WAIT):
             return
         try:
-            for part in range(self.parts):  # every entity: each paces its share of the API's slots at the API's rate
-                try:
-                    self._commit(lambda state, now, _: throttled(state, self.limits, api, now, seconds, gen), part=part)
-                except Contended:
-                    continue
+            self._commit(lambda state, now: throttled(state, self.limits, api, now, seconds, gen))
+        except Contended:
+            pass
         except TableDown as error:
             self._fail(error)
         finally:
@@ -703,8 +672,7 @@ class SharedPacer:
         if self.down or api not in self.limits.ceilings:
             return self.local.rate(api)
         with self._lock:
-            rates = [v.apis[api] for v in self._views.values() if api in v.apis]
-        known = min(rates, key=lambda a: a.rate or math.inf) if rates else None
+            known = self._view.apis.get(api) if self._view is not None else None
         return known.rate if known is not None and known.rate else self.limits.ceilings[api]
 
     # -- group commit ----------------------------------------------------------------------------------------------
@@ -731,8 +699,7 @@ class SharedPacer:
         return waiter.answer
 
     def _serve(self) -> None:
-        """Reserve for the pending callers, in one conditional write (under the table lock). After a 412 it waits a
-        random moment before reading again (instances that met desynchronise) and takes in who asked meanwhile."""
+        """Reserve for the pending callers, in one request (under the table lock) when the table is quiet."""
         batch: list[_Waiter] = []
 
         def take() -> None:
@@ -745,13 +712,7 @@ class SharedPacer:
             self._sleep(LINGER)  # the process's invocations that start about together ask in one request
         take()
         try:
-
-            def change(state: State, now: float, part: int) -> list[Slot | float | str]:
-                asks = [w.api for w in batch]
-                k = room(state, self.limits, asks[0], now, part, self.parts, len(asks))
-                return [*reserve(state, self.limits, asks[:k], now, part, self.parts), *[_AGAIN] * (len(asks) - k)]
-
-            answers = self._commit(change, retry=take, api=batch[0].api)
+            answers: list[Slot | float | str | None] = list(self._request(batch, take))
         except Contended:
             answers = [_CONTENDED] * len(batch)
         except TableDown as error:
@@ -759,99 +720,219 @@ class SharedPacer:
             answers = [None] * len(batch)
         self.counts["reservations"] += sum(isinstance(a, Slot) for a in answers)
         with self._lock:
-            again = [waiter for waiter, answer in zip(batch, answers, strict=True) if answer == _AGAIN]
-            self._pending[:0] = again  # served by the next request, first
             for waiter, answer in zip(batch, answers, strict=True):
-                if answer == _AGAIN:
-                    continue
                 if waiter.abandoned and isinstance(answer, Slot):
                     self._spare.append(answer)
                 waiter.answer = answer
                 waiter.done.set()
 
-    def _commit(
-        self,
-        change: Callable[[State, float, int], Any],
-        retry: Callable[[], None] | None = None,
-        *,
-        part: int | None = None,
-        api: str | None = None,
-    ) -> Any:
-        """Apply ``change`` to entity ``part`` (None: the one `choose` picks for ``api`` from this process's copies)
-        by a conditional write on its ETag, reading every entity again after a 412 (``retry`` is called first); the
-        change's result. Raises `TableDown` when the table fails or stays contended."""
+    def _request(self, batch: list[_Waiter], take: Callable[[], None]) -> list[Slot | float | str]:
+        """Slots for ``batch``'s asks (``take`` adds who asked meanwhile, until the asks are posted). One
+        conditional write of the schedule when this process's copy is current, serving with its own asks every ask
+        row the last read found; after a 412 the asks go into an ask row, and whoever reads next serves them
+        (see "Combining" in the module's docstring). Raises `Contended` or `TableDown`."""
+        from azure.core.exceptions import AzureError, HttpResponseError
+
+        key: str | None = None
+        apis: list[str] = []
+        conflicts = 0
+        give_up = self._monotonic() + TABLE_WAIT
+        try:
+            while True:
+                if key is None and (self._view is None or self._monotonic() < self._combine_until):
+                    take()
+                    apis = [w.api for w in batch]
+                    key = self._post(apis)
+                    self._sleep(self._rand() * ASK_PAUSE)
+                    self._fresh = False
+                if not self._fresh:
+                    self._load()
+                with self._lock:
+                    view, etag, rows = (self._view or State()).copy(), self._etag, dict(self._asks)
+                    book, book_etag = Book.from_json(self._book.to_json()), self._book_etag
+                if key is not None and key not in rows:  # served by another instance's write
+                    found = book.answer(key, apis)
+                    if found is None:
+                        self.counts["answers lost"] += 1
+                        return [_CONTENDED] * len(apis)
+                    return list(found)
+                if key is None:
+                    take()
+                    apis = [w.api for w in batch]
+                mine = key or ""
+                served = [(mine, apis)]
+                others = sorted(k for k in rows if k != mine)[: TRANSACTION - 3]
+                served += [(k, rows[k][0]) for k in others]
+                now = self._wall()
+                flat = reserve(view, self.limits, [api for _, asks in served for api in asks], now)
+                answers: dict[str, list[Slot | float]] = {}
+                for row_key, asks in served:
+                    answers[row_key], flat = flat[: len(asks)], flat[len(asks) :]
+                if not others and key is None and not any(isinstance(a, Slot) for a in answers[mine]):
+                    return list(answers[mine])  # nothing reserved (all past the horizon): nothing to write
+                deletes = [(k, rows[k][1]) for k, _ in served if k in rows]
+                if deletes:
+                    book.add({k: answers[k] for k, _ in deletes})
+                try:
+                    written = self._write(view, etag, (book, book_etag, deletes) if deletes else None)
+                except HttpResponseError as failure:
+                    if not self._conflict(failure):
+                        raise
+                    conflicts += 1
+                    if key is None:
+                        self._combine_until = self._monotonic() + COMBINE_FOR
+                        continue
+                    pause = conflict_pause(conflicts, self._rand)
+                    if conflicts >= MAX_TRIES or self._monotonic() + pause > give_up:
+                        return self._withdraw(key, apis)
+                    self._sleep(pause)
+                    continue
+                with self._lock:
+                    self._view, self._etag = view, written[0]
+                    if deletes:
+                        self._book, self._book_etag = book, written[1]
+                    self._asks = {k: v for k, v in self._asks.items() if k not in answers}
+                    self._fresh = True
+                self._recovered()
+                return list(answers[mine])
+        except AzureError as error:
+            raise self._down(error) from error
+
+    def _post(self, apis: list[str]) -> str:
+        """Post ``apis`` as an ask row for whoever writes the schedule next; its key."""
+        key = f"{ASKS}{uuid.uuid4().hex}"
+        self.counts["asks posted"] += 1
+        self.table.create_entity({"PartitionKey": PARTITION, "RowKey": key, "asks": json.dumps(apis)})
+        return key
+
+    def _withdraw(self, key: str, apis: list[str]) -> list[Slot | float | str]:
+        """Take back ask row ``key`` that stayed unserved while its callers waited: nothing was reserved for them
+        (their commands go back). A row already gone was served meanwhile: its answers. (A transaction, because a
+        plain delete of a missing row does not say so.)"""
         from azure.core import MatchConditions
-        from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError
+        from azure.core.exceptions import HttpResponseError
+
+        try:
+            self.table.submit_transaction(
+                [("delete", {"PartitionKey": PARTITION, "RowKey": key}, {"match_condition": MatchConditions.IfPresent})]
+            )
+        except HttpResponseError as failure:
+            if not self._conflict(failure):
+                raise
+            self._load()
+            with self._lock:
+                found = self._book.answer(key, apis)
+            if found is not None:
+                return list(found)
+            self.counts["answers lost"] += 1
+        return [_CONTENDED] * len(apis)
+
+    def _write(
+        self, view: State, etag: str | None, rows: tuple[Book, str | None, list[tuple[str, str]]] | None
+    ) -> list[str]:
+        """Write ``view`` over the schedule read with ``etag`` (None: create it); with ``rows`` (the answers row,
+        its ETag, and the ask rows served, each with its ETag) in one transaction that also writes the answers and
+        deletes those rows. The new ETags: the schedule's, and the answers row's."""
+        from azure.core import MatchConditions
         from azure.data.tables import UpdateMode
+
+        def put(entity: dict[str, Any], known: str | None) -> tuple[Any, ...]:
+            if known is None:
+                return ("create", entity)
+            return (
+                "update",
+                entity,
+                {"mode": UpdateMode.REPLACE, "etag": known, "match_condition": MatchConditions.IfNotModified},
+            )
+
+        entity = {"PartitionKey": PARTITION, "RowKey": ROW, "state": view.to_json()}
+        self.counts["writes"] += 1
+        if rows is None:
+            operation = put(entity, etag)
+            if operation[0] == "create":
+                return [self.table.create_entity(entity)["etag"]]
+            return [self.table.update_entity(entity, **operation[2])["etag"]]
+        book, book_etag, deletes = rows
+        booked = {"PartitionKey": PARTITION, "RowKey": ANSWERS, "answers": book.to_json()}
+        served = [
+            (
+                "delete",
+                {"PartitionKey": PARTITION, "RowKey": k},
+                {"etag": e, "match_condition": MatchConditions.IfNotModified},
+            )
+            for k, e in deletes
+        ]
+        written = self.table.submit_transaction([put(entity, etag), put(booked, book_etag), *served])
+        return [written[0]["etag"], written[1]["etag"]]
+
+    def _conflict(self, failure: Exception) -> bool:
+        """Whether ``failure`` is another instance's write getting there first (412; a row created or deleted
+        meanwhile: 409, 404); it leaves the copy stale."""
+        from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+        known = isinstance(failure, (ResourceExistsError, ResourceNotFoundError))
+        if not known and getattr(failure, "status_code", None) not in (404, 409, 412):
+            return False
+        self.counts["conflicts"] += 1
+        with self._lock:
+            self._fresh = False
+        return True
+
+    def _down(self, error: Exception) -> TableDown:
+        with self._lock:
+            self._fresh = False
+        return TableDown(f"{type(error).__name__}: {str(error)[:200]}")
+
+    def _commit(self, change: Callable[[State, float], Any]) -> None:
+        """Apply ``change`` to the schedule by a conditional write on its ETag, reading it again after a 412.
+        Raises `Contended` when it stays contended, `TableDown` when the table fails."""
+        from azure.core.exceptions import AzureError, HttpResponseError
 
         conflicts = 0
         give_up = self._monotonic() + TABLE_WAIT
         try:
-            for attempt in range(MAX_TRIES):
-                if not self._fresh or (attempt == 0 and self._stale):
-                    self._load()  # a copy passed over in an earlier request is read again with all the others
-                now = self._wall()
+            for _ in range(MAX_TRIES):
+                if not self._fresh:
+                    self._load()
                 with self._lock:
-                    views, skip = dict(self._views), frozenset(self._stale)
-                if part is None:
-                    chosen = choose(views, self.limits, api or "", now, self.parts, self._rand, skip)
-                else:
-                    chosen = part
-                etag = self._etags.get(chosen)
-                state = views[chosen].copy() if chosen in views else State()
-                result = change(state, now, chosen)
-                if isinstance(result, list) and not any(isinstance(a, Slot) for a in result):
-                    return result  # nothing reserved (all past the horizon): nothing to write
-                entity = {"PartitionKey": PARTITION, "RowKey": row(chosen), "state": state.to_json()}
-                self.counts["writes"] += 1
+                    view, etag = (self._view or State()).copy(), self._etag
+                change(view, self._wall())
                 try:
-                    if etag is None:
-                        written = self.table.create_entity(entity)
-                    else:
-                        written = self.table.update_entity(
-                            entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
-                        )
-                except (HttpResponseError, ResourceExistsError) as failure:
-                    if not isinstance(failure, ResourceExistsError) and failure.status_code not in (404, 412):
+                    written = self._write(view, etag, None)
+                except HttpResponseError as failure:
+                    if not self._conflict(failure):
                         raise
-                    self.counts["conflicts"] += 1
                     conflicts += 1
-                    with self._lock:
-                        # Another copy may still be current: try it before reading every entity again.
-                        self._stale.add(chosen)
-                        if part is not None or len(self._stale) > min(SKIPS, self.parts - 1):
-                            self._fresh = False
                     pause = conflict_pause(conflicts, self._rand)
                     if self._monotonic() + pause > give_up:
-                        break  # its callers stop waiting about now: the command goes back (`Contended`)
+                        break
                     self._sleep(pause)
-                    if retry is not None:
-                        retry()
                     continue
                 with self._lock:
-                    self._views[chosen], self._etags[chosen] = state, written["etag"]
+                    self._view, self._etag, self._fresh = view, written[0], True
                 self._recovered()
-                return result
+                return
         except AzureError as error:
-            with self._lock:
-                self._fresh = False
-            raise TableDown(f"{type(error).__name__}: {str(error)[:200]}") from error
+            raise self._down(error) from error
         raise Contended(f"the schedule changed under {conflicts} writes in a row")
 
     def _load(self) -> None:
-        """Read every entity of the schedule, in one request (a query of its partition); a row not there yet is
-        created by the first write to it."""
+        """Read the schedule's partition in one request (a query): the schedule, the ask rows waiting to be
+        served, and the answers row. A row not there yet is created by the first write to it."""
         self.counts["reads"] += 1
-        views: dict[int, State] = {}
-        etags: dict[int, str | None] = {}
+        view, etag, book, book_etag = None, None, Book(), None
+        asks: dict[str, tuple[list[str], str]] = {}
         for entity in self.table.query_entities("PartitionKey eq @pk", parameters={"pk": PARTITION}):
             key = str(entity.get("RowKey", ""))
-            index = key[len(ROW) + 1 :] if key.startswith(ROW + "-") else ""
-            if index.isdigit() and int(index) < self.parts:
-                views[int(index)] = State.from_json(entity.get("state", ""))
-                etags[int(index)] = entity.metadata["etag"]
+            if key == ROW:
+                view, etag = State.from_json(entity.get("state", "")), entity.metadata["etag"]
+            elif key == ANSWERS:
+                book, book_etag = Book.from_json(entity.get("answers", "")), entity.metadata["etag"]
+            elif key.startswith(ASKS):
+                asks[key] = (_asks_of(entity.get("asks")), entity.metadata["etag"])
         with self._lock:
-            self._views, self._etags, self._fresh, self._stale = views, etags, True, set()
+            self._view, self._etag, self._asks = view, etag, asks
+            self._book, self._book_etag, self._fresh = book, book_etag, True
 
     # -- fallback --------------------------------------------------------------------------------------------------
     def _fail(self, error: Exception) -> None:
@@ -870,3 +951,13 @@ class SharedPacer:
             was_down, self._down_for = self._down_for > 0, 0.0
         if was_down:
             log.warning("the shared pacing schedule answers again: pacing by it")
+
+
+def _asks_of(text: Any) -> list[str]:
+    """The asks an ask row holds (API names); a row that does not hold a list of names is served as empty (the
+    next write deletes it)."""
+    try:
+        asks = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return []
+    return asks if isinstance(asks, list) and all(isinstance(a, str) for a in asks) else []
