@@ -8,17 +8,18 @@ time; the real pacers decide:
 
 - **local**: each instance's own `shared.pacing.Pacer`, as `ITwinClient._pace` uses it: a slot within the budget is
   waited for; a later one gives the command back visible at once and keeps the invocation busy for its budget.
-- **shared**: the pure schedule of `shared.schedule` (``choose``, ``reserve``, ``throttled``) split across its
-  `PARTS` entities in one `MemoryTable` that honours ETags, as `SharedPacer` and `ITwinClient._pace_shared` use it:
-  each instance keeps a copy of every entity and writes to the one `choose` picks, taking `room` of its asks; one
+- **shared**: the pure schedule of `shared.schedule` (``reserve``, ``throttled``, the answers row's `Book`) in one
+  `MemoryTable` that honours ETags and transactions, as `SharedPacer` and `ITwinClient._pace_shared` use it: one
   table request in flight per instance (each `TABLE_LATENCY` long), lingering `LINGER` for the asks made meanwhile;
-  a 412 costs the write and a random pause (`conflict_pause`), then another entity's copy is tried, and a second 412
-  reads every entity in one query; a 429 is written to every entity; a slot past the budget goes back with the
-  command, shown up to a second early, and is sent at without a table request.
+  a write on the instance's copy serves its asks and every ask row its last read found, in one transaction; a 412
+  sends the instance to posting its asks as a row for `COMBINE_FOR` (as does having no copy yet), then it pauses up
+  to `ASK_PAUSE`, reads the partition, and finds its answers or writes; a 429 is written to the schedule; a slot
+  past the budget goes back with the command, shown up to a second early, and is sent at without a table request.
 
 What is not modelled: processing time other than `HANDLE` per delivery, network jitter, clock skew, the fallback,
-`TABLE_WAIT` (a caller here waits for its reservation however long the 412s last), and `SharedPacer`'s answer from its
-copies when every entity's next slot lies past its horizon (no slot does at the ceiling, where these runs stay).
+`TABLE_WAIT` and `MAX_TRIES` (a caller here waits for its reservation however long the 412s last, and never takes its
+row back), and `SharedPacer`'s answer from its copy when the next slot lies past its horizon (no slot does at the
+ceiling, where these runs stay).
 """
 
 from __future__ import annotations

@@ -92,7 +92,9 @@ class RunResult:
 
     @property
     def table_requests(self) -> int:
-        return sum(i.table.get(k, 0) for i in self.instances for k in ("reads", "inserts", "writes"))
+        from shared.schedule import REQUESTS
+
+        return sum(i.table.get(k, 0) for i in self.instances for k in REQUESTS)
 
     @property
     def fallbacks(self) -> int:

@@ -8,21 +8,25 @@ after a 429 its calls only wait out the ``Retry-After`` (see "APIs without a con
 
 The design, and why (the figures are in BENCHMARKS.md, from ``make bench``):
 
-**Cut to what got through.** The AWS SDKs' "adaptive" retry mode cuts relative to the *measured* send rate, not
-the allowed one. Here the cut is relative to the measured *accepted* rate: the calls the API answered with anything
-but 429 (or 401) over the last second, or over the time three calls take at the current rate when that is longer.
-When N processes start together at the ceiling the platform accepts L calls a second in all, so after one 429 each
-the sum of their rates is about L; cutting the allowed rate by a factor would need about log(N) rounds, each costing
-a 429 per process. When the 429 is the only answer in that window (the first call of a burst after a quiet spell),
-the window tells nothing, and a cut to it would go to the floor for one platform hiccup: the rate at which the
-process's last few calls before went through is measured instead (a process that never got a call through still
-goes to the floor). The first cut goes to the accepted rate itself (``FIRST_CUT``); later cuts take ``CUT`` (0.85)
-of it, but never more than ``CUT``² of the allowed rate in one step, so one unlucky second does not send a process
-to the floor. One cut per ``Retry-After``: further 429s while it lasts answer calls sent before the cut. Two more
-rules keep isolated 429s (a shared slot, a platform hiccup) from wearing the rate down: once a process has been cut,
-it cuts again only on the second 429 among its last ``RECENT_ANSWERS`` answers (a lone one only moves it to another
-slot), and a process whose callers asked for less than ``BUSY_SHARE`` of its allowance lately is not cut at all (it
-already sends less than its share; cutting it to what it happened to send would only delay its next burst).
+**Cut to what got through.** The AWS SDKs' "adaptive" retry mode cuts relative to the *measured* send rate, not the
+allowed one. Here the cut is relative to the measured *accepted* rate: the calls the API answered with anything but 429
+(or 401) over the last second, or over the time three calls take at the current rate when that is longer. When N
+processes start together at the ceiling the platform accepts L calls a second in all, so after one 429 each the sum of
+their rates is about L; cutting the allowed rate by a factor would need about log(N) rounds, each costing a 429 per
+process. When the 429 is the only answer in that window (the first call of a burst after a quiet spell), the window
+tells nothing, and a cut to it would go to the floor for one platform hiccup: the rate at which the process's last few
+calls before went through is measured instead. A process with no such calls to measure (its first calls, or its first
+after a long quiet spell) is not cut by one 429, which may be a hiccup as well as a limit that others already use (a
+process sent to the floor by a hiccup on its first call sent one call every three minutes for ten: the reliability
+suite's fault run did not settle); a second 429 among its last ``RECENT_ANSWERS`` answers sends it to the floor. That
+costs a busy limit one more 429 per process that joins it. The first cut goes to the accepted rate itself
+(``FIRST_CUT``); later cuts take ``CUT`` (0.85) of it, but never more than ``CUT``² of the allowed rate in one step, so
+one unlucky second does not send a process to the floor. One cut per ``Retry-After``: further 429s while it lasts answer
+calls sent before the cut. Two more rules keep isolated 429s (a shared slot, a platform hiccup) from wearing the rate
+down: once a process has been cut, it cuts again only on the second 429 among its last ``RECENT_ANSWERS`` answers (a
+lone one only moves it to another slot), and a process whose callers asked for less than ``BUSY_SHARE`` of its allowance
+lately is not cut at all (it already sends less than its share; cutting it to what it happened to send would only delay
+its next burst).
 
 **Probe up by calls, and go back when a probe fails.** AWS grows along a CUBIC curve in *time* since the last
 throttle, with absolute constants. With 16 processes that is 16 probes at once: the sum overshoots every few seconds
@@ -196,8 +200,10 @@ class Lane:
             self.patience = PATIENCE_AFTER_CUT
             self.cut_hold_until = hold_until
             return
-        if self.cut_at is not None and sum(self.answers) < 2:
-            # A lone 429 among many accepted calls: two processes in one slot, or noise, not a limit too low.
+        if sum(self.answers) < 2 and (self.cut_at is not None or len(self.accepted_at) < 2):
+            # A lone 429 among many accepted calls: two processes in one slot, or noise, not a limit too low. And
+            # with nothing measured yet (the process's first calls, or its first after a long quiet spell), one 429
+            # cannot tell a limit that others already use from a platform hiccup: the next one decides.
             self.offset = self._draw(self.every(now))
             return
         rate = self.allowed(now)

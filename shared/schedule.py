@@ -2,98 +2,93 @@
 
 `shared.pacing` paces each process by itself, and its own analysis shows what that cannot do: an instance learns
 that a limit is shared only from a 429 of its own, so every instance that joins a busy limit pays one. Here the
-instances share one schedule instead, kept in `PARTS` (3) entities of the ledger's table (PartitionKey
-`PARTITION`, RowKeys ``schedule-0`` to ``schedule-2``, one JSON property each). Every API's slots lie on one grid,
-``n x interval`` (``interval = 1 / (rate x SAFETY)``), and entity ``j`` owns the slots with ``n = j (mod 3)``: it
-holds, per API, the GCRA "theoretical arrival time" of its own slots (``tat``: its next free one), the rate the
-schedule issues slots at, the rate known to go through, and a generation; and its third of each bucket of each
-window of the subscription's tier limits (``ITWIN_TIER_LIMITS``), which every API's calls count against.
+instances share one schedule instead: one entity of the ledger's table (PartitionKey `PARTITION`, RowKey `ROW`, one
+JSON property). It holds, per API, the GCRA "theoretical arrival time" (``tat``: the next free slot), the rate the
+schedule issues slots at, the rate known to go through, and a generation; and the calls counted in each bucket of
+each window of the subscription's tier limits (``ITWIN_TIER_LIMITS``), which every API's calls count against.
 ``ITWIN_SHARED_PACING=on`` turns it on.
 
-**Reserving.** A slot for an API in an entity is the first slot of its class at or after its ``tat`` (or now, when
-that has passed); reserving it moves ``tat`` one round (three intervals) past it. The three classes together fill
-the grid, so the slots of one API are evenly spaced however they are spread over the entities, and a one-second
-window of the platform never holds more than the limit. The tier's limits count every API together: each window's
-calls are counted by slot time in buckets of a tenth of the window, and a bucket holds at most ``calls x SAFETY /
-11`` (a sliding window of any alignment overlaps at most 11 buckets), shared out between the entities so that the
-shares add up to it (`_cap`); no window, sliding or fixed, exceeds its limit; a slot whose bucket is full moves to
-the next bucket with room (about 86% of a tier's limit is usable). The change is written by a conditional update on
-the entity's ETag (If-Match): of two instances that read the same state, one writes and the other gets 412. That is
-the only thing deciding who gets which slot: no decision compares two machines' clocks.
+**Reserving.** A slot for an API is its ``tat`` (or now, when that has passed); reserving it moves ``tat`` one
+interval (``1 / (rate x SAFETY)``) past it, so a one-second window of the platform never holds more than the limit.
+The tier's limits count every API together: each window's calls are counted by slot time in buckets of a tenth of
+the window, and a bucket holds at most ``calls x SAFETY / 11`` (a sliding window of any alignment overlaps at most
+11 buckets, `_cap`); no window, sliding or fixed, exceeds its limit; a slot whose bucket is full moves to the next
+bucket with room (about 86% of a tier's limit is usable). The change is written by a conditional update on the
+entity's ETag (If-Match): of two instances that read the same state, one writes and the other gets 412. That is the
+only thing deciding who gets which slot: no decision compares two machines' clocks.
 
-**Which entity (balanced choice).** Every process keeps a copy of each entity (its state and ETag, from its last
-read or write of it). A request goes to the entity whose next free slot is earliest by those copies (`choose`):
-where that slot lies within `NEAR` (2 s), the earliest slot itself, and the write takes one ask only (`room`; the
-others go in the next request, to the next entity), so that slots about to come are taken in grid order and none
-passes unused (one process alone gets every slot, as from one entity); further ahead (a backlog), any entity in the
-earliest round of the grid, at random, and the write takes every ask, so that instances spread over the entities. A
-copy is never ahead of its entity, so a write that lands (its copy was current) lands on an entity at least as far
-behind as every other: the entities' next free slots stay within a batch of each other, and the wall time of a
-backlog does not depend on which entity an instance picked. **After a 412** the request pauses a random moment, the
-longest pause doubling with each 412 in a row (`conflict_pause`: exponential backoff with full jitter, 0.3 s
-doubling to 3 s, given up when the next pause would outlast `TABLE_WAIT`), so that instances that met spread out
-instead of meeting again and more asks join the next write; then it tries the next-best entity by the copies it has,
-passing over the one that met the 412, and a second 412 reads every entity again in one request (a query of the
-partition; `_load`). The next request reads them all first when a copy was passed over. A row not there yet is
-created by the first write to it (an insert; a 409 counts as a 412). **Group commit:** an instance has one table
-request in flight at a time; a request lingers `LINGER` (30 ms) before it starts, and the reservations its
-invocations ask for meanwhile (any API) go together in it. A slot is reserved only for a caller that asked, so
-nothing is reserved ahead for work that may not come (a block reserved ahead would leave gaps wherever its instance
-stopped getting work).
+**Group commit.** An instance has one table request in flight at a time; a request lingers `LINGER` (30 ms) before
+it starts, and the reservations its invocations ask for meanwhile (any API) go together in it. It keeps a copy of
+the schedule and its ETag from its last read or write, and while that copy is current a request is one conditional
+write. A slot is reserved only for a caller that asked, so nothing is reserved ahead for work that may not come (a
+block reserved ahead would leave gaps wherever its instance stopped getting work).
 
-**Why three entities.** In one entity every instance's write contends with every other's: when a fleet meets a
-backlog, each request carries only its own instance's few asks and most writes met a 412 (2.86 table requests per
-API call at 16 processes started together; 4 to 10 at 64 and 256 instances in the model). More entities contend
-less, but an entity's slots are a round apart, so an entity that a batch of ``b`` put ahead of the others ends its
-share of a backlog ``b`` rounds, ``b x K`` intervals, later: the wall time grows with ``K``. In the model at 16
-instances, 4 entities cost 1.07-1.11 times the floor and 8 cost 1.09-1.19, where one entity costs 1.05 and three
-1.06-1.10. The pauses after a 412 were the larger lever: 0.01 s doubling to 0.32 s
-kept the instances meeting; 0.3 s doubling to 3 s took 256 instances started together from 9.7 to about 2.7
-table requests per call in one entity, and three entities take it to 2.4 (1.7 spread over 4 s; BENCHMARKS.md
-has the run's figures). A far slot costs nothing for a longer wait: the backlog's slots lie seconds to minutes ahead.
+**Combining, after a 412.** Group commit amortises the table over one instance's asks, at most its concurrent
+invocations; when a fleet meets a backlog, every instance asks at once, and writes that each carry a few asks mostly
+meet 412s (2.4 table requests per API call at 256 instances in the model, with the best random backoff we found and
+the schedule split over three entities). So an instance whose write met a 412, for `COMBINE_FOR` (2 s) after, and
+one that has not read the schedule yet, posts its asks as an *ask row* instead (RowKey ``ask-<random>``: an insert,
+which meets no one), pauses a random moment under `ASK_PAUSE` (0.1 s), and reads the partition (one query: the
+schedule, the ask rows, the answers row). If its row is gone, another instance's write served it, and its answers
+are in the answers row (`Book`). If not, it writes: its own asks and every ask row it read (up to `TRANSACTION`,
+less the entity, the answers row and its own row), in order, in one entity-group transaction that updates the
+schedule on its ETag, writes each served row's answers into the answers row on that row's ETag, and deletes each
+served row on its ETag. The transaction is all or nothing, so a row is served by exactly one write: a 412, 404 or
+409 anywhere means another writer got there first, and the instance pauses (`conflict_pause`: 0.1 s doubling to
+1 s, with full jitter) and reads again. Any write serves the rows its last read found, so one write serves every
+instance that was waiting, and a fleet pays about one write per round of contention instead of one per instance.
+An instance whose row stays unserved for `MAX_TRIES` writes or `TABLE_WAIT` takes it back (a delete in a
+transaction, which says whether the row was still there: a row already gone was served, and its answers are read).
+The answers row keeps the newest answers that fit in `ANSWERS_CHARS` (a string property holds 32K characters: the
+rows of some full transactions), and an asker reads within about `ASK_PAUSE` of being served.
+
+**Why one entity.** The schedule used to be split over three entities, each owning every third slot, to spread the
+writers; with combining the writers are few, and one entity has none of the split's costs: entities whose next free
+slots drift apart by a batch end a backlog that much later (wall time 1.06-1.10 times the floor at 16 instances),
+slots about to come had to be taken one per write so that none passed unused, a 429 had to reach every entity, and
+the tier's buckets had to be shared out. In the model, combining on one entity costs 0.60-0.69 table requests per
+API call from 16 to 256 instances, started together or spread over 4 s, at 1.05-1.06 times the floor
+(BENCHMARKS.md). A far slot costs nothing for a longer wait: the backlog's slots lie seconds to minutes ahead.
 
 **A slot beyond the invocation's budget** is not given back: the command goes back to the queue with its visibility
 delay set to the slot (rounded down to the queue's whole seconds, so it shows early) and carries the reservation
-(``slot`` in the message: API, time, generation). Whoever receives it waits the rest and sends, with no table
-request (`redeem`). A backlog is thus reserved once, in order, and each command goes back at most once for pacing.
-At the API's ceiling a slot may lie up to `HORIZON` ahead (an hour: any backlog a queue of commands holds); below
-it (after a cut, while probing back up), and while a lone 429 may still turn out to be a lower limit (within its
-strike window, below), no more than `CUT_HORIZON`, so that a backlog is not scheduled at a rate that is a guess or
-in doubt (a command past it goes back unreserved, to ask again when the schedule has come closer). Where the
-process's copies show every entity's next free slot past its horizon, it answers so without a table request or a
-linger: a process goes through the part of a backlog it cannot book at the queue's speed, so that the commands
-carrying the slots it did book, which the queue shows behind that backlog, are not shown late (in the limit-drop run
-they were, and no call went for two seconds after the first 429, so the second came too late to cut).
+(``slot`` in the message: API, time, generation). Whoever receives it waits the rest and sends, with no table request
+(`redeem`). A backlog is thus reserved once, in order, and each command goes back at most once for pacing. At the API's
+ceiling a slot may lie up to `HORIZON` ahead (an hour: any backlog a queue of commands holds); below it (after a cut,
+while probing back up), and while a lone 429 may still turn out to be a lower limit (within its strike window, below),
+no more than `CUT_HORIZON`, so that a backlog is not scheduled at a rate that is a guess or in doubt (a command past it
+goes back unreserved, to ask again when the schedule has come closer). Where the process's copy shows the next free slot
+past its horizon, it answers so without a table request or a linger: a process goes through the part of a backlog it
+cannot book at the queue's speed, so that the commands carrying the slots it did book, which the queue shows behind that
+backlog, are not shown late (in the limit-drop run they were, and no call went for two seconds after the first 429, so
+the second came too late to cut).
 
 **Sent late is not sent.** A slot more than `LATE` of an interval past when its caller is ready (a busy host whose
 sleep overran, a message shown late) is void: sent, the call would crowd the next slot's and draw a 429. The caller
 reserves again (`late`).
 
 **A 429 moves the shared schedule** (traffic the app does not see, a lowered limit): the API's ``tat`` goes past the
-``Retry-After`` for every instance, in every entity (one conditional write each: every entity paces its class of
-slots at the API's rate, so each takes the 429 and follows the rules below by itself; they decide alike as long as
-each write lands, and a 429 is rare). A lone 429 at a rate known to go through changes nothing else (a call sent
-late, a burst). A second within `STRIKE_WINDOW` of the schedule starting again after the first (the schedule pauses
-for the Retry-After, or for the process's own growing backoff where the platform gave none: one process at a limit
-that dropped meets its next 429 about two seconds after the first) cuts the rate to `CUT` (a third) of it, and
-starts a generation. The slots reserved before the cut stand for now, and new ones come after them at the new rate:
-two late calls on a busy host look like a lower limit, and voiding a backlog's slots would send every command back
-to the queue again. A 429 answering one of those older slots confirms the cut: they are void from then on
-(``void_below``), the schedule starts again after the ``Retry-After`` at the new rate, and a carried slot that an
-instance knows to be void (by its copy of the slot's entity, which the slot names) is not used; it reserves again.
-An instance whose copy of the state is older still sends its carried slots: a 429 each, at worst, which tells it.
-Every `PROBE_AFTER` seconds without a 429 the rate becomes known to go through and doubles (a probe), up to the
-ceiling (``ITWIN_RATE_LIMITS``), the steps counted from when the rate last changed (so that every entity runs at the
-same rate, on the same grid, whenever it was last written); a 429 answering a probe goes straight back to the rate
-it left and voids the probe's slots (a few seconds' worth: see `horizon`). A limit that came back is reached within
-two probes (6/s from 2/s: about 2 s); a limit that stays low costs a 429 or two per probe.
+``Retry-After`` for every instance (one conditional write). A lone 429 at a rate known to go through changes nothing
+else (a call sent late, a burst). A second within `STRIKE_WINDOW` of the schedule starting again after the first (the
+schedule pauses for the Retry-After, or for the process's own growing backoff where the platform gave none: one process
+at a limit that dropped meets its next 429 about two seconds after the first) cuts the rate to `CUT` (a third) of it,
+and starts a generation. The slots reserved before the cut stand for now, and new ones come after them at the new rate:
+two late calls on a busy host look like a lower limit, and voiding a backlog's slots would send every command back to
+the queue again. A 429 answering one of those older slots confirms the cut: they are void from then on (``void_below``),
+the schedule starts again after the ``Retry-After`` at the new rate, and a carried slot that an instance knows to be
+void (by its copy of the schedule) is not used; it reserves again. An instance whose copy of the state is older still
+sends its carried slots: a 429 each, at worst, which tells it. Every `PROBE_AFTER` seconds without a 429 the rate
+becomes known to go through and doubles (a probe), up to the ceiling (``ITWIN_RATE_LIMITS``), the steps counted from
+when the rate last changed; a 429 answering a probe goes straight back to the rate it left and voids the probe's slots
+(a few seconds' worth: see `horizon`). A limit that came back is reached within two probes (6/s from 2/s: about 2 s); a
+limit that stays low costs a 429 or two per probe.
 
 **Falls back, comes back.** A table request that fails (unreachable, 5xx, a timeout: the table client is built with
 `TABLE_TIMEOUT` timeouts and no retries) sends this process to its own adaptive `Pacer` (`shared.pacing`) for
 `DOWN_FIRST` seconds, doubling to `DOWN_MOST` while it keeps failing; the first reservation after that tries the
 table again, and one that succeeds brings the process back. The local pacer is fed every answer all along, so it
 starts warm. A table that answers but is busy is not a failure: a caller that waited `TABLE_WAIT` for its turn, or
-whose request met `MAX_TRIES` 412s in a row, gives its command back for `CONTENDED_BACK` seconds, and the process
+whose ask row stayed unserved (above), gives its command back for `CONTENDED_BACK` seconds, and the process
 stays on the schedule (pacing locally beside instances that pace by the table would send at the full rate on top of
 theirs). Nothing is lost or doubled either way: pacing only delays calls, never sends or drops one; a failure here
 never raises to the caller; a reservation whose write landed but whose answer was lost is a slot nobody uses.
@@ -109,21 +104,20 @@ order it was picked up, whichever instances picked it up; the table is paid per 
 
 **Failure modes, and what they cost** (measured in BENCHMARKS.md):
 
-- *Contention.* A write on a copy that is no longer current costs a 412 and another write, and every second one a
-  query; group commit, the linger and the backoff amortise it over the asks of one instance (at most its
-  concurrent invocations), not over instances. When many instances take fresh commands at once (a backlog meeting
-  a fleet, every instance asking until the whole backlog has slots), a call's reservation costs about one table
-  request at 16 processes (1.03-1.07 started together, 0.70-0.71 spread over 4 s) and 1.1 to 2.4 at 64 to 256 instances
-  in the model (BENCHMARKS.md); fresh commands that trickle in cost one. While that lasts the invocations wait on the
-  table, longer with the pauses (up to `TABLE_WAIT`, then the command goes back for `CONTENDED_BACK`). The three
-  entities take some hundreds of writes a second each (Table Storage: about 1,000 a second per partition, which
-  holds all three), which bounds the fresh commands a second the fleet can schedule, far above any API's limit.
-- *Entities apart.* Two entities' next free slots differ by up to a batch of rounds (a batch is at most an
-  instance's concurrent invocations), so the end of a backlog comes up to that many rounds later than on one
-  entity: at 16 processes the wall time is 1.08 times the floor where one entity gave 1.05 spread over 4 s (and
-  1.13 started together, when the invocations waited on the one entity's table).
-- *A 429 that reaches some entities only.* A write of a 429's change that stays contended leaves that entity
-  uncut until its next 429 (its slots, a third of the API's, keep the old spacing meanwhile: a 429 or two).
+- *Contention.* A write on a copy that is no longer current costs a 412, and the asks then cost a posted row and
+  a read, and a write where no other instance's write served them. When many instances take fresh commands at once
+  (a backlog meeting a fleet), a call's reservation costs 0.60-0.69 table requests in the model at 16 to 256
+  instances, and measured on Azurite at 16 processes (BENCHMARKS.md); fresh commands that trickle in cost one. The
+  ask rows' answers wait for their askers' reads, about `ASK_PAUSE` longer than one write. One entity takes some
+  hundreds of writes a second (Table Storage: about 1,000 a second per partition), and each write serves up to 97
+  rows of asks, which bounds the fresh commands a second the fleet can schedule far above any API's limit.
+- *An answer read too late.* An asker that reads after its answer left the answers row (it paused for seconds
+  while thousands of rows were served) gives its command back for `CONTENDED_BACK`; its slots are gaps.
+- *Ask rows left behind.* A process that dies between posting its row and reading its answer leaves the row for
+  the next writer, which serves it: its slots are gaps. A malformed row is served as empty and deleted.
+- *A mixed fleet while upgrading.* Instances of the version that split the schedule over ``schedule-0`` to
+  ``schedule-2`` pace apart from those on ``schedule`` until every instance runs this version (429s meanwhile);
+  the old rows are ignored.
 - *Cut by mistake.* Two 429s of calls sent late within `STRIKE_WINDOW` (of the schedule starting again) cut the
   rate: new slots come at a third of it for about two seconds of probing, and commands past `CUT_HORIZON` go back
   unreserved meanwhile.
@@ -189,6 +183,7 @@ LINGER = 0.03  # seconds a request waits before it starts, for more asks to join
 CONTENDED_BACK = 1.0  # seconds a command waits in the queue when the table was too contended to reserve
 DOWN_FIRST = 1.0
 DOWN_MOST = 30.0
+REQUESTS = ("reads", "writes", "asks posted", "withdrawn")  # `SharedPacer.counts` of table requests, by kind
 
 
 def conflict_pause(conflicts: int, rand: Callable[[], float]) -> float:
@@ -302,8 +297,7 @@ def _api(state: State, limits: Limits, api: str, now: float) -> ApiState:
         current.rate = current.safe = ceiling
     elif current.rate < ceiling and now - current.changed >= PROBE_AFTER:
         # PROBE_AFTER seconds at this rate without a 429: it goes through; probe the next step up. The steps are
-        # counted from when the rate last changed, not from when this entity was last written, so that every
-        # entity (the same 429s wrote the same rate and time into each) runs at the same rate, on the same grid.
+        # counted from when the rate last changed, not from when the schedule was last written.
         steps = math.floor((now - current.changed) / PROBE_AFTER)
         for _ in range(steps):
             if current.rate >= ceiling:
@@ -553,7 +547,7 @@ class SharedPacer:
         self._combine_until = -math.inf  # monotonic: post asks as rows until then (a write met a 412 lately)
         self._down_until = -math.inf
         self._down_for = 0.0
-        self.counts: Counter[str] = Counter()  # table requests by kind, conflicts, fallbacks
+        self.counts: Counter[str] = Counter()  # table requests by kind (`REQUESTS`), conflicts, fallbacks
 
     # -- what the client asks ------------------------------------------------------------------------------------
     @property
@@ -812,6 +806,7 @@ class SharedPacer:
         from azure.core import MatchConditions
         from azure.core.exceptions import HttpResponseError
 
+        self.counts["withdrawn"] += 1
         try:
             self.table.submit_transaction(
                 [("delete", {"PartitionKey": PARTITION, "RowKey": key}, {"match_condition": MatchConditions.IfPresent})]

@@ -26,6 +26,12 @@ def accept(pacer: Pacer, clock: ManualClock, calls: int, api: str = "clashdetect
     send(pacer, clock, calls, api)
 
 
+def busy(pacer: Pacer, callers: int = 6, api: str = "clashdetection") -> None:
+    """``callers`` ask for a slot now and give their work back when it is not free at once."""
+    for _ in range(callers):
+        pacer.reserve(api, limit=0.0)
+
+
 def send(
     pacer: Pacer, clock: ManualClock, calls: int, api: str = "clashdetection", every: float = 0.0, refused: bool = False
 ) -> None:
@@ -111,11 +117,25 @@ def test_the_first_429_cuts_to_the_rate_that_got_through_in_the_last_second():
     assert [b - a for a, b in itertools.pairwise(starts)] == pytest.approx([3 * SLOT, 3 * SLOT])
 
 
-def test_a_429_with_nothing_accepted_cuts_to_the_floor_a_fixed_share_of_the_ceiling():
+def test_a_second_429_with_nothing_accepted_cuts_to_the_floor_a_fixed_share_of_the_ceiling():
     clock = ManualClock(100.0)
     pacer = clash_pacer(clock)
-    send(pacer, clock, 1, refused=True)  # its first call, refused: the platform is busy with others
+    busy(pacer)
+    send(pacer, clock, 1, refused=True)  # its first call, refused: a hiccup, or a limit others already use
+    assert pacer.rate("clashdetection") == 6.0
+    clock.now += 1.0
+    busy(pacer)
+    send(pacer, clock, 1, refused=True)  # the next one too: the platform is busy with others
     assert pacer.rate("clashdetection") == pytest.approx(6.0 / FLOOR_SLOTS)
+
+
+def test_a_429_on_a_processs_first_call_does_not_cut_it_when_the_next_calls_go_through():
+    clock = ManualClock(100.0)
+    pacer = clash_pacer(clock)
+    send(pacer, clock, 1, refused=True)
+    clock.now += 1.0
+    accept(pacer, clock, 20)
+    assert pacer.rate("clashdetection") == 6.0
 
 
 def test_later_cuts_take_a_share_of_what_got_through_but_never_more_than_two_cuts_at_once():
@@ -144,8 +164,7 @@ def test_the_first_call_after_a_quiet_spell_meeting_a_429_is_cut_by_what_got_thr
     clock.now += 1.0
     accept(pacer, clock, 10)  # about 2/s go through
     clock.now += 30.0  # a quiet spell: no commands for this API
-    for _ in range(4):  # then a burst: callers ask together, and the first call meets a 429 (a platform hiccup)
-        pacer.reserve("clashdetection", limit=0.0)
+    busy(pacer, 4)  # then a burst: callers ask together, and the first call meets a 429 (a platform hiccup)
     send(pacer, clock, 1, refused=True)
     # Nothing went through in the last second because nothing was sent: the last burst's 2/s decides, cut once.
     assert pacer.rate("clashdetection") == 6.0 / math.ceil(6.0 / (CUT * 2.0))
@@ -259,7 +278,10 @@ def test_the_rate_never_passes_the_ceiling():
 def test_a_process_cut_to_the_floor_comes_back_slowly_in_time_without_calls():
     clock = ManualClock(100.0)
     pacer = clash_pacer(clock)
-    send(pacer, clock, 1, refused=True)
+    for _ in range(2):
+        clock.now += 1.0  # past the last Retry-After
+        busy(pacer)
+        send(pacer, clock, 1, refused=True)
     floor = pacer.rate("clashdetection")
     clock.now += 60.0
     assert floor < pacer.rate("clashdetection") <= 2 * floor
@@ -334,15 +356,15 @@ def test_one_process_follows_its_limit_down_from_6_to_2_and_back_up():
     assert pacer.rate("clashdetection") >= 5.0
 
 
-@pytest.mark.parametrize(("processes", "most_refused", "least_throughput"), [(4, 0.08, 0.85), (16, 0.08, 0.9)])
+@pytest.mark.parametrize(("processes", "most_refused", "least_throughput"), [(4, 0.08, 0.8), (16, 0.12, 0.85)])
 def test_processes_starting_together_find_their_share_with_few_429s(processes, most_refused, least_throughput):
     clock = ManualClock(100.0)
     platform = Platform(clock)
     pacers = [clash_pacer(clock, seed) for seed in range(processes)]
     run(platform, pacers, until=clock.now + 60)
     calls = platform.accepted + platform.refused
-    # Each process learns of the others only through a 429 of its own: at least one each at the start. With a
-    # fixed 6/s each, 4 processes had 38% of their calls refused and 16 had 72% (issue 9).
+    # Each process learns of the others only through 429s of its own: two each at the start (one alone may be a
+    # hiccup). With a fixed 6/s each, 4 processes had 38% of their calls refused and 16 had 72% (issue 9).
     assert processes <= platform.refused <= most_refused * calls
     assert platform.accepted >= least_throughput * 60 * 6
 
