@@ -499,8 +499,8 @@ class TableDown(Exception):
 
 
 class Contended(TableDown):
-    """Every conditional write of one request met another instance's write first: the table answers, it is only
-    busy, so the process stays on it and the command goes back to the queue for `CONTENDED_BACK` seconds."""
+    """Every conditional write of a 429's change met another instance's write first: the table answers, it is only
+    busy, so the process stays on it (the change is left to the next 429)."""
 
 
 class SharedPacer:
@@ -707,8 +707,6 @@ class SharedPacer:
         take()
         try:
             answers: list[Slot | float | str | None] = list(self._request(batch, take))
-        except Contended:
-            answers = [_CONTENDED] * len(batch)
         except TableDown as error:
             self._fail(error)
             answers = [None] * len(batch)
@@ -724,7 +722,8 @@ class SharedPacer:
         """Slots for ``batch``'s asks (``take`` adds who asked meanwhile, until the asks are posted). One
         conditional write of the schedule when this process's copy is current, serving with its own asks every ask
         row the last read found; after a 412 the asks go into an ask row, and whoever reads next serves them
-        (see "Combining" in the module's docstring). Raises `Contended` or `TableDown`."""
+        (see "Combining" in the module's docstring). An ask the table was too busy to serve is `_CONTENDED`.
+        Raises `TableDown`."""
         from azure.core.exceptions import AzureError, HttpResponseError
 
         key: str | None = None

@@ -364,18 +364,24 @@ def test_a_command_this_instance_cannot_send_soon_goes_back_visible_at_once_and_
     worker._sleep = lingered.append
     # The pacer's clock starts on a slot that is also the first of the floor's, where the cut puts this instance.
     clock = ManualClock(1000 * FLOOR_SLOTS / (6.0 * SAFETY))
-    worker.api.client.pacer = Pacer({"clashdetection": 6.0}, clock=clock, monotonic=clock, rand=lambda: 0.0)
-    simulator.fail_next("DELETE", "/clashdetection/runs/", 429, headers={"Retry-After": "1"})
+    pacer = worker.api.client.pacer = Pacer({"clashdetection": 6.0}, clock=clock, monotonic=clock, rand=lambda: 0.0)
+    for _ in range(2):
+        simulator.fail_next("DELETE", "/clashdetection/runs/", 429, headers={"Retry-After": "1"})
     assert worker.handle(message(action="delete", resource="run", id=MISSING)) is Outcome.RESCHEDULED
-    assert worker.api.client.pacer.rate("clashdetection") == 6.0 / FLOOR_SLOTS  # nothing got through: the floor
+    assert pacer.rate("clashdetection") == 6.0  # nothing measured yet: one 429 may be a hiccup
+    clock.advance(1.1)
+    for _ in range(3):  # other invocations ask meanwhile
+        pacer.reserve("clashdetection", limit=0.0)
+    assert worker.handle(message(action="delete", resource="run", id=MISSING)) is Outcome.RESCHEDULED
+    assert pacer.rate("clashdetection") == 6.0 / FLOOR_SLOTS  # a second, and nothing got through: the floor
     clock.advance(1.1)  # the Retry-After is over; this instance's next slot is three minutes away
     assert worker.handle(message(action="delete", resource="run", id="another-run")) is Outcome.RESCHEDULED
     # Visible at once for an instance that has a slot sooner, and this invocation busy for the time it would
     # have waited, so that its instance does not take the next command it cannot send either.
-    assert sender.delays == [1, None]  # None: no visibility delay
+    assert sender.delays == [1, 1, None]  # None: no visibility delay
     assert len(lingered) == 1
     assert 0.5 < lingered[0] <= WORKER_POLICY.budget
-    assert len(simulator.api_calls()) == 1
+    assert len(simulator.api_calls()) == 2
     # The platform refused nothing: the give-back counts as neither an attempt nor a wait.
     [copy] = [m for m in received(queues[COMMAND_QUEUE]) if m["id"] == "another-run"]
     assert ("attempt" in copy, "waits" in copy) == (False, False)
