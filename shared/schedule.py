@@ -1,7 +1,7 @@
 """One pacing schedule shared by every instance, kept in the app's table, with today's pacer as its fallback.
 
 `shared.pacing` paces each process by itself, and its own analysis shows what that cannot do: an instance learns
-that a limit is shared only from a 429 of its own, so every instance that joins a busy limit pays one. Here the
+that a limit is shared only from 429s of its own, so every instance that joins a busy limit pays them. Here the
 instances share one schedule instead: one entity of the ledger's table (PartitionKey `PARTITION`, RowKey `ROW`, one
 JSON property). It holds, per API, the GCRA "theoretical arrival time" (``tat``: the next free slot), the rate the
 schedule issues slots at, the rate known to go through, and a generation; and the calls counted in each bucket of
