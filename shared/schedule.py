@@ -28,7 +28,7 @@ invocations; when a fleet meets a backlog, every instance asks at once, and writ
 meet 412s (2.4 table requests per API call at 256 instances in the model, with the best random backoff we found and
 the schedule split over three entities). So an instance whose write met a 412, for `COMBINE_FOR` (2 s) after, and
 one that has not read the schedule yet, posts its asks as an *ask row* instead (RowKey ``ask-<random>``: an insert,
-which meets no one), pauses a random moment under `ASK_PAUSE` (0.1 s), and reads the partition (one query: the
+which meets no one), pauses a random moment under `ASK_PAUSE` (0.3 s), and reads the partition (one query: the
 schedule, the ask rows, the answers row). If its row is gone, another instance's write served it, and its answers
 are in the answers row (`Book`). If not, it writes: its own asks and every ask row it read (up to `TRANSACTION`,
 less the entity, the answers row and its own row), in order, in one entity-group transaction that updates the
@@ -40,7 +40,10 @@ instance that was waiting, and a fleet pays about one write per round of content
 An instance whose row stays unserved for `MAX_TRIES` writes or `TABLE_WAIT` takes it back (a delete in a
 transaction, which says whether the row was still there: a row already gone was served, and its answers are read).
 The answers row keeps the newest answers that fit in `ANSWERS_CHARS` (a string property holds 32K characters: the
-rows of some full transactions), and an asker reads within about `ASK_PAUSE` of being served.
+rows of some full transactions), and an asker reads within about `ASK_PAUSE` of being served. Why 0.3 s: askers
+that read within a request's time of each other all write, and all but one meet a 412; at 16 processes started
+together on this machine a 0.1 s pause cost 1.00-1.05 table requests per call (38 of 52 writes of rows met
+another's first), 0.3 s 0.75, and 0.5 s 0.64-0.70 but with slots passing unused while their askers paused.
 
 **Why one entity.** The schedule used to be split over three entities, each owning every third slot, to spread the
 writers; with combining the writers are few, and one entity has none of the split's costs: entities whose next free
@@ -176,7 +179,7 @@ TABLE_TIMEOUT = 2.0  # seconds: the table client's connect and read timeouts (se
 TABLE_WAIT = 5.0  # seconds a caller waits for its turn at the table before its command goes back
 CONFLICT_PAUSE = 0.1  # seconds: the longest random pause after a first 412, doubling with each further one
 CONFLICT_MOST = 1.0  # ... up to this
-ASK_PAUSE = 0.1  # seconds: the longest random pause between posting an ask row and reading whether it was served
+ASK_PAUSE = 0.3  # seconds: the longest random pause between posting an ask row and reading whether it was served
 COMBINE_FOR = 2.0  # seconds a process posts its asks as rows after one of its writes met a 412
 ANSWERS_CHARS = 30_000  # the answers row keeps the newest answers that fit (a string property holds 32K characters)
 LINGER = 0.03  # seconds a request waits before it starts, for more asks to join it
