@@ -43,7 +43,8 @@ The answers row keeps the newest answers that fit in `ANSWERS_CHARS` (a string p
 rows of some full transactions), and an asker reads within about `ASK_PAUSE` of being served. Why 0.3 s: askers
 that read within a request's time of each other all write, and all but one meet a 412; at 16 processes started
 together on this machine a 0.1 s pause cost 1.00-1.05 table requests per call (38 of 52 writes of rows met
-another's first), 0.3 s 0.75, and 0.5 s 0.64-0.70 but with slots passing unused while their askers paused.
+another's first), 0.3 s 0.75, and 0.5 s 0.64-0.70; a longer pause is a longer wait for every caller whose asks
+went into a row, and a slot about to come that its caller hears of too late is reserved again.
 
 **Why one entity.** The schedule used to be split over three entities, each owning every third slot, to spread the
 writers; with combining the writers are few, and one entity has none of the split's costs: entities whose next free
