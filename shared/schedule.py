@@ -50,8 +50,8 @@ went into a row, and a slot about to come that its caller hears of too late is r
 writers; with combining the writers are few, and one entity has none of the split's costs: entities whose next free
 slots drift apart by a batch end a backlog that much later (wall time 1.06-1.10 times the floor at 16 instances),
 slots about to come had to be taken one per write so that none passed unused, a 429 had to reach every entity, and
-the tier's buckets had to be shared out. In the model, combining on one entity costs 0.60-0.69 table requests per
-API call from 16 to 256 instances, started together or spread over 4 s, at 1.05-1.06 times the floor
+the tier's buckets had to be shared out. In the model, combining on one entity costs 0.56-0.65 table requests per
+API call from 16 to 256 instances, started together or spread over 4 s, at 1.05-1.07 times the floor
 (BENCHMARKS.md). A far slot costs nothing for a longer wait: the backlog's slots lie seconds to minutes ahead.
 
 **A slot beyond the invocation's budget** is not given back: the command goes back to the queue with its visibility
@@ -110,11 +110,12 @@ order it was picked up, whichever instances picked it up; the table is paid per 
 
 - *Contention.* A write on a copy that is no longer current costs a 412, and the asks then cost a posted row and
   a read, and a write where no other instance's write served them. When many instances take fresh commands at once
-  (a backlog meeting a fleet), a call's reservation costs 0.60-0.69 table requests in the model at 16 to 256
-  instances, and measured on Azurite at 16 processes (BENCHMARKS.md); fresh commands that trickle in cost one. The
-  ask rows' answers wait for their askers' reads, about `ASK_PAUSE` longer than one write. One entity takes some
-  hundreds of writes a second (Table Storage: about 1,000 a second per partition), and each write serves up to 97
-  rows of asks, which bounds the fresh commands a second the fleet can schedule far above any API's limit.
+  (a backlog meeting a fleet), a call's reservation costs 0.56-0.65 table requests in the model at 16 to 256
+  instances, 0.61-0.78 measured on Azurite at 16 processes (up to 1.2 with the machine loaded; BENCHMARKS.md);
+  fresh commands that trickle in cost one. The ask rows' answers wait for their askers' reads, up to `ASK_PAUSE`
+  longer than one write. One entity takes some hundreds of writes a second (Table Storage: about 1,000 a second per
+  partition), and each write serves up to 97 rows of asks, which bounds the fresh commands a second the fleet can
+  schedule far above any API's limit.
 - *An answer read too late.* An asker that reads after its answer left the answers row (it paused for seconds
   while thousands of rows were served) gives its command back for `CONTENDED_BACK`; its slots are gaps.
 - *Ask rows left behind.* A process that dies between posting its row and reading its answer leaves the row for
