@@ -29,18 +29,15 @@ import itertools
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError
-from azure.data.tables import UpdateMode
 
 from sandbox.memory_table import MemoryTable
 from sandbox.simulator.faults import RateLimiter
 from shared.pacing import SAFETY, Pacer
 from shared.schedule import (
-    ANSWERS,
     ASK_PAUSE,
     ASKS,
     COMBINE_FOR,
@@ -48,15 +45,16 @@ from shared.schedule import (
     LINGER,
     MAX_BATCH,
     PARTITION,
-    ROW,
-    TRANSACTION,
-    Book,
     Limits,
+    Partition,
     Slot,
     State,
+    ask_row,
     conflict_pause,
-    reserve,
+    serve,
+    submit,
     throttled,
+    write_state,
 )
 
 API = "clashdetection"
@@ -64,7 +62,6 @@ LIMIT = 6.0
 THREADS = 4
 BUDGET = 1.0  # the worker's budget per invocation (`WORKER_POLICY`)
 HANDLE = 0.005  # seconds a delivery takes besides waiting (receive, validate, the call's own time)
-IF = MatchConditions.IfNotModified
 TABLE_LATENCY = 0.008  # seconds per table request (Table Storage in one region: a few ms)
 RETRY_AFTER = 1.0
 
@@ -112,12 +109,8 @@ Callback = Callable[[Slot | float], None]
 class Instance:
     index: int
     pacer: Pacer | None = None
-    view: State | None = None  # the schedule as this instance last wrote or read it
-    etag: str | None = None
+    copy: Partition = field(default_factory=Partition)  # the partition as this instance last wrote or read it
     fresh: bool = False  # False: read the partition (one query) before the next write
-    asks: dict[str, tuple[list[str], str]] = field(default_factory=dict)  # ask rows the last read found
-    book: Book = field(default_factory=Book)
-    book_etag: str | None = None
     combine_until: float = -math.inf
     posted: tuple[str, list[Callback]] | None = None  # its ask row waiting to be served, and whose asks it holds
     busy: bool = False  # a table request in flight
@@ -220,7 +213,8 @@ class Model:
     def _shared(self, instance: Instance, thread: int, message: Message, deadline: float) -> None:
         slot, message.slot = message.slot, None
         if slot is not None:
-            known = instance.view.apis.get(API) if instance.view is not None else None
+            view = instance.copy.view
+            known = view.apis.get(API) if view is not None else None
             late = LATE / (LIMIT * SAFETY)
             if slot.at - self.now >= -late and (known is None or known.void_below <= slot.gen):
                 self._at_slot(instance, thread, message, slot, deadline)
@@ -277,7 +271,7 @@ class Model:
 
     def _start(self, instance: Instance) -> None:
         batch, instance.pending = instance.pending[:MAX_BATCH], instance.pending[MAX_BATCH:]
-        if self.now < instance.combine_until or instance.view is None:
+        if self.now < instance.combine_until or instance.copy.view is None:
             self._post(instance, batch)
         elif not instance.fresh:
             self._load(instance)
@@ -287,8 +281,7 @@ class Model:
 
     def _post(self, instance: Instance, batch: list[Callback]) -> None:
         key = f"{ASKS}{next(self.keys):012d}"
-        asks = {"PartitionKey": PARTITION, "RowKey": key, "asks": f'["{API}"' + f',"{API}"' * (len(batch) - 1) + "]"}
-        self.table.create_entity(asks)
+        self.table.create_entity(ask_row(key, [API] * len(batch)))
         instance.posted = (key, batch)
         self._request(lambda: self.at(self.now + self.rng.random() * ASK_PAUSE, lambda: self._poll(instance)))
 
@@ -298,11 +291,11 @@ class Model:
         def read() -> None:
             assert instance.posted is not None
             key, batch = instance.posted
-            if key in instance.asks:
+            if key in instance.copy.asks:
                 self._write(instance, batch)
                 return
             instance.posted = None  # served by another instance's write
-            answers = instance.book.answer(key, [API] * len(batch))
+            answers = instance.copy.book.answer(key, [API] * len(batch))
             assert answers is not None, "an answer dropped from the answers row before its asker read it"
             self._answered(instance, batch, answers)
 
@@ -312,28 +305,9 @@ class Model:
         """The schedule written with this instance's asks (in its ask row, when posted) and every ask row its last
         read found, as `SharedPacer._request` does."""
         mine = instance.posted[0] if instance.posted is not None else ""
-        others = sorted(k for k in instance.asks if k != mine)[: TRANSACTION - 3]
-        served = [(mine, [API] * len(batch)), *((k, instance.asks[k][0]) for k in others)]
-        state = (instance.view or State()).copy()
-        flat = reserve(state, self.limits, [api for _, asks in served for api in asks], self.now)
-        answers = {}
-        for key, asks in served:
-            answers[key], flat = flat[: len(asks)], flat[len(asks) :]
-        deletes = [(k, instance.asks[k][1]) for k, _ in served if k in instance.asks]
-        book = Book.from_json(instance.book.to_json())
-        entity = {"PartitionKey": PARTITION, "RowKey": ROW, "state": state.to_json()}
+        write = serve(instance.copy, self.limits, mine, [API] * len(batch), self.now)
         try:
-            if not deletes:
-                written = [self._put(entity, instance.etag)]
-            else:
-                book.add({k: answers[k] for k, _ in deletes})
-                booked = {"PartitionKey": PARTITION, "RowKey": ANSWERS, "answers": book.to_json()}
-                ops = [self._op(entity, instance.etag), self._op(booked, instance.book_etag)]
-                ops += [
-                    ("delete", {"PartitionKey": PARTITION, "RowKey": k}, {"etag": e, "match_condition": IF})
-                    for k, e in deletes
-                ]
-                written = [w["etag"] for w in self.table.submit_transaction(ops)[:2]]
+            etags = submit(self.table, write.operations)
         except HttpResponseError:
             instance.fresh = False
             instance.conflicts += 1
@@ -348,13 +322,10 @@ class Model:
 
             self._request(conflicted)
             return
-        instance.view, instance.etag, instance.fresh = state, written[0], True
-        if deletes:
-            instance.book, instance.book_etag = book, written[1]
-        instance.asks = {k: v for k, v in instance.asks.items() if k not in answers}
+        instance.copy, instance.fresh = write.landed(instance.copy, etags), True
         instance.posted = None
         instance.conflicts = 0
-        self._request(lambda: self._answered(instance, batch, answers[mine]))
+        self._request(lambda: self._answered(instance, batch, write.answers[mine]))
 
     def _answered(self, instance: Instance, batch: list[Callback], answers: list[Slot | float]) -> None:
         for answer, callback in zip(answers, batch, strict=True):
@@ -363,45 +334,25 @@ class Model:
         if instance.pending:
             self._ask(instance, instance.pending.pop())
 
-    def _op(self, entity: dict[str, Any], etag: str | None) -> tuple[Any, ...]:
-        if etag is None:
-            return ("create", entity)
-        return ("update", entity, {"mode": UpdateMode.REPLACE, "etag": etag, "match_condition": IF})
-
-    def _put(self, entity: dict[str, Any], etag: str | None) -> str:
-        if etag is None:
-            return self.table.create_entity(entity)["etag"]
-        return self.table.update_entity(entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=IF)["etag"]
-
     def _commit(self, instance: Instance, change: Callable[[State, float], Any]) -> None:
         """A 429's change, written to the schedule at once (rare: its latency is not modelled)."""
         for _ in range(8):
             if not instance.fresh:
                 self.figures.table += 1
                 self._load(instance)
-            state = (instance.view or State()).copy()
+            state = (instance.copy.view or State()).copy()
             change(state, self.now)
             self.figures.table += 1
-            entity = {"PartitionKey": PARTITION, "RowKey": ROW, "state": state.to_json()}
             try:
-                instance.etag = self._put(entity, instance.etag)
+                [etag] = submit(self.table, write_state(state, instance.copy.etag))
             except HttpResponseError:
                 instance.fresh = False
                 continue
-            instance.view = state
+            instance.copy = replace(instance.copy, view=state, etag=etag)
             return
 
     def _load(self, instance: Instance) -> None:
-        instance.view, instance.etag, instance.asks = None, None, {}
-        instance.book, instance.book_etag = Book(), None
-        for entity in self.table.query_entities("PartitionKey eq @pk", parameters={"pk": PARTITION}):
-            key, etag = entity["RowKey"], entity.metadata["etag"]
-            if key == ROW:
-                instance.view, instance.etag = State.from_json(entity["state"]), etag
-            elif key == ANSWERS:
-                instance.book, instance.book_etag = Book.from_json(entity["answers"]), etag
-            else:
-                instance.asks[key] = ([API] * entity["asks"].count(API), etag)
+        instance.copy = Partition.read(self.table.query_entities("PartitionKey eq @pk", parameters={"pk": PARTITION}))
         instance.fresh = True
 
 

@@ -151,9 +151,9 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from shared.pacing import SAFETY, Pacer
@@ -467,7 +467,6 @@ class Book:
             if size > ANSWERS_CHARS:
                 break
             kept[key] = entry
-        self.answers = kept
         return json.dumps({"written": self.written, "answers": kept}, separators=(",", ":"))
 
     @classmethod
@@ -475,6 +474,109 @@ class Book:
         data = json.loads(text or "{}")
         answers = {str(k): (int(v[0]), list(v[1])) for k, v in (data.get("answers") or {}).items()}
         return cls(int(data.get("written", 0)), answers)
+
+
+@dataclass
+class Partition:
+    """The schedule's partition as a process last read or wrote it: the schedule and its ETag (None: no row yet),
+    the ask rows waiting to be served (key -> their asks and ETag), and the answers row and its ETag."""
+
+    view: State | None = None
+    etag: str | None = None
+    asks: dict[str, tuple[list[str], str]] = field(default_factory=dict)
+    book: Book = field(default_factory=Book)
+    book_etag: str | None = None
+
+    @classmethod
+    def read(cls, entities: Iterable[Any]) -> Partition:
+        """The partition from a query of it (each entity with its ``metadata["etag"]``); rows of other kinds (the
+        split schedule's ``schedule-0`` to ``schedule-2``) are ignored."""
+        copy = cls()
+        for entity in entities:
+            key, etag = str(entity.get("RowKey", "")), entity.metadata["etag"]
+            if key == ROW:
+                copy.view, copy.etag = State.from_json(entity.get("state", "")), etag
+            elif key == ANSWERS:
+                copy.book, copy.book_etag = Book.from_json(entity.get("answers", "")), etag
+            elif key.startswith(ASKS):
+                copy.asks[key] = (_asks_of(entity.get("asks")), etag)
+        return copy
+
+
+@dataclass(frozen=True)
+class Write:
+    """One write of the schedule (`serve`): the operations to `submit`, the answers by ask row (``""``: the
+    writer's own asks, when not in a row), and the schedule and answers row it writes (``book`` None: no ask row
+    served, one plain write of the schedule)."""
+
+    operations: list[tuple[Any, ...]]
+    answers: dict[str, list[Slot | float]]
+    state: State
+    book: Book | None
+
+    def landed(self, copy: Partition, etags: list[str]) -> Partition:
+        """``copy`` once this write landed with ``etags`` (the schedule's, and the answers row's)."""
+        served = {k: v for k, v in copy.asks.items() if k not in self.answers}
+        if self.book is None:
+            return replace(copy, view=self.state, etag=etags[0], asks=served)
+        return Partition(self.state, etags[0], served, self.book, etags[1])
+
+
+def serve(copy: Partition, limits: Limits, mine: str, apis: list[str], now: float) -> Write:
+    """The write that reserves ``apis`` (the writer's own asks; ``mine``: their ask row, or ``""``) and the asks of
+    every ask row in ``copy``, as many as one transaction holds, in that order: in one conditional update of the
+    schedule, or, where rows are served, one transaction that also writes their answers and deletes them."""
+    others = sorted(k for k in copy.asks if k != mine)[: TRANSACTION - 3]
+    served = [(mine, apis), *((k, copy.asks[k][0]) for k in others)]
+    state = (copy.view or State()).copy()
+    flat = reserve(state, limits, [api for _, asks in served for api in asks], now)
+    answers: dict[str, list[Slot | float]] = {}
+    for key, asks in served:
+        answers[key], flat = flat[: len(asks)], flat[len(asks) :]
+    operations = [_put({"PartitionKey": PARTITION, "RowKey": ROW, "state": state.to_json()}, copy.etag)]
+    deletes = [(k, copy.asks[k][1]) for k, _ in served if k in copy.asks]
+    if not deletes:
+        return Write(operations, answers, state, None)
+    book = Book.from_json(copy.book.to_json())
+    book.add({k: answers[k] for k, _ in deletes})
+    operations.append(_put({"PartitionKey": PARTITION, "RowKey": ANSWERS, "answers": book.to_json()}, copy.book_etag))
+    operations += [("delete", {"PartitionKey": PARTITION, "RowKey": k}, _if_match(e)) for k, e in deletes]
+    return Write(operations, answers, state, book)
+
+
+def write_state(state: State, etag: str | None) -> list[tuple[Any, ...]]:
+    """The operations that write ``state`` over the schedule read with ``etag`` (a 429's change)."""
+    return [_put({"PartitionKey": PARTITION, "RowKey": ROW, "state": state.to_json()}, etag)]
+
+
+def ask_row(key: str, apis: list[str]) -> dict[str, Any]:
+    """The ask row ``key`` holding ``apis`` (the reservations its poster asks for), as `Partition.read` reads it."""
+    return {"PartitionKey": PARTITION, "RowKey": key, "asks": json.dumps(apis)}
+
+
+def submit(table: Any, operations: list[tuple[Any, ...]]) -> list[str]:
+    """Submit ``operations`` to ``table``: one alone as a plain insert or update (one request either way), more as
+    one transaction; the ETags written, in order (deletes give none)."""
+    if len(operations) == 1:
+        kind, entity, *options = operations[0]
+        written = table.create_entity(entity) if kind == "create" else table.update_entity(entity, **options[0])
+        return [written["etag"]]
+    return [answer["etag"] for answer in table.submit_transaction(operations) if "etag" in answer]
+
+
+def _put(entity: dict[str, Any], etag: str | None) -> tuple[Any, ...]:
+    """An insert of ``entity`` where it was not there when read (``etag`` None), else a replace on its ETag."""
+    from azure.data.tables import UpdateMode
+
+    if etag is None:
+        return ("create", entity)
+    return ("update", entity, {"mode": UpdateMode.REPLACE, **_if_match(etag)})
+
+
+def _if_match(etag: str) -> dict[str, Any]:
+    from azure.core import MatchConditions
+
+    return {"etag": etag, "match_condition": MatchConditions.IfNotModified}
 
 
 # -- the process's view: group commit over the table, and the fallback --------------------------------------------
@@ -543,12 +645,8 @@ class SharedPacer:
         self._table_lock = threading.Lock()  # one table request in flight per process
         self._pending: list[_Waiter] = []
         self._spare: list[Slot] = []  # slots reserved for callers that had stopped waiting (see `_spare_before`)
-        self._view: State | None = None  # the schedule as this process last read or wrote it
-        self._etag: str | None = None  # ... and its ETag (None: the row does not exist yet)
+        self._copy = Partition()  # the schedule's partition as this process last read or wrote it
         self._fresh = False  # whether the copy is worth writing on (False: read the partition first)
-        self._asks: dict[str, tuple[list[str], str]] = {}  # ask rows the last read found: key -> (asks, ETag)
-        self._book = Book()  # the answers row as last read or written
-        self._book_etag: str | None = None
         self._combine_until = -math.inf  # monotonic: post asks as rows until then (a write met a 412 lately)
         self._down_until = -math.inf
         self._down_for = 0.0
@@ -589,9 +687,9 @@ class SharedPacer:
         at a rate that is a guess) at the queue's speed, not the table's, so that the commands that do carry slots,
         shown behind that backlog, are not shown late."""
         with self._lock:
-            if not self._fresh or self._view is None:
+            if not self._fresh or self._copy.view is None:
                 return None
-            view = self._view.copy()
+            view = self._copy.view.copy()
         now = self._wall()
         at = next_slot(view, self.limits, api, now)
         ahead = horizon(view, self.limits, api, now)
@@ -619,7 +717,8 @@ class SharedPacer:
         that failed), or the API held after a 429 here."""
         wait = slot.at - self._wall()
         with self._lock:
-            known = self._view.apis.get(slot.api) if self._view is not None else None
+            view = self._copy.view
+            known = view.apis.get(slot.api) if view is not None else None
         if self.late(slot) or (known is not None and known.void_below > slot.gen) or self.local.held(slot.api) > 0:
             self.counts["void slots"] += 1
             return None
@@ -671,7 +770,8 @@ class SharedPacer:
         if self.down or api not in self.limits.ceilings:
             return self.local.rate(api)
         with self._lock:
-            known = self._view.apis.get(api) if self._view is not None else None
+            view = self._copy.view
+            known = view.apis.get(api) if view is not None else None
         return known.rate if known is not None and known.rate else self.limits.ceilings[api]
 
     # -- group commit ----------------------------------------------------------------------------------------------
@@ -737,7 +837,7 @@ class SharedPacer:
         give_up = self._monotonic() + TABLE_WAIT
         try:
             while True:
-                if key is None and (self._view is None or self._monotonic() < self._combine_until):
+                if key is None and (self._copy.view is None or self._monotonic() < self._combine_until):
                     take()
                     apis = [w.api for w in batch]
                     key = self._post(apis)
@@ -746,10 +846,9 @@ class SharedPacer:
                 if not self._fresh:
                     self._load()
                 with self._lock:
-                    view, etag, rows = (self._view or State()).copy(), self._etag, dict(self._asks)
-                    book, book_etag = Book.from_json(self._book.to_json()), self._book_etag
-                if key is not None and key not in rows:  # served by another instance's write
-                    found = book.answer(key, apis)
+                    copy = self._copy
+                if key is not None and key not in copy.asks:  # served by another instance's write
+                    found = copy.book.answer(key, apis)
                     if found is None:
                         self.counts["answers lost"] += 1
                         return [_CONTENDED] * len(apis)
@@ -758,21 +857,12 @@ class SharedPacer:
                     take()
                     apis = [w.api for w in batch]
                 mine = key or ""
-                served = [(mine, apis)]
-                others = sorted(k for k in rows if k != mine)[: TRANSACTION - 3]
-                served += [(k, rows[k][0]) for k in others]
-                now = self._wall()
-                flat = reserve(view, self.limits, [api for _, asks in served for api in asks], now)
-                answers: dict[str, list[Slot | float]] = {}
-                for row_key, asks in served:
-                    answers[row_key], flat = flat[: len(asks)], flat[len(asks) :]
-                if not others and key is None and not any(isinstance(a, Slot) for a in answers[mine]):
-                    return list(answers[mine])  # nothing reserved (all past the horizon): nothing to write
-                deletes = [(k, rows[k][1]) for k, _ in served if k in rows]
-                if deletes:
-                    book.add({k: answers[k] for k, _ in deletes})
+                write = serve(copy, self.limits, mine, apis, self._wall())
+                if write.book is None and not any(isinstance(a, Slot) for a in write.answers[mine]):
+                    return list(write.answers[mine])  # nothing reserved (all past the horizon): nothing to write
                 try:
-                    written = self._write(view, etag, (book, book_etag, deletes) if deletes else None)
+                    self.counts["writes"] += 1
+                    etags = submit(self.table, write.operations)
                 except HttpResponseError as failure:
                     if not self._conflict(failure):
                         raise
@@ -786,13 +876,9 @@ class SharedPacer:
                     self._sleep(pause)
                     continue
                 with self._lock:
-                    self._view, self._etag = view, written[0]
-                    if deletes:
-                        self._book, self._book_etag = book, written[1]
-                    self._asks = {k: v for k, v in self._asks.items() if k not in answers}
-                    self._fresh = True
+                    self._copy, self._fresh = write.landed(copy, etags), True
                 self._recovered()
-                return list(answers[mine])
+                return list(write.answers[mine])
         except AzureError as error:
             raise self._down(error) from error
 
@@ -800,7 +886,7 @@ class SharedPacer:
         """Post ``apis`` as an ask row for whoever writes the schedule next; its key."""
         key = f"{ASKS}{uuid.uuid4().hex}"
         self.counts["asks posted"] += 1
-        self.table.create_entity({"PartitionKey": PARTITION, "RowKey": key, "asks": json.dumps(apis)})
+        self.table.create_entity(ask_row(key, apis))
         return key
 
     def _withdraw(self, key: str, apis: list[str]) -> list[Slot | float | str]:
@@ -820,49 +906,11 @@ class SharedPacer:
                 raise
             self._load()
             with self._lock:
-                found = self._book.answer(key, apis)
+                found = self._copy.book.answer(key, apis)
             if found is not None:
                 return list(found)
             self.counts["answers lost"] += 1
         return [_CONTENDED] * len(apis)
-
-    def _write(
-        self, view: State, etag: str | None, rows: tuple[Book, str | None, list[tuple[str, str]]] | None
-    ) -> list[str]:
-        """Write ``view`` over the schedule read with ``etag`` (None: create it); with ``rows`` (the answers row,
-        its ETag, and the ask rows served, each with its ETag) in one transaction that also writes the answers and
-        deletes those rows. The new ETags: the schedule's, and the answers row's."""
-        from azure.core import MatchConditions
-        from azure.data.tables import UpdateMode
-
-        def put(entity: dict[str, Any], known: str | None) -> tuple[Any, ...]:
-            if known is None:
-                return ("create", entity)
-            return (
-                "update",
-                entity,
-                {"mode": UpdateMode.REPLACE, "etag": known, "match_condition": MatchConditions.IfNotModified},
-            )
-
-        entity = {"PartitionKey": PARTITION, "RowKey": ROW, "state": view.to_json()}
-        self.counts["writes"] += 1
-        if rows is None:
-            operation = put(entity, etag)
-            if operation[0] == "create":
-                return [self.table.create_entity(entity)["etag"]]
-            return [self.table.update_entity(entity, **operation[2])["etag"]]
-        book, book_etag, deletes = rows
-        booked = {"PartitionKey": PARTITION, "RowKey": ANSWERS, "answers": book.to_json()}
-        served = [
-            (
-                "delete",
-                {"PartitionKey": PARTITION, "RowKey": k},
-                {"etag": e, "match_condition": MatchConditions.IfNotModified},
-            )
-            for k, e in deletes
-        ]
-        written = self.table.submit_transaction([put(entity, etag), put(booked, book_etag), *served])
-        return [written[0]["etag"], written[1]["etag"]]
 
     def _conflict(self, failure: Exception) -> bool:
         """Whether ``failure`` is another instance's write getting there first (412; a row created or deleted
@@ -894,10 +942,12 @@ class SharedPacer:
                 if not self._fresh:
                     self._load()
                 with self._lock:
-                    view, etag = (self._view or State()).copy(), self._etag
+                    copy = self._copy
+                view = (copy.view or State()).copy()
                 change(view, self._wall())
                 try:
-                    written = self._write(view, etag, None)
+                    self.counts["writes"] += 1
+                    etags = submit(self.table, write_state(view, copy.etag))
                 except HttpResponseError as failure:
                     if not self._conflict(failure):
                         raise
@@ -908,7 +958,7 @@ class SharedPacer:
                     self._sleep(pause)
                     continue
                 with self._lock:
-                    self._view, self._etag, self._fresh = view, written[0], True
+                    self._copy, self._fresh = replace(copy, view=view, etag=etags[0]), True
                 self._recovered()
                 return
         except AzureError as error:
@@ -919,19 +969,9 @@ class SharedPacer:
         """Read the schedule's partition in one request (a query): the schedule, the ask rows waiting to be
         served, and the answers row. A row not there yet is created by the first write to it."""
         self.counts["reads"] += 1
-        view, etag, book, book_etag = None, None, Book(), None
-        asks: dict[str, tuple[list[str], str]] = {}
-        for entity in self.table.query_entities("PartitionKey eq @pk", parameters={"pk": PARTITION}):
-            key = str(entity.get("RowKey", ""))
-            if key == ROW:
-                view, etag = State.from_json(entity.get("state", "")), entity.metadata["etag"]
-            elif key == ANSWERS:
-                book, book_etag = Book.from_json(entity.get("answers", "")), entity.metadata["etag"]
-            elif key.startswith(ASKS):
-                asks[key] = (_asks_of(entity.get("asks")), entity.metadata["etag"])
+        copy = Partition.read(self.table.query_entities("PartitionKey eq @pk", parameters={"pk": PARTITION}))
         with self._lock:
-            self._view, self._etag, self._asks = view, etag, asks
-            self._book, self._book_etag, self._fresh = book, book_etag, True
+            self._copy, self._fresh = copy, True
 
     # -- fallback --------------------------------------------------------------------------------------------------
     def _fail(self, error: Exception) -> None:

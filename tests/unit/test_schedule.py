@@ -302,6 +302,16 @@ def test_a_malformed_ask_row_is_served_with_nothing_and_deleted():
     assert ask_rows(table) == []
 
 
+def test_the_split_schedules_rows_from_before_are_ignored_and_left_alone():
+    table, clock = MemoryTable(), ManualClock(1000.0)
+    far = State()
+    reserve(far, LIMITS, [API] * 600, 1000.0)  # an entity of the split schedule, 100 s of slots booked
+    for part in range(3):
+        table.create_entity({"PartitionKey": PARTITION, "RowKey": f"schedule-{part}", "state": far.to_json()})
+    assert instance(table, clock).reserve(API).slot.at < 1000.0 + LINGER + ASK_PAUSE
+    assert {key for _, key in table.rows} >= {"schedule-0", "schedule-1", "schedule-2", ROW}
+
+
 def test_the_answers_row_keeps_the_newest_answers_that_fit():
     book = Book()
     for n in range(2000):
