@@ -158,7 +158,8 @@ def test_a_call_whose_wait_for_its_slot_overran_reserves_again_instead_of_crowdi
     simulator: Simulator = make_simulator(rate_limits={API: 6.0})
     clock = ManualClock(1000.0)
     table = MemoryTable()
-    pacer = SharedPacer(table, {API: 6.0}, clock=clock, monotonic=clock, sleep=clock.advance)
+    # No random pause before it reads whether its ask was served: a pause past the next slot would leave no wait.
+    pacer = SharedPacer(table, {API: 6.0}, clock=clock, monotonic=clock, sleep=clock.advance, rand=lambda: 0.0)
     SharedPacer(table, {API: 6.0}, clock=clock, monotonic=clock).reserve(API)  # another instance takes the next slot
     overruns = [0.1]  # the first sleep wakes up 0.1 s late: more than a third of the 175-ms interval
 
